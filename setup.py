@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "monai_hqanogan" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="monai-hqanogan",
+    version=VERSION,
+    description="HQ-AnoGAN (StyleGAN2-ADA + pSp encoder) anomaly detection for medical images, as a MONAI plugin",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["monai_hqanogan", "monai_hqanogan.*"]),
+    install_requires=[
+        "monai>=1.4",
+        "torch>=2.1",
+        "pytorch-ignite>=0.5",
+        "nibabel",
+        "scikit-image",
+        "matplotlib",
+        "tensorboard",
+        # progress bars (ignite's own ProgressBar needs it too)
+        "tqdm",
+        # PNG sample grids (already required by matplotlib)
+        "pillow",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist"],
+        "dev": ["pytest>=7", "pytest-xdist", "ruff"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)
