@@ -1,0 +1,148 @@
+"""Style-modulated convolutions of the StyleGAN2 synthesis network.
+
+Karras et al., "Analyzing and Improving the Image Quality of StyleGAN" (StyleGAN2), CVPR 2020,
+https://arxiv.org/abs/1912.04958, section 2.2: the style s = A(w) scales the input feature maps
+(modulation); dividing each output map by the expected norm of its modulated weights (demodulation)
+replaces AdaIN and removes the droplet artefacts.
+
+The modulation is computed the "non-fused" way: ``conv(x * s, W) * d`` with ``d`` the demodulation
+coefficients, which equals a convolution with per-sample weights but runs as one ordinary convolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_hqanogan.networks.layers.equalized import EqualizedLinear, bias_act
+from monai_hqanogan.networks.layers.resample import Upsample2x
+
+__all__ = ["ModulatedConv2d", "StyleConvLayer", "ToImageLayer", "NOISE_MODES"]
+
+#: ``"random"``: fresh Gaussian noise per call; ``"const"``: a fixed noise image per layer; ``"none"``: no noise
+NOISE_MODES = ("random", "const", "none")
+
+
+class ModulatedConv2d(nn.Module):
+    """Convolution whose input channels are scaled by a style computed from w, with optional demodulation.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size (odd).
+        w_dim: width of the intermediate latent w.
+        demodulate: normalise each output channel (True in conv layers, False in the toImage layers).
+        up: 1, or 2 to up-sample the modulated input before the convolution.
+        resample_mode: ``"fir"`` or ``"bilinear"`` up-sampling.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        w_dim: int,
+        demodulate: bool = True,
+        up: int = 1,
+        resample_mode: str = "fir",
+    ) -> None:
+        super().__init__()
+        if up not in (1, 2):
+            raise ValueError(f"up must be 1 or 2, got {up}.")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.demodulate = demodulate
+        self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        self.upsample = Upsample2x(mode=resample_mode) if up == 2 else None
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w)  # [B, in]
+        weight = self.weight * self.weight_gain
+        x = x * styles.to(x.dtype)[:, :, None, None]
+        if self.upsample is not None:
+            x = self.upsample(x)
+        x = F.conv2d(x, weight.to(x.dtype), padding=self.kernel_size // 2)
+        if self.demodulate:
+            # sum_{i,k} (W[o,i,k] s_i)^2 == sum_i s_i^2 * sum_k W[o,i,k]^2: no per-sample weight tensor needed
+            dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()  # [B, out]
+            x = x * dcoefs.to(x.dtype)[:, :, None, None]
+        return x
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"demodulate={self.demodulate}, up={self.upsample is not None}"
+        )
+
+
+class StyleConvLayer(nn.Module):
+    """One synthesis layer: modulated 3x3 convolution, per-pixel noise with a learned strength, bias, leaky ReLU.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        w_dim: width of w.
+        resolution: output resolution of the layer (size of the constant noise image).
+        up: 1, or 2 for the first layer of a block.
+        kernel_size: convolution kernel size.
+        resample_mode: ``"fir"`` or ``"bilinear"``.
+        conv_clamp: clamp activations to ``[-conv_clamp, conv_clamp]`` (None: off).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        up: int = 1,
+        kernel_size: int = 3,
+        resample_mode: str = "fir",
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.conv_clamp = conv_clamp
+        self.conv = ModulatedConv2d(
+            in_channels, out_channels, kernel_size, w_dim, demodulate=True, up=up, resample_mode=resample_mode
+        )
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        x = self.conv(x, w)
+        if noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            x = x + noise * self.noise_strength.to(x.dtype)
+        elif noise_mode == "const":
+            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
+        elif noise_mode != "none":
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}.")
+        return bias_act(x, self.bias.to(x.dtype), "lrelu", self.conv_clamp)
+
+
+class ToImageLayer(nn.Module):
+    """Modulated 1x1 convolution without demodulation from features to image channels (StyleGAN2's toRGB).
+
+    Args:
+        in_channels: feature channels.
+        out_channels: image channels (1 for grey-scale medical images).
+        w_dim: width of w.
+        conv_clamp: clamp the output to ``[-conv_clamp, conv_clamp]`` (None: off).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None) -> None:
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.conv = ModulatedConv2d(in_channels, out_channels, 1, w_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return bias_act(self.conv(x, w), self.bias.to(x.dtype), "linear", self.conv_clamp)

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from .stylegan2 import (
+    StyleGAN2Generator,
+    StyleGAN2MappingNetwork,
+    StyleGAN2SynthesisNetwork,
+    check_resolution,
+    feature_channels,
+)
+from .stylegan2_discriminator import StyleGAN2Discriminator, minibatch_stddev
