@@ -1,0 +1,6 @@
+from __future__ import annotations
+
+from .ada import ADA_MODES, AdaptiveAugmentController, AdaptiveAugmentPipe
+from .array import ToSingleChannel, ensure_finite
+from .dictionary import ToSingleChannelD, ToSingleChanneld, ToSingleChannelDict
+from .presets import gan_image_transforms

@@ -1,0 +1,64 @@
+"""Array transforms (channel-first tensors or arrays), MONAI style."""
+
+from __future__ import annotations
+
+import torch
+from monai.config import NdarrayOrTensor
+from monai.transforms import Transform
+from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
+
+__all__ = ["ToSingleChannel", "ensure_finite"]
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+class ToSingleChannel(Transform):
+    """Convert a channel-first image [C, *spatial] to one channel [1, *spatial].
+
+    Medical slices exported as JPEG/PNG are often grey stored as RGB (or RGBA). A 4-channel image is taken as
+    RGBA and its alpha channel is dropped first.
+
+    Args:
+        mode: ``"mean"`` (average of the channels, default), ``"luminance"`` (BT.601 weights, 3 channels only)
+            or ``"first"`` (keep channel 0).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, mode: str = "mean") -> None:
+        if mode not in ("mean", "luminance", "first"):
+            raise ValueError(f"mode must be 'mean', 'luminance' or 'first', got {mode!r}.")
+        self.mode = mode
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        if img.ndim < 2:
+            raise ValueError(f"ToSingleChannel expects a channel-first image [C, *spatial], got shape {img.shape}.")
+        x, *_ = convert_data_type(img, torch.Tensor)
+        if x.shape[0] == 1:
+            return img
+        if x.shape[0] == 4:
+            x = x[:3]
+        if self.mode == "first":
+            out = x[:1]
+        elif self.mode == "luminance":
+            if x.shape[0] != 3:
+                raise ValueError(f"mode='luminance' needs 3 (RGB) channels, got {x.shape[0]}.")
+            w = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32, device=x.device).view(3, *([1] * (x.ndim - 1)))
+            out = (x.float() * w).sum(dim=0, keepdim=True)
+        else:
+            out = x.float().mean(dim=0, keepdim=True)
+        result, *_ = convert_to_dst_type(out, img)
+        return result
+
+
+def ensure_finite(x: torch.Tensor, name: str = "image", where: str = "") -> torch.Tensor:
+    """Raise a ValueError naming ``name`` (and ``where``) if ``x`` holds NaN or inf; return ``x`` otherwise."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(dim=1).nonzero().flatten().tolist() if x.ndim > 1 else []
+        suffix = f" {where}" if where else ""
+        raise ValueError(
+            f"{name}{suffix} contains NaN or inf values (batch items {bad}); refusing to train on it. "
+            "Check the data files and the intensity scaling."
+        )
+    return x

@@ -1,0 +1,51 @@
+"""Ready-made preprocessing for GAN training and inference on 2D images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+    SpatialPadd,
+)
+
+from monai_hqanogan.networks.nets.stylegan2 import check_resolution
+from monai_hqanogan.transforms.dictionary import ToSingleChanneld
+
+__all__ = ["gan_image_transforms"]
+
+
+def gan_image_transforms(
+    resolution: int,
+    keys: Sequence[str] | str = ("image",),
+    load: bool = True,
+    upper_percentile: float = 99.5,
+) -> Compose:
+    """Load -> one channel -> intensities to [-1, 1] -> longest side to ``resolution`` -> pad to a square.
+
+    Non-square images keep their aspect ratio: the longest side is resized to ``resolution`` and the short side
+    is padded (centred) with -1, the background value after scaling. Intensities map the image minimum to -1
+    and its ``upper_percentile`` to 1, clipped, so that a few bright voxels do not compress the contrast.
+
+    Args:
+        resolution: output size, a power of two in [8, 1024].
+        keys: image keys of the data dictionaries.
+        load: start with ``LoadImaged`` (False when the dictionaries already hold arrays, channel first).
+        upper_percentile: intensity percentile mapped to 1.
+    """
+    check_resolution(resolution)
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    steps = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)] if load else []
+    steps += [
+        ToSingleChanneld(keys),
+        ScaleIntensityRangePercentilesd(keys, lower=0, upper=upper_percentile, b_min=-1.0, b_max=1.0, clip=True),
+        Resized(keys, spatial_size=resolution, size_mode="longest", mode="bilinear", anti_aliasing=True),
+        SpatialPadd(keys, spatial_size=(resolution, resolution), mode="constant", value=-1.0),
+        EnsureTyped(keys, dtype="float32", track_meta=False),
+    ]
+    return Compose(steps)
