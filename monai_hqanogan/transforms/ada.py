@@ -154,7 +154,9 @@ class AdaptiveAugmentPipe(nn.Module):
         if images.ndim != 4:
             raise ValueError(f"AdaptiveAugmentPipe expects [batch, channels, H, W], got shape {tuple(images.shape)}.")
         p = float(self.p) if p is None else float(p)
-        if p <= 0.0:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}.")
+        if p == 0.0:
             return images
         b, _, h, w = images.shape
         dev = images.device
@@ -241,7 +243,8 @@ class AdaptiveAugmentController:
             return False
         self.rt = self.sign_sum / self.count
         if self.mode == "adaptive":
-            delta = math.copysign(1.0, self.rt - self.target) * self.count / (self.speed_kimg * 1000)
+            sign = (self.rt > self.target) - (self.rt < self.target)  # 0 when exactly on target
+            delta = sign * self.count / (self.speed_kimg * 1000)
             self.pipe.p.fill_(min(1.0, max(0.0, self.p + delta)))
         self.reset_statistics()
         return True
@@ -257,6 +260,7 @@ class AdaptiveAugmentController:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``p`` and the statistics; ``mode`` stays as constructed (a resumed run may change it)."""
         self.pipe.p.fill_(float(state["p"]))
         self.sign_sum, self.count, self.steps = float(state["sign_sum"]), int(state["count"]), int(state["steps"])
         self.rt = state.get("rt")

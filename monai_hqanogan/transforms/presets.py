@@ -10,6 +10,7 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     Resized,
+    ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
     SpatialPadd,
 )
@@ -43,8 +44,10 @@ def gan_image_transforms(
     steps = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)] if load else []
     steps += [
         ToSingleChanneld(keys),
-        ScaleIntensityRangePercentilesd(keys, lower=0, upper=upper_percentile, b_min=-1.0, b_max=1.0, clip=True),
+        # resize in [0, 1]: the anti-aliasing filter pads with zeros, which must be the background value
+        ScaleIntensityRangePercentilesd(keys, lower=0, upper=upper_percentile, b_min=0.0, b_max=1.0, clip=True),
         Resized(keys, spatial_size=resolution, size_mode="longest", mode="bilinear", anti_aliasing=True),
+        ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0, clip=True),
         SpatialPadd(keys, spatial_size=(resolution, resolution), mode="constant", value=-1.0),
         EnsureTyped(keys, dtype="float32", track_meta=False),
     ]

@@ -14,6 +14,7 @@ of all blocks.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import nn
@@ -33,19 +34,17 @@ MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 
 def check_resolution(resolution: int) -> int:
     """Return ``log2(resolution)``; raise a ValueError naming the value unless it is a power of two in [8, 1024]."""
-    if (
-        not isinstance(resolution, int)
-        or isinstance(resolution, bool)
-        or resolution < MIN_RESOLUTION
-        or resolution > MAX_RESOLUTION
-        or resolution & (resolution - 1)
-    ):
+    try:
+        value = None if isinstance(resolution, bool) else operator.index(resolution)  # ints and NumPy integers
+    except TypeError:
+        value = None
+    if value is None or value < MIN_RESOLUTION or value > MAX_RESOLUTION or value & (value - 1):
         raise ValueError(
             f"resolution must be a power of two between {MIN_RESOLUTION} and {MAX_RESOLUTION}, got {resolution!r}. "
             "Resize (and pad non-square images to a square) in the data pipeline, e.g. with "
             "monai_hqanogan.transforms.gan_image_transforms."
         )
-    return int(math.log2(resolution))
+    return int(math.log2(value))
 
 
 def feature_channels(resolution: int, channel_base: int, channel_max: int) -> int:

@@ -32,6 +32,8 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1
         group_size: images per group.
         num_channels: number of statistics channels to append.
     """
+    if group_size < 1 or num_channels < 1:
+        raise ValueError(f"group_size and num_channels must be >= 1, got {group_size} and {num_channels}.")
     n, c, h, w = x.shape
     g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)
     f = num_channels
@@ -98,6 +100,11 @@ class StyleGAN2Discriminator(nn.Module):
         log2 = check_resolution(resolution)
         if img_channels < 1:
             raise ValueError(f"img_channels must be >= 1, got {img_channels}.")
+        if mbstd_num_channels < 0 or (mbstd_num_channels and mbstd_group_size < 1):
+            raise ValueError(
+                f"need mbstd_num_channels >= 0 and mbstd_group_size >= 1, got {mbstd_num_channels} and "
+                f"{mbstd_group_size}."
+            )
         self.resolution, self.img_channels = resolution, img_channels
         self.mbstd_group_size, self.mbstd_num_channels = mbstd_group_size, mbstd_num_channels
         ch = {2**i: feature_channels(2**i, channel_base, channel_max) for i in range(2, log2 + 1)}

@@ -1,0 +1,427 @@
+"""StyleGAN2-ADA training as a MONAI ``Trainer`` (an ignite ``Engine``), so that MONAI handlers plug in.
+
+Karras et al., "Training Generative Adversarial Networks with Limited Data" (StyleGAN2-ADA), NeurIPS 2020,
+https://arxiv.org/abs/2006.06676, and Karras et al., StyleGAN2, CVPR 2020, https://arxiv.org/abs/1912.04958.
+Written from the papers.
+
+One iteration takes one batch of real images and runs, in order:
+
+1. D main step: non-saturating logistic loss on augmented reals and augmented fakes of G (style mixing);
+2. D regularisation every ``r1_interval`` D steps: lazy R1 penalty ``gamma / 2 * |grad D(x)|^2``;
+3. G main step: non-saturating logistic loss through the augmented D; ``w_avg`` is tracked here;
+4. G regularisation every ``pl_interval`` G steps: lazy path-length penalty on a smaller batch;
+5. EMA update of ``generator_ema`` (half-life ``ema_kimg`` thousand images, ramped up);
+6. ADA update every ``ada_interval`` D steps: ``p`` follows ``r_t = E[sign(D(real))]`` towards ``ada_target``.
+
+Progress is counted in images (``nimg``, ``kimg``). The engine's output after each iteration is a dict of floats
+(``loss/G``, ``loss/D``, ``reg/r1``, ``reg/pl``, ``ada/p``, ``ada/r_t``, ``progress/kimg``), which MONAI's
+``StatsHandler`` and ``TensorBoardStatsHandler`` log with ``output_transform=lambda x: x``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from monai.engines import Trainer
+from monai.engines.utils import default_prepare_batch
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from monai_hqanogan.losses import (
+    PathLengthPenalty,
+    discriminator_logistic_loss,
+    generator_logistic_loss,
+    r1_penalty,
+)
+from monai_hqanogan.networks.nets import StyleGAN2Discriminator, StyleGAN2Generator
+from monai_hqanogan.transforms.ada import AdaptiveAugmentController, AdaptiveAugmentPipe
+from monai_hqanogan.transforms.array import ensure_finite
+from monai_hqanogan.utils.checkpoint import get_rng_states, set_rng_states
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = ["StyleGAN2Trainer", "NonFiniteLossError", "stylegan2_adam", "auto_r1_gamma"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient became NaN or inf. Raised before the optimiser step, so no weight was changed."""
+
+
+def stylegan2_adam(
+    params: Iterable[torch.Tensor],
+    lr: float = 0.0025,
+    betas: Sequence[float] = (0.0, 0.99),
+    eps: float = 1e-8,
+    reg_interval: int | None = None,
+) -> torch.optim.Adam:
+    """Adam with StyleGAN2's settings, adjusted for lazy regularisation.
+
+    With a regulariser run every ``reg_interval`` steps, there are ``reg_interval + 1`` optimiser steps per
+    ``reg_interval`` iterations; StyleGAN2 scales the learning rate by ``c = k / (k + 1)`` and raises the betas to
+    the power ``c`` so that the effective dynamics match non-lazy training.
+
+    Args:
+        params: parameters to optimise.
+        lr: learning rate (0.0025 in StyleGAN2-ADA).
+        betas: Adam betas, (0.0, 0.99). Floats (torch rejects the integer 0).
+        eps: Adam epsilon.
+        reg_interval: the lazy-regularisation interval (16 for D's R1, 4 for G's path length), or None.
+    """
+    betas = tuple(float(b) for b in betas)
+    if reg_interval is not None and reg_interval > 0:
+        ratio = reg_interval / (reg_interval + 1)
+        lr = lr * ratio
+        betas = tuple(b**ratio for b in betas)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)  # type: ignore[arg-type]
+
+
+def auto_r1_gamma(resolution: int, batch_size: int) -> float:
+    """StyleGAN2-ADA's heuristic R1 weight ``0.0002 * resolution^2 / batch_size``."""
+    return 0.0002 * resolution**2 / batch_size
+
+
+class StyleGAN2Trainer(Trainer):
+    """StyleGAN2-ADA trainer built on MONAI's ``Trainer`` (ignite ``Engine``).
+
+    Args:
+        device: device to train on; mixed precision (bfloat16 autocast) applies only on CUDA.
+        max_epochs: passes over ``train_data_loader`` (training also stops at ``total_kimg`` if given).
+        train_data_loader: yields batches of images in [-1, 1], shape [B, C, R, R]: dicts (``image_key``),
+            tensors, or tuples whose first element is the images.
+        generator: the :class:`StyleGAN2Generator` to train.
+        discriminator: the :class:`StyleGAN2Discriminator` to train.
+        g_optimizer: optimiser of G (see :func:`stylegan2_adam` with ``reg_interval=pl_interval``).
+        d_optimizer: optimiser of D (see :func:`stylegan2_adam` with ``reg_interval=r1_interval``).
+        generator_ema: the exponential moving average of G; a deep copy of G is made when None.
+        augment_pipe: ADA pipeline applied to every image D sees; a default one is made when None.
+        ada_mode: ``"adaptive"``, ``"fixed"`` (keep the pipe's ``p``) or ``"off"``.
+        ada_target: target of ``r_t`` (0.6).
+        ada_interval: D steps between ``p`` adjustments (4).
+        ada_kimg: thousands of images for ``p`` to go from 0 to 1 (500).
+        r1_gamma: R1 weight; None picks :func:`auto_r1_gamma` from the first batch; 0 disables R1.
+        r1_interval: lazy R1 every this many D steps (16).
+        pl_weight: path-length weight (2); 0 disables it.
+        pl_interval: lazy path length every this many G steps (4).
+        pl_batch_shrink: the path-length batch is the batch size divided by this (2).
+        pl_decay: decay of the running mean path length (0.01).
+        style_mixing_prob: probability of style mixing per batch (0.9).
+        ema_kimg: half-life of the EMA of G in thousands of images; None gives ``batch_size * 10 / 32``.
+        ema_rampup: ramp-up of the EMA half-life as a fraction of images seen (0.05); None disables it.
+        total_kimg: stop after this many thousand real images (None: run ``max_epochs``).
+        image_key: key of the images when batches are dicts.
+        amp: bfloat16 autocast for the main G and D passes on CUDA (regularisation passes stay in float32).
+        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
+        non_blocking: non-blocking host-to-device copies.
+        prepare_batch: MONAI ``prepare_batch`` used for dict batches.
+        train_handlers: MONAI/ignite handlers (objects with ``attach(engine)``).
+        event_names: extra ignite events to register.
+        to_kwargs: extra arguments of ``Tensor.to`` when moving batches.
+
+    Raises:
+        ValueError: on mismatched G and D, an empty data loader, and (at the first iteration) images whose
+            channels or size do not match G, or that hold NaN or inf.
+        NonFiniteLossError: when a loss or gradient turns NaN or inf; raised before the optimiser step.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        generator: StyleGAN2Generator,
+        discriminator: StyleGAN2Discriminator,
+        g_optimizer: Optimizer,
+        d_optimizer: Optimizer,
+        generator_ema: StyleGAN2Generator | None = None,
+        augment_pipe: AdaptiveAugmentPipe | None = None,
+        ada_mode: str = "adaptive",
+        ada_target: float = 0.6,
+        ada_interval: int = 4,
+        ada_kimg: float = 500.0,
+        r1_gamma: float | None = None,
+        r1_interval: int = 16,
+        pl_weight: float = 2.0,
+        pl_interval: int = 4,
+        pl_batch_shrink: int = 2,
+        pl_decay: float = 0.01,
+        style_mixing_prob: float = 0.9,
+        ema_kimg: float | None = None,
+        ema_rampup: float | None = 0.05,
+        total_kimg: float | None = None,
+        image_key: str = "image",
+        amp: bool = False,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        train_handlers: Sequence | None = None,
+        event_names: list | None = None,
+        to_kwargs: dict | None = None,
+    ) -> None:
+        self._check_models(generator, discriminator)
+        if isinstance(train_data_loader, DataLoader):
+            if len(train_data_loader.dataset) == 0:  # type: ignore[arg-type]
+                raise ValueError("the training dataset is empty: give at least one normal image.")
+            if len(train_data_loader) == 0:
+                raise ValueError(
+                    f"the training data loader yields no batch: {len(train_data_loader.dataset)} images with "  # type: ignore[arg-type]
+                    f"batch_size={train_data_loader.batch_size} and drop_last=True."
+                )
+        if r1_interval < 1 or pl_interval < 1 or pl_batch_shrink < 1:
+            raise ValueError("r1_interval, pl_interval and pl_batch_shrink must be >= 1.")
+        if total_kimg is not None and total_kimg <= 0:
+            raise ValueError(f"total_kimg must be positive, got {total_kimg}.")
+        # MONAI's own amp path builds a CUDA GradScaler; bfloat16 autocast needs none, so amp is handled here.
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            handlers=train_handlers,
+            amp=False,
+            event_names=event_names,
+            decollate=False,
+            to_kwargs=to_kwargs,
+        )
+        self.generator = generator
+        self.discriminator = discriminator
+        self.generator_ema = copy.deepcopy(generator) if generator_ema is None else generator_ema
+        self.generator_ema.eval().requires_grad_(False)
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        self.augment_pipe = (AdaptiveAugmentPipe() if augment_pipe is None else augment_pipe).to(self.state.device)
+        self.ada = AdaptiveAugmentController(
+            self.augment_pipe, mode=ada_mode, target=ada_target, interval=ada_interval, speed_kimg=ada_kimg
+        )
+        self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
+        self.pl_weight, self.pl_interval, self.pl_batch_shrink = pl_weight, pl_interval, pl_batch_shrink
+        self.pl_penalty = PathLengthPenalty(decay=pl_decay).to(self.state.device)
+        self.style_mixing_prob = style_mixing_prob
+        self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
+        self.total_kimg = total_kimg
+        self.image_key = image_key
+        self.use_amp = bool(amp) and self.state.device.type == "cuda"
+        self.nimg = 0
+        self.d_steps = 0
+        self.g_steps = 0
+        self._last: dict[str, float] = {"reg/r1": float("nan"), "reg/pl": float("nan"), "ada/r_t": float("nan")}
+        # checked before each batch is fetched: a run resumed at or past total_kimg does no extra iteration
+        self.add_event_handler(Events.GET_BATCH_STARTED, self._stop_at_total_kimg)
+
+    # ------------------------------------------------------------------ set-up and checks
+    @staticmethod
+    def _check_models(g: nn.Module, d: nn.Module) -> None:
+        for name in ("resolution", "img_channels"):
+            gv, dv = getattr(g, name, None), getattr(d, name, None)
+            if gv is None or dv is None:
+                raise TypeError(f"generator and discriminator need a '{name}' attribute (StyleGAN2 networks).")
+            if gv != dv:
+                raise ValueError(f"generator {name}={gv} does not match discriminator {name}={dv}.")
+
+    @property
+    def kimg(self) -> float:
+        """Thousands of real images shown to D so far."""
+        return self.nimg / 1000.0
+
+    def _stop_at_total_kimg(self, engine: Trainer) -> None:
+        if self.total_kimg is not None and self.nimg >= self.total_kimg * 1000:
+            self.terminate()
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
+
+    def _get_real_images(self, batchdata: Any) -> torch.Tensor:
+        if isinstance(batchdata, dict):
+            if self.image_key not in batchdata:
+                raise KeyError(f"batch has no key {self.image_key!r}; keys: {sorted(map(str, batchdata))}.")
+            images = batchdata[self.image_key]
+        elif isinstance(batchdata, (list, tuple)):
+            images = batchdata[0]
+        else:
+            images = batchdata
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"expected a batch of images as a tensor, got {type(images).__name__}.")
+        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        g = self.generator
+        expected = (g.img_channels, g.resolution, g.resolution)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"training images must have shape [batch, {expected[0]}, {expected[1]}, {expected[2]}] to match the "
+                f"generator (img_channels={g.img_channels}, resolution={g.resolution}), got {tuple(images.shape)}. "
+                "Convert to the right channel count and pad/resize to a square (gan_image_transforms does)."
+            )
+        images = images.to(self.state.device, dtype=torch.float32, non_blocking=self.non_blocking, **self.to_kwargs)
+        return ensure_finite(images, "training batch", f"at iteration {self.state.iteration}")
+
+    def _check_finite(self, name: str, loss: torch.Tensor, module: nn.Module | None = None) -> None:
+        """Raise before any optimiser step if the loss, or the gradients of ``module``, are not finite."""
+        loss = loss.detach()
+        bad = not bool(torch.isfinite(loss).all())
+        what = f"{name} loss = {float(loss)}"
+        if not bad and module is not None:
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                bad = not bool(torch.isfinite(norm))
+                what = f"gradient of the {name} loss (norm {float(norm)})"
+        if bad:
+            raise NonFiniteLossError(
+                f"{what} is not finite at iteration {self.state.iteration} ({self.kimg:.3f} kimg); training stopped "
+                "before the optimiser step, so the weights and the last checkpoint are intact. Lower the learning "
+                "rate or raise r1_gamma."
+            )
+
+    # ------------------------------------------------------------------ the training step
+    def _mapping(self, z: torch.Tensor, update_w_avg: bool = False) -> torch.Tensor:
+        """W+ codes for ``z``, with style mixing: with probability ``style_mixing_prob`` the layers from a random
+        cutoff on take the w of a second latent."""
+        g = self.generator
+        ws = g.mapping(z, update_w_avg=update_w_avg)
+        if self.style_mixing_prob > 0 and g.num_ws > 1:
+            if float(torch.rand(())) < self.style_mixing_prob:
+                cutoff = int(torch.randint(1, g.num_ws, ()))
+                ws2 = g.mapping(torch.randn_like(z))
+                ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        return ws
+
+    def _update_ema(self, batch_size: int) -> None:
+        ema_nimg = (batch_size * 10 / 32 if self.ema_kimg is None else self.ema_kimg) * 1000
+        if self.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, self.nimg * self.ema_rampup)
+        beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+            for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
+                b_ema.copy_(b)
+
+    def _iteration(self, engine: Trainer, batchdata: Any) -> dict[str, float]:
+        real = self._get_real_images(batchdata)
+        batch = real.shape[0]
+        g, d, aug = self.generator, self.discriminator, self.augment_pipe
+        z_dim = g.z_dim
+        if self.r1_gamma is None:
+            self.r1_gamma = auto_r1_gamma(g.resolution, batch)
+        g.train()
+        d.train()
+
+        # 1. D main step
+        d.requires_grad_(True)
+        with torch.no_grad(), self._autocast():
+            fake = g.synthesis(self._mapping(torch.randn(batch, z_dim, device=real.device)))
+        with self._autocast():
+            real_logits = d(aug(real))
+            fake_logits = d(aug(fake.float()))
+        d_loss = discriminator_logistic_loss(real_logits, fake_logits)
+        self._check_finite("discriminator", d_loss)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self._check_finite("discriminator", d_loss, d)
+        self.d_optimizer.step()
+        self.ada.accumulate(real_logits)
+        self.d_steps += 1
+
+        # 2. lazy R1 (float32)
+        if self.r1_gamma > 0 and self.d_steps % self.r1_interval == 0:
+            real_r1 = real.detach().requires_grad_(True)
+            penalty = r1_penalty(d(aug(real_r1)), real_r1)
+            r1_loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
+            self._check_finite("R1", r1_loss)
+            self.d_optimizer.zero_grad(set_to_none=True)
+            r1_loss.backward()
+            self._check_finite("R1", r1_loss, d)
+            self.d_optimizer.step()
+            self._last["reg/r1"] = float(penalty.detach().mean())
+
+        # 3. G main step
+        d.requires_grad_(False)
+        with self._autocast():
+            ws = self._mapping(torch.randn(batch, z_dim, device=real.device), update_w_avg=True)
+            gen_logits = d(aug(g.synthesis(ws)))
+        g_loss = generator_logistic_loss(gen_logits)
+        self._check_finite("generator", g_loss)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self._check_finite("generator", g_loss, g)
+        self.g_optimizer.step()
+        self.g_steps += 1
+
+        # 4. lazy path-length regularisation (float32)
+        if self.pl_weight > 0 and self.g_steps % self.pl_interval == 0:
+            pl_batch = max(1, batch // self.pl_batch_shrink)
+            ws = self._mapping(torch.randn(pl_batch, z_dim, device=real.device))
+            penalty = self.pl_penalty(g.synthesis(ws), ws)
+            pl_loss = penalty.mean() * self.pl_weight * self.pl_interval
+            self._check_finite("path-length", pl_loss)
+            self.g_optimizer.zero_grad(set_to_none=True)
+            pl_loss.backward()
+            self._check_finite("path-length", pl_loss, g)
+            self.g_optimizer.step()
+            self._last["reg/pl"] = float(penalty.detach().mean())
+        d.requires_grad_(True)
+
+        # 5. EMA of G, 6. ADA
+        self.nimg += batch
+        self._update_ema(batch)
+        if self.ada.step():
+            self._last["ada/r_t"] = float(self.ada.rt)
+        return {
+            "loss/G": float(g_loss.detach()),
+            "loss/D": float(d_loss.detach()),
+            "D/real_logit": float(real_logits.detach().float().mean()),
+            "D/fake_logit": float(fake_logits.detach().float().mean()),
+            "ada/p": self.ada.p,
+            "progress/kimg": self.kimg,
+            **self._last,
+        }
+
+    # ------------------------------------------------------------------ checkpointing
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """The objects a checkpoint must hold to resume exactly (for ``TrainingCheckpointHandler`` or MONAI's
+        ``CheckpointSaver``/``CheckpointLoader``): G, G_ema, D, both optimisers and this trainer's state."""
+        return {
+            "generator": self.generator,
+            "generator_ema": self.generator_ema,
+            "discriminator": self.discriminator,
+            "g_optimizer": self.g_optimizer,
+            "d_optimizer": self.d_optimizer,
+            "trainer": self,
+        }
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """Engine state (epoch, iteration) plus kimg, step counters, ADA's ``p`` and statistics, the path-length
+        mean, the resolved R1 weight and the RNG states: tensors and plain data, loadable with weights_only."""
+        state = dict(super().state_dict())
+        state["stylegan2"] = {
+            "nimg": self.nimg,
+            "d_steps": self.d_steps,
+            "g_steps": self.g_steps,
+            "r1_gamma": self.r1_gamma,
+            "ada": self.ada.state_dict(),
+            "pl_mean": self.pl_penalty.pl_mean.detach().cpu().clone(),
+            "last": dict(self._last),
+            "rng": get_rng_states(),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Restore :meth:`state_dict`. ``max_epochs`` stays as constructed, so a resumed run can be extended."""
+        state = dict(state_dict)
+        extra = state.pop("stylegan2", None)
+        max_epochs = self.state.max_epochs
+        super().load_state_dict(state)
+        self.state.max_epochs = max_epochs
+        if extra is None:
+            return
+        self.nimg, self.d_steps, self.g_steps = int(extra["nimg"]), int(extra["d_steps"]), int(extra["g_steps"])
+        self.r1_gamma = extra["r1_gamma"]
+        self.ada.load_state_dict(extra["ada"])
+        self.pl_penalty.pl_mean.copy_(extra["pl_mean"])
+        self._last.update(extra.get("last", {}))
+        set_rng_states(extra["rng"])

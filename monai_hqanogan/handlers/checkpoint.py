@@ -1,0 +1,143 @@
+"""Resumable, crash-safe training checkpoints as one ignite handler.
+
+MONAI's ``CheckpointSaver`` writes in place (``atomic=False``), so a crash while saving can leave a broken newest
+file. This handler writes each checkpoint to a temporary file and renames it, keeps the last ``n_saved``, and on
+start resumes from the newest one found in ``save_dir``: running the same command again continues the run.
+The files are plain dicts of state dicts, so MONAI's ``CheckpointLoader`` reads them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_hqanogan.utils.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint_atomic,
+)
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+
+__all__ = ["TrainingCheckpointHandler"]
+
+
+class TrainingCheckpointHandler:
+    """Save ``{prefix}_iteration={n}.pt`` atomically every ``save_interval`` epochs and at the end; resume on start.
+
+    At ``STARTED``: if ``save_dir`` holds checkpoints and ``resume`` is True, the newest is loaded (with
+    ``weights_only=True``) into ``save_dict``; if ``resume`` is False the run refuses to start rather than mix
+    with or overwrite the earlier run. A newest file that cannot be loaded gives a clear error naming it and
+    the previous usable checkpoint; nothing is deleted.
+
+    Saving at epoch ends makes resumption exact: N steps straight equal N/2 steps, save, resume, N/2 steps,
+    provided N/2 is a whole number of epochs (the data order of a new epoch depends only on the restored RNG).
+
+    Args:
+        save_dir: directory of the run's checkpoints.
+        save_dict: name -> object with ``state_dict``/``load_state_dict``; None uses
+            ``engine.checkpoint_dict()`` (``StyleGAN2Trainer`` provides it).
+        save_interval: save every this many epochs (0: only at the end).
+        n_saved: how many recent checkpoints to keep (at least 1; 2 keeps a fallback).
+        resume: resume from the newest checkpoint in ``save_dir`` (True) or refuse a non-empty ``save_dir``.
+        file_prefix: file name prefix.
+        map_location: ``torch.load`` map location when resuming (default: the engine's device).
+        save_on_exception: also save when the run stops on an exception. Off by default: the last periodic
+            checkpoint is the last known-good state.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any] | None = None,
+        save_interval: int = 1,
+        n_saved: int = 2,
+        resume: bool = True,
+        file_prefix: str = "checkpoint",
+        map_location: Any = None,
+        save_on_exception: bool = False,
+    ) -> None:
+        if n_saved < 1:
+            raise ValueError(f"n_saved must be >= 1, got {n_saved}.")
+        if save_interval < 0:
+            raise ValueError(f"save_interval must be >= 0, got {save_interval}.")
+        self.save_dir = Path(save_dir)
+        self.save_dict = save_dict
+        self.save_interval, self.n_saved, self.resume = save_interval, n_saved, resume
+        self.file_prefix, self.map_location = file_prefix, map_location
+        self.save_on_exception = save_on_exception
+        self.logger = logging.getLogger(self.__class__.__name__)
+        self.last_saved_iteration: int | None = None
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.resume_or_check)
+        if self.save_interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+        if self.save_on_exception:
+            engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, _exc: self.save(e))
+
+    def _objects(self, engine: Engine) -> Mapping[str, Any]:
+        if self.save_dict is not None:
+            return self.save_dict
+        if not hasattr(engine, "checkpoint_dict"):
+            raise TypeError("save_dict is None and the engine has no checkpoint_dict(): pass save_dict explicitly.")
+        return engine.checkpoint_dict()
+
+    def resume_or_check(self, engine: Engine) -> None:
+        found = list_checkpoints(self.save_dir, self.file_prefix)
+        if not found:
+            return
+        newest = found[-1][1]
+        if not self.resume:
+            raise FileExistsError(
+                f"{str(self.save_dir)!r} already holds checkpoints of an earlier run (newest: {newest.name}); "
+                "set resume=True to continue it, or choose an empty directory. Nothing was overwritten."
+            )
+        try:
+            checkpoint = load_checkpoint(newest, map_location=self.map_location or engine.state.device)
+        except CheckpointError as e:
+            previous = [p.name for _, p in found[:-1]]
+            hint = f" The previous checkpoint {previous[-1]!r} is intact" if previous else " No older checkpoint exists"
+            raise CheckpointError(f"{e}{hint}; move the broken file away to resume from it.") from e
+        self.load_into(checkpoint, engine, source=newest)
+        self.resumed_from = newest
+        self.last_saved_iteration = engine.state.iteration
+        self.logger.info(f"resumed from {newest} (iteration {engine.state.iteration}, epoch {engine.state.epoch})")
+
+    def load_into(self, checkpoint: Mapping[str, Any], engine: Engine, source: Path | str = "checkpoint") -> None:
+        """Load ``checkpoint`` into the objects; the trainer's own state goes last so that its RNG restore wins."""
+        objects = self._objects(engine)
+        missing = [k for k in objects if k not in checkpoint]
+        if missing:
+            raise CheckpointError(f"checkpoint {str(source)!r} lacks {missing}; it holds {sorted(checkpoint)}.")
+        for name in sorted(objects, key=lambda k: objects[k] is engine):
+            try:
+                objects[name].load_state_dict(checkpoint[name])
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise CheckpointError(
+                    f"checkpoint {str(source)!r}: '{name}' does not fit the current model or settings: {e}"
+                ) from e
+
+    def save(self, engine: Engine) -> Path | None:
+        it = engine.state.iteration
+        if it == self.last_saved_iteration:
+            return None  # e.g. the end of the run coincides with an epoch end, or nothing ran after resuming
+        objects = self._objects(engine)
+        path = self.save_dir / f"{self.file_prefix}_iteration={it}.pt"
+        if path.exists():
+            raise FileExistsError(f"refusing to overwrite {str(path)!r} written by another run.")
+        save_checkpoint_atomic({k: v.state_dict() for k, v in objects.items()}, path)
+        self.last_saved_iteration = it
+        for _, old in list_checkpoints(self.save_dir, self.file_prefix)[: -self.n_saved]:
+            old.unlink(missing_ok=True)
+        self.logger.info(f"saved {path}")
+        return path

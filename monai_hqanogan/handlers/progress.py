@@ -1,0 +1,80 @@
+"""A tqdm progress bar counted in thousands of images (kimg), as GAN training is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.utils import IgniteInfo, min_version, optional_import
+from tqdm.auto import tqdm
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+
+__all__ = ["KimgProgressBar"]
+
+
+class KimgProgressBar:
+    """Show training progress in kimg with the latest values of a few outputs.
+
+    Args:
+        total_kimg: length of the bar; None takes ``engine.total_kimg`` or estimates it from ``max_epochs``,
+            ``epoch_length`` and the data loader's batch size.
+        keys: keys of ``engine.state.output`` shown after the bar.
+        kimg_attr: engine attribute counting kimg.
+        disable: hide the bar (None: hide it when the output is not a terminal, as tqdm decides).
+    """
+
+    def __init__(
+        self,
+        total_kimg: float | None = None,
+        keys: Sequence[str] = ("loss/G", "loss/D", "ada/p"),
+        kimg_attr: str = "kimg",
+        disable: bool | None = None,
+    ) -> None:
+        self.total_kimg, self.keys, self.kimg_attr, self.disable = total_kimg, tuple(keys), kimg_attr, disable
+        self.bar: tqdm | None = None
+        self._shown = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, _exc: self.close(e))
+
+    def _total(self, engine: Engine) -> float | None:
+        if self.total_kimg is not None:
+            return self.total_kimg
+        if getattr(engine, "total_kimg", None) is not None:
+            return engine.total_kimg
+        batch = getattr(getattr(engine, "data_loader", None), "batch_size", None)
+        if batch and engine.state.epoch_length and engine.state.max_epochs:
+            return engine.state.max_epochs * engine.state.epoch_length * batch / 1000
+        return None
+
+    def open(self, engine: Engine) -> None:
+        self._shown = float(getattr(engine, self.kimg_attr, 0.0))
+        total = self._total(engine)
+        self.bar = tqdm(
+            total=None if total is None else round(total, 3),
+            initial=round(self._shown, 3),
+            unit="kimg",
+            desc="training",
+            disable=self.disable,
+            bar_format="{l_bar}{bar}| {n:.3f}/{total_fmt} kimg [{elapsed}<{remaining}{postfix}]",
+        )
+
+    def update(self, engine: Engine) -> None:
+        if self.bar is None:
+            return
+        kimg = float(getattr(engine, self.kimg_attr, 0.0))
+        self.bar.update(round(kimg - self._shown, 6))
+        self._shown = kimg
+        out = engine.state.output if isinstance(engine.state.output, dict) else {}
+        shown = {k.split("/")[-1]: f"{out[k]:.3g}" for k in self.keys if k in out}
+        if shown:
+            self.bar.set_postfix(shown, refresh=False)
+
+    def close(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,92 @@
+"""Fixed-latent sample sheets of a generator, saved as PNG and logged to TensorBoard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_hqanogan.visualize.grid import make_image_grid, save_image_grid
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+SummaryWriter, _ = optional_import("torch.utils.tensorboard", name="SummaryWriter")
+
+__all__ = ["GeneratorSampleHandler"]
+
+
+class GeneratorSampleHandler:
+    """Every ``interval`` epochs (and at the end), render the same latents with the engine's generator.
+
+    The latents come from a private ``torch.Generator`` and the synthesis uses constant noise, so the global RNG
+    is untouched: attaching this handler does not change training, and resumption stays exact.
+
+    Args:
+        output_dir: where to write ``{file_prefix}_iteration={n}.png`` (None: no files).
+        summary_writer: a TensorBoard ``SummaryWriter`` to log the grid to.
+        log_dir: create a ``SummaryWriter`` here when ``summary_writer`` is None (None: no TensorBoard).
+        interval: epochs between sheets.
+        num_samples: images per sheet.
+        seed: seed of the fixed latents.
+        truncation_psi: truncation of the latents (1: none).
+        generator_attr: engine attribute holding the generator (``"generator_ema"``).
+        tag: TensorBoard image tag.
+        file_prefix: PNG file name prefix.
+        scale: PNG enlargement factor (nearest neighbour).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike | None = None,
+        summary_writer: Any = None,
+        log_dir: str | os.PathLike | None = None,
+        interval: int = 1,
+        num_samples: int = 16,
+        seed: int = 0,
+        truncation_psi: float = 1.0,
+        generator_attr: str = "generator_ema",
+        tag: str = "samples",
+        file_prefix: str = "samples",
+        scale: int = 1,
+    ) -> None:
+        if output_dir is None and summary_writer is None and log_dir is None:
+            raise ValueError("give output_dir, summary_writer or log_dir: the samples must go somewhere.")
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.writer = summary_writer
+        if self.writer is None and log_dir is not None:
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.interval, self.num_samples, self.seed = interval, num_samples, seed
+        self.truncation_psi, self.generator_attr = truncation_psi, generator_attr
+        self.tag, self.file_prefix, self.scale = tag, file_prefix, scale
+        self.last_path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    @torch.no_grad()
+    def render(self, generator: torch.nn.Module) -> torch.Tensor:
+        """The sample batch [num_samples, C, R, R] for the fixed latents."""
+        rng = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(self.num_samples, generator.z_dim, generator=rng)
+        device = next(generator.parameters()).device
+        was_training = generator.training
+        generator.eval()
+        try:
+            return generator(z.to(device), truncation_psi=self.truncation_psi, noise_mode="const").float().cpu()
+        finally:
+            generator.train(was_training)
+
+    def __call__(self, engine: Engine) -> None:
+        images = self.render(getattr(engine, self.generator_attr))
+        it = engine.state.iteration
+        if self.output_dir is not None:
+            self.last_path = save_image_grid(
+                images, self.output_dir / f"{self.file_prefix}_iteration={it}.png", scale=self.scale
+            )
+        if self.writer is not None:
+            self.writer.add_image(self.tag, make_image_grid(images), global_step=it)
+            self.writer.flush()

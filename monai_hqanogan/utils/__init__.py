@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from .checkpoint import (
+    CheckpointError,
+    get_rng_states,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint_atomic,
+    set_rng_states,
+)

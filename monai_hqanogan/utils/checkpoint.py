@@ -1,0 +1,116 @@
+"""Crash-safe checkpoint files: atomic writes, safe loads, and finding the newest checkpoint of a run."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint_atomic",
+    "load_checkpoint",
+    "list_checkpoints",
+    "get_rng_states",
+    "set_rng_states",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt, or holds something other than tensors and plain data."""
+
+
+def save_checkpoint_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename it.
+
+    The rename is atomic on POSIX and Windows, so ``path`` is always either the previous complete file or the new
+    complete file, never a partial one, whenever the process dies.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(obj), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(..., weights_only=True)``, turning any failure into a clear error.
+
+    ``weights_only=True`` refuses pickles that would run code: only tensors and plain containers load.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): it was not written completely.")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, ... for bad files
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be loaded: it is truncated, corrupt, or holds objects other than "
+            f"tensors and plain data (refused for safety). Underlying error: {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict of state dicts.")
+    return obj
+
+
+def list_checkpoints(directory: str | os.PathLike, prefix: str = "checkpoint") -> list[tuple[int, Path]]:
+    """Checkpoints named ``{prefix}_iteration={n}.pt`` in ``directory``, sorted by ``n`` (oldest first)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}_iteration=(\d+)\.pt$")
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := pattern.match(p.name)) and p.is_file()]
+    return sorted(found)
+
+
+def get_rng_states() -> dict[str, Any]:
+    """The states of Python's, NumPy's and PyTorch's (CPU and CUDA) global generators, as tensors and plain data."""
+    np_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore generator states saved by :func:`get_rng_states`."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = states["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
