@@ -1,0 +1,124 @@
+"""Training throughput of full StyleGAN2-ADA iterations (G and D steps, ADA, EMA, lazy R1 and path length).
+
+Lazy regularisation runs every 16 D steps (R1) and every 4 G steps (path length), so a short run would over- or
+under-count it. Each resolution is therefore timed three ways on the same models: main steps only, with R1 at
+every step, and with path length at every step; the amortised cost of one iteration is
+``t_main + (t_r1 - t_main) / 16 + (t_pl - t_main) / 4``. ADA is on at p = 0.2 so that the augmentation cost counts.
+
+    python benchmarks/train_throughput.py                           # CPU: 32, 64, 128 px
+    python benchmarks/train_throughput.py --device cuda --batch 64  # GPU, bfloat16 autocast
+    python benchmarks/train_throughput.py --markdown benchmarks/results/<date>-<machine>.md
+
+Prints a Markdown table (images/s and kimg/h per resolution) and optionally appends it to a file with the machine
+description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from monai_hqanogan.data import make_ellipse_images
+from monai_hqanogan.engines import StyleGAN2Trainer, stylegan2_adam
+from monai_hqanogan.networks.nets import StyleGAN2Discriminator, StyleGAN2Generator
+from monai_hqanogan.transforms import AdaptiveAugmentPipe
+
+
+def time_iterations(
+    resolution: int, batch: int, iterations: int, device: str, args: argparse.Namespace, **trainer_kwargs
+) -> float:
+    """Seconds per iteration, after one warm-up iteration."""
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(
+        resolution=resolution, z_dim=args.w_dim, w_dim=args.w_dim, mapping_layers=args.mapping_layers,
+        channel_base=args.channel_base, channel_max=args.channel_max,
+    ).to(device)  # fmt: skip
+    d = StyleGAN2Discriminator(resolution=resolution, channel_base=args.channel_base, channel_max=args.channel_max)
+    d.to(device)
+    data = make_ellipse_images(batch * (iterations + 1), resolution)
+    loader = DataLoader(TensorDataset(data), batch_size=batch, drop_last=True)
+    trainer = StyleGAN2Trainer(
+        device=device,
+        max_epochs=1,
+        train_data_loader=loader,
+        generator=g,
+        discriminator=d,
+        g_optimizer=stylegan2_adam(g.parameters(), reg_interval=4),
+        d_optimizer=stylegan2_adam(d.parameters(), reg_interval=16),
+        augment_pipe=AdaptiveAugmentPipe(p=0.2),
+        ada_mode="fixed",
+        amp=device.startswith("cuda"),
+        **trainer_kwargs,
+    )
+    stamps: list[float] = []
+
+    def stamp(_engine: StyleGAN2Trainer) -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
+    trainer.run()
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration")
+    parser.add_argument("--channel-base", type=int, default=16384)
+    parser.add_argument("--channel-max", type=int, default=256)
+    parser.add_argument("--w-dim", type=int, default=512)
+    parser.add_argument("--mapping-layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--markdown", default=None, help="append the table to this Markdown file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.device.startswith("cuda"):
+        machine = f"{torch.cuda.get_device_name()} (bfloat16 autocast)"
+    else:
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads (float32)"
+    header = (
+        "| resolution | batch | s/iter main | s/iter +R1 | s/iter +PL | s/iter amortised | images/s | kimg/h |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = []
+    print(f"device: {args.device} - {machine}; channel_base={args.channel_base}, channel_max={args.channel_max}")
+    print(header)
+    for res in args.resolutions:
+        run = (res, args.batch, args.iterations, args.device, args)
+        t_main = time_iterations(*run, r1_gamma=0.0, pl_weight=0.0)
+        t_r1 = time_iterations(*run, r1_interval=1, pl_weight=0.0)
+        t_pl = time_iterations(*run, r1_gamma=0.0, pl_interval=1)
+        amortised = t_main + max(0.0, t_r1 - t_main) / 16 + max(0.0, t_pl - t_main) / 4
+        ips = args.batch / amortised
+        row = (
+            f"| {res} | {args.batch} | {t_main:.3f} | {t_r1:.3f} | {t_pl:.3f} | {amortised:.3f} | {ips:.1f} | "
+            f"{ips * 3.6:.1f} |"
+        )
+        rows.append(row)
+        print(row, flush=True)
+    if args.markdown:
+        path = Path(args.markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(
+                f"\n### {args.device}: {machine}\n\nchannel_base={args.channel_base}, channel_max={args.channel_max}, "
+                f"w_dim={args.w_dim}, mapping_layers={args.mapping_layers}, torch {torch.__version__}\n\n"
+                + header + "\n" + "\n".join(rows) + "\n"
+            )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
