@@ -93,7 +93,7 @@ def test_checkpoint_holds_everything_and_monai_loader_reads_it(tmp_path):
     path = list_checkpoints(tmp_path)[-1][1]
     ckpt = load_checkpoint(path)
     assert set(ckpt) == {"generator", "generator_ema", "discriminator", "g_optimizer", "d_optimizer", "trainer"}
-    extra = ckpt["trainer"]["stylegan2"]
+    extra = ckpt["trainer"]["training"]
     assert extra["nimg"] == 32 and "rng" in extra and "ada" in extra and "pl_mean" in extra
     assert "mapping.w_avg" in ckpt["generator"] and "p" in extra["ada"]
 
@@ -115,7 +115,7 @@ def test_truncated_checkpoint_gives_clear_error_and_previous_stays_usable(tmp_pa
         again = make_trainer(max_epochs=3)
         TrainingCheckpointHandler(save_dir=tmp_path).attach(again)
         again.run()
-    assert load_checkpoint(older)["trainer"]["stylegan2"]["nimg"] == 32  # previous one untouched and loadable
+    assert load_checkpoint(older)["trainer"]["training"]["nimg"] == 32  # previous one untouched and loadable
     assert newest.exists()  # nothing deleted
 
     newest.rename(tmp_path / "broken.bak")  # as the message says: move it away, then resuming works

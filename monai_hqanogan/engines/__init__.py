@@ -1,3 +1,5 @@
 from __future__ import annotations
 
-from .stylegan2_trainer import NonFiniteLossError, StyleGAN2Trainer, auto_r1_gamma, stylegan2_adam
+from .base import KimgTrainer, NonFiniteLossError
+from .encoder_trainer import EncoderTrainer
+from .stylegan2_trainer import StyleGAN2Trainer, auto_r1_gamma, stylegan2_adam

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
-from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
-from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from monai_hqanogan.engines.base import KimgTrainer, NonFiniteLossError
 from monai_hqanogan.losses import (
     PathLengthPenalty,
     discriminator_logistic_loss,
@@ -41,16 +39,8 @@ from monai_hqanogan.losses import (
 )
 from monai_hqanogan.networks.nets import StyleGAN2Discriminator, StyleGAN2Generator
 from monai_hqanogan.transforms.ada import AdaptiveAugmentController, AdaptiveAugmentPipe
-from monai_hqanogan.transforms.array import ensure_finite
-from monai_hqanogan.utils.checkpoint import get_rng_states, set_rng_states
-
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
 __all__ = ["StyleGAN2Trainer", "NonFiniteLossError", "stylegan2_adam", "auto_r1_gamma"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss or gradient became NaN or inf. Raised before the optimiser step, so no weight was changed."""
 
 
 def stylegan2_adam(
@@ -86,7 +76,7 @@ def auto_r1_gamma(resolution: int, batch_size: int) -> float:
     return 0.0002 * resolution**2 / batch_size
 
 
-class StyleGAN2Trainer(Trainer):
+class StyleGAN2Trainer(KimgTrainer):
     """StyleGAN2-ADA trainer built on MONAI's ``Trainer`` (ignite ``Engine``).
 
     Args:
@@ -164,30 +154,22 @@ class StyleGAN2Trainer(Trainer):
         to_kwargs: dict | None = None,
     ) -> None:
         self._check_models(generator, discriminator)
-        if isinstance(train_data_loader, DataLoader):
-            if len(train_data_loader.dataset) == 0:  # type: ignore[arg-type]
-                raise ValueError("the training dataset is empty: give at least one normal image.")
-            if len(train_data_loader) == 0:
-                raise ValueError(
-                    f"the training data loader yields no batch: {len(train_data_loader.dataset)} images with "  # type: ignore[arg-type]
-                    f"batch_size={train_data_loader.batch_size} and drop_last=True."
-                )
         if r1_interval < 1 or pl_interval < 1 or pl_batch_shrink < 1:
             raise ValueError("r1_interval, pl_interval and pl_batch_shrink must be >= 1.")
-        if total_kimg is not None and total_kimg <= 0:
-            raise ValueError(f"total_kimg must be positive, got {total_kimg}.")
-        # MONAI's own amp path builds a CUDA GradScaler; bfloat16 autocast needs none, so amp is handled here.
         super().__init__(
             device=device,
             max_epochs=max_epochs,
-            data_loader=train_data_loader,
+            train_data_loader=train_data_loader,
+            img_channels=generator.img_channels,
+            resolution=generator.resolution,
+            total_kimg=total_kimg,
+            image_key=image_key,
+            amp=amp,
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             prepare_batch=prepare_batch,
-            handlers=train_handlers,
-            amp=False,
+            train_handlers=train_handlers,
             event_names=event_names,
-            decollate=False,
             to_kwargs=to_kwargs,
         )
         self.generator = generator
@@ -204,17 +186,10 @@ class StyleGAN2Trainer(Trainer):
         self.pl_penalty = PathLengthPenalty(decay=pl_decay).to(self.state.device)
         self.style_mixing_prob = style_mixing_prob
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
-        self.total_kimg = total_kimg
-        self.image_key = image_key
-        self.use_amp = bool(amp) and self.state.device.type == "cuda"
-        self.nimg = 0
         self.d_steps = 0
         self.g_steps = 0
         self._last: dict[str, float] = {"reg/r1": float("nan"), "reg/pl": float("nan"), "ada/r_t": float("nan")}
-        # checked before each batch is fetched: a run resumed at or past total_kimg does no extra iteration
-        self.add_event_handler(Events.GET_BATCH_STARTED, self._stop_at_total_kimg)
 
-    # ------------------------------------------------------------------ set-up and checks
     @staticmethod
     def _check_models(g: nn.Module, d: nn.Module) -> None:
         for name in ("resolution", "img_channels"):
@@ -223,59 +198,6 @@ class StyleGAN2Trainer(Trainer):
                 raise TypeError(f"generator and discriminator need a '{name}' attribute (StyleGAN2 networks).")
             if gv != dv:
                 raise ValueError(f"generator {name}={gv} does not match discriminator {name}={dv}.")
-
-    @property
-    def kimg(self) -> float:
-        """Thousands of real images shown to D so far."""
-        return self.nimg / 1000.0
-
-    def _stop_at_total_kimg(self, engine: Trainer) -> None:
-        if self.total_kimg is not None and self.nimg >= self.total_kimg * 1000:
-            self.terminate()
-
-    def _autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
-
-    def _get_real_images(self, batchdata: Any) -> torch.Tensor:
-        if isinstance(batchdata, dict):
-            if self.image_key not in batchdata:
-                raise KeyError(f"batch has no key {self.image_key!r}; keys: {sorted(map(str, batchdata))}.")
-            images = batchdata[self.image_key]
-        elif isinstance(batchdata, (list, tuple)):
-            images = batchdata[0]
-        else:
-            images = batchdata
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"expected a batch of images as a tensor, got {type(images).__name__}.")
-        images = images.as_tensor() if hasattr(images, "as_tensor") else images
-        g = self.generator
-        expected = (g.img_channels, g.resolution, g.resolution)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"training images must have shape [batch, {expected[0]}, {expected[1]}, {expected[2]}] to match the "
-                f"generator (img_channels={g.img_channels}, resolution={g.resolution}), got {tuple(images.shape)}. "
-                "Convert to the right channel count and pad/resize to a square (gan_image_transforms does)."
-            )
-        images = images.to(self.state.device, dtype=torch.float32, non_blocking=self.non_blocking, **self.to_kwargs)
-        return ensure_finite(images, "training batch", f"at iteration {self.state.iteration}")
-
-    def _check_finite(self, name: str, loss: torch.Tensor, module: nn.Module | None = None) -> None:
-        """Raise before any optimiser step if the loss, or the gradients of ``module``, are not finite."""
-        loss = loss.detach()
-        bad = not bool(torch.isfinite(loss).all())
-        what = f"{name} loss = {float(loss)}"
-        if not bad and module is not None:
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
-            if grads:
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-                bad = not bool(torch.isfinite(norm))
-                what = f"gradient of the {name} loss (norm {float(norm)})"
-        if bad:
-            raise NonFiniteLossError(
-                f"{what} is not finite at iteration {self.state.iteration} ({self.kimg:.3f} kimg); training stopped "
-                "before the optimiser step, so the weights and the last checkpoint are intact. Lower the learning "
-                "rate or raise r1_gamma."
-            )
 
     # ------------------------------------------------------------------ the training step
     def _mapping(self, z: torch.Tensor, update_w_avg: bool = False) -> torch.Tensor:
@@ -301,7 +223,7 @@ class StyleGAN2Trainer(Trainer):
             for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
                 b_ema.copy_(b)
 
-    def _iteration(self, engine: Trainer, batchdata: Any) -> dict[str, float]:
+    def _iteration(self, engine: KimgTrainer, batchdata: Any) -> dict[str, float]:
         real = self._get_real_images(batchdata)
         batch = real.shape[0]
         g, d, aug = self.generator, self.discriminator, self.augment_pipe
@@ -386,42 +308,28 @@ class StyleGAN2Trainer(Trainer):
         """The objects a checkpoint must hold to resume exactly (for ``TrainingCheckpointHandler`` or MONAI's
         ``CheckpointSaver``/``CheckpointLoader``): G, G_ema, D, both optimisers and this trainer's state."""
         return {
+            **super().checkpoint_dict(),
             "generator": self.generator,
             "generator_ema": self.generator_ema,
             "discriminator": self.discriminator,
             "g_optimizer": self.g_optimizer,
             "d_optimizer": self.d_optimizer,
-            "trainer": self,
         }
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """Engine state (epoch, iteration) plus kimg, step counters, ADA's ``p`` and statistics, the path-length
-        mean, the resolved R1 weight and the RNG states: tensors and plain data, loadable with weights_only."""
-        state = dict(super().state_dict())
-        state["stylegan2"] = {
-            "nimg": self.nimg,
+    def _extra_state(self) -> dict[str, Any]:
+        """Step counters, ADA's ``p`` and statistics, the path-length mean and the resolved R1 weight."""
+        return {
             "d_steps": self.d_steps,
             "g_steps": self.g_steps,
             "r1_gamma": self.r1_gamma,
             "ada": self.ada.state_dict(),
             "pl_mean": self.pl_penalty.pl_mean.detach().cpu().clone(),
             "last": dict(self._last),
-            "rng": get_rng_states(),
         }
-        return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """Restore :meth:`state_dict`. ``max_epochs`` stays as constructed, so a resumed run can be extended."""
-        state = dict(state_dict)
-        extra = state.pop("stylegan2", None)
-        max_epochs = self.state.max_epochs
-        super().load_state_dict(state)
-        self.state.max_epochs = max_epochs
-        if extra is None:
-            return
-        self.nimg, self.d_steps, self.g_steps = int(extra["nimg"]), int(extra["d_steps"]), int(extra["g_steps"])
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.d_steps, self.g_steps = int(extra["d_steps"]), int(extra["g_steps"])
         self.r1_gamma = extra["r1_gamma"]
         self.ada.load_state_dict(extra["ada"])
         self.pl_penalty.pl_mean.copy_(extra["pl_mean"])
         self._last.update(extra.get("last", {}))
-        set_rng_states(extra["rng"])
