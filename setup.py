@@ -31,8 +31,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist"],
-        "dev": ["pytest>=7", "pytest-xdist", "ruff"],
+        "test": ["pytest>=7", "pytest-xdist", "scikit-learn"],
+        "dev": ["pytest>=7", "pytest-xdist", "ruff", "scikit-learn"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
