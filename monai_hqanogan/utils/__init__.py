@@ -5,6 +5,7 @@ from .checkpoint import (
     get_rng_states,
     list_checkpoints,
     load_checkpoint,
+    model_fingerprint,
     save_checkpoint_atomic,
     set_rng_states,
 )

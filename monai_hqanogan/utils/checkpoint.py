@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -20,6 +21,7 @@ __all__ = [
     "list_checkpoints",
     "get_rng_states",
     "set_rng_states",
+    "model_fingerprint",
 ]
 
 
@@ -114,3 +116,17 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
     torch.set_rng_state(states["torch"].cpu())
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def model_fingerprint(*modules: torch.nn.Module) -> str:
+    """A short SHA-256 hex digest of the modules' state dicts (names, shapes, dtypes and values).
+
+    Used to tie files (encoder checkpoints, calibrations) to the exact networks they were made for.
+    """
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
