@@ -111,3 +111,33 @@ def test_save_image_grid_passes_padding(tmp_path):
     path = save_image_grid(torch.zeros(2, 1, 4, 4), tmp_path / "g.png", nrow=2, padding=3)
     with Image.open(path) as img:
         assert img.size == (2 * 4 + 3 * 3, 4 + 2 * 3)
+
+
+def test_detection_panels_roc_and_histogram_are_written(tmp_path):
+    from monai_hqanogan.visualize import (
+        figure_to_image,
+        plot_detection_panels,
+        plot_roc_curves,
+        plot_score_histogram,
+        save_figure,
+    )
+
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    amap = torch.zeros(2, 1, 16, 16)
+    amap[:, :, 4:8, 4:8] = 1.0
+    fig = plot_detection_panels(
+        x, x * 0.5, amap, pred_masks=amap > 0.5, gt_masks=amap > 0.5, scores=[0.3, 2.0], threshold=1.0
+    )
+    assert "normal, threshold 1.00" in fig.axes[0].get_title(loc="left")
+    path = save_figure(fig, tmp_path / "panel.png")
+    with Image.open(path) as img:
+        assert img.size[0] > 500 and np.asarray(img.convert("L")).std() > 10  # non-empty picture
+
+    roc = plot_roc_curves({"a": ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])})
+    assert "AUROC 0.750" in roc.axes[0].get_legend().get_texts()[0].get_text()
+    assert save_figure(roc, tmp_path / "roc.png").stat().st_size > 1000
+    hist = plot_score_histogram([0.1, 0.2, 0.9, 1.1], [0, 0, 1, 1], threshold=0.5)
+    arr = figure_to_image(hist)
+    assert arr.dtype == np.uint8 and arr.shape[0] == 3 and arr.std() > 5
+    with pytest.raises(ValueError, match="same non-zero number"):
+        plot_detection_panels(x, x[:1], amap)

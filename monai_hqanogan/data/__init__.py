@@ -1,3 +1,3 @@
 from __future__ import annotations
 
-from .synthetic import make_ellipse_images
+from .synthetic import add_synthetic_lesions, make_ellipse_images

@@ -1,0 +1,253 @@
+"""HQ-AnoGAN detector: encoder, generator, discriminator and calibrated scorer in one ``nn.Module``.
+
+Sato et al., "HQ-AnoGAN", Int J CARS 2023, https://doi.org/10.1007/s11548-023-03031-9. An image x is encoded into
+W+ (pSp encoder), turned into its pseudo-normal reconstruction x' = G(E(x)) (constant noise), and scored from the
+latents and the residual. ``forward(image)`` returns the anomaly map (a MONAI bundle's ``pred``); :meth:`detect`
+returns the full record (``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask``, ``reconstruction``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import GaussianFilter
+from torch import nn
+
+from monai_hqanogan.losses.encoder_losses import DiscriminatorFeatureLoss
+from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
+from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator
+from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
+from monai_hqanogan.scoring.calibration import SCORE_NAMES, AnomalyCalibration, fit_scores
+from monai_hqanogan.utils.checkpoint import model_fingerprint
+
+__all__ = ["HQAnoGANDetector"]
+
+
+class HQAnoGANDetector(nn.Module):
+    """Anomaly detector from a trained StyleGAN2 (G, D) and pSp encoder (E).
+
+    Args:
+        encoder: the trained :class:`PSPEncoder`.
+        generator: the trained generator (G_ema).
+        discriminator: the trained discriminator, for the ``feature`` score (None: that score is 0).
+        calibration: a fitted :class:`AnomalyCalibration` (None: an empty one; call :meth:`calibrate`).
+        refine_steps: Adam steps in W+ starting from E(x) to sharpen the reconstruction (0: none, the fast path).
+        refine_lr: learning rate of those steps.
+        smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (0: none).
+        foreground_threshold: pixels are foreground where the (dilated) input exceeds this value in the [-1, 1]
+            range; the map is zeroed and the residual score averaged over the foreground (None: no masking).
+        feature_layers: discriminator feature indices for the ``feature`` score (None: all).
+    """
+
+    def __init__(
+        self,
+        encoder: PSPEncoder,
+        generator: StyleGAN2Generator,
+        discriminator: StyleGAN2Discriminator | None = None,
+        calibration: AnomalyCalibration | None = None,
+        refine_steps: int = 0,
+        refine_lr: float = 0.01,
+        smoothing_sigma: float = 1.0,
+        foreground_threshold: float | None = None,
+        feature_layers: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        for name in ("resolution", "img_channels", "w_dim", "num_ws"):
+            if getattr(encoder, name) != getattr(generator, name):
+                raise ValueError(
+                    f"encoder {name}={getattr(encoder, name)} != generator {name}={getattr(generator, name)}."
+                )
+        if refine_steps < 0 or smoothing_sigma < 0:
+            raise ValueError(f"refine_steps and smoothing_sigma must be >= 0, got {refine_steps}, {smoothing_sigma}.")
+        self.encoder = encoder.eval()
+        self.generator = generator.eval().requires_grad_(False)
+        self.discriminator = None if discriminator is None else discriminator.eval().requires_grad_(False)
+        self.feature_loss = None if discriminator is None else DiscriminatorFeatureLoss(discriminator, feature_layers)
+        self.calibration = (
+            calibration if calibration is not None else AnomalyCalibration(generator.num_ws, generator.w_dim)
+        )
+        self.resolution, self.img_channels = generator.resolution, generator.img_channels
+        self.refine_steps, self.refine_lr = refine_steps, refine_lr
+        self.smoothing = GaussianFilter(spatial_dims=2, sigma=smoothing_sigma) if smoothing_sigma > 0 else None
+        self.foreground_threshold = foreground_threshold
+
+    # ------------------------------------------------------------------ helpers
+    def fingerprint(self) -> str:
+        """Fingerprint of the networks (E, G, D) that a calibration must match."""
+        nets = [self.encoder, self.generator] + ([] if self.discriminator is None else [self.discriminator])
+        return model_fingerprint(*nets)
+
+    def check_input(self, image: torch.Tensor) -> None:
+        """Raise a ValueError naming the problem unless ``image`` is [B, C, R, R] with finite values."""
+        expected = (self.img_channels, self.resolution, self.resolution)
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or tuple(image.shape[1:]) != expected:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(
+                f"HQAnoGANDetector expects images [batch, {expected[0]}, {expected[1]}, {expected[2]}] in [-1, 1], got "
+                f"{shape}. Preprocess with monai_hqanogan.transforms.gan_image_transforms({self.resolution}), which "
+                "converts to one channel, resizes the longest side and pads to a square (it never crops)."
+            )
+        finite = torch.isfinite(image).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"images {bad} of the batch contain NaN or inf pixels; fix or drop them before scoring.")
+
+    def _refine(self, image: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        """``refine_steps`` Adam steps on W+ minimising the pixel L2 to ``image`` (plus the feature loss if any)."""
+        ws = ws.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([ws], lr=self.refine_lr)
+        with torch.enable_grad():
+            for _ in range(self.refine_steps):
+                rec = self.generator.synthesis(ws, noise_mode="const")
+                loss = F.mse_loss(rec, image, reduction="none").flatten(1).mean(1)
+                if self.feature_loss is not None:
+                    loss = loss + self.feature_loss.per_image(rec, image)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+        return ws.detach()
+
+    def reconstruct(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ws, pseudo-normal reconstruction)`` of ``image``."""
+        ws = self.encoder(image)
+        if self.refine_steps > 0:
+            ws = self._refine(image, ws)
+        return ws, self.generator.synthesis(ws, noise_mode="const")
+
+    def foreground(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] float mask of the body: input above ``foreground_threshold``, dilated by 2 pixels."""
+        if self.foreground_threshold is None:
+            return torch.ones_like(image[:, :1])
+        mask = (image.amax(dim=1, keepdim=True) > self.foreground_threshold).float()
+        return F.max_pool2d(mask, kernel_size=5, stride=1, padding=2)
+
+    def residual_map(self, image: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] anomaly map: |x - x'| averaged over channels, smoothed, background zeroed."""
+        amap = (image - reconstruction).abs().mean(dim=1, keepdim=True)
+        if self.smoothing is not None:
+            amap = self.smoothing(amap)
+        return amap * self.foreground(image)
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """The anomaly map [B, 1, H, W] of ``image`` [B, C, H, W] (H = W = the model's resolution)."""
+        _, rec = self.reconstruct(image)
+        return self.residual_map(image, rec)
+
+    @torch.no_grad()
+    def score_components(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every raw score of :data:`SCORE_NAMES` per image, plus ``ws``, ``reconstruction``, ``anomaly_map`` and
+        ``foreground``."""
+        self.check_input(image)
+        ws, rec = self.reconstruct(image)
+        fg = self.foreground(image)
+        residual = ((image - rec).abs().mean(dim=1, keepdim=True) * fg).flatten(1).sum(1) / fg.flatten(1).sum(
+            1
+        ).clamp_min(1)
+        amap = self.residual_map(image, rec)
+        out: dict[str, torch.Tensor] = {
+            "residual": residual,
+            "map_max": amap.flatten(1).amax(dim=1),
+            "feature": self.feature_loss.per_image(rec, image)
+            if self.feature_loss is not None
+            else torch.zeros_like(residual),
+            "latent_cycle": (self.encoder(rec) - ws).square().sum(-1).mean(-1),
+            "mahalanobis": self.calibration.density(ws),
+            "w_avg_distance": (ws - self.generator.w_avg).norm(dim=-1).mean(-1),
+        }
+        out.update({"ws": ws, "reconstruction": rec, "anomaly_map": amap, "foreground": fg})
+        return out
+
+    @torch.no_grad()
+    def detect(self, image: torch.Tensor) -> dict[str, Any]:
+        """The full record for a batch: ``pred_score`` [B] (combined calibrated score), ``pred_label`` [B] bool,
+        ``anomaly_map`` [B, 1, H, W], ``pred_mask`` [B, 1, H, W] bool, ``reconstruction``, ``valid`` [B] (False for
+        constant images, whose scores mean little), ``components`` (the raw scores) and the thresholds."""
+        if not bool(self.calibration.calibrated):
+            raise RuntimeError("the detector is not calibrated: call calibrate(...) or load a calibration file first.")
+        comps = self.score_components(image)
+        raw = {k: comps[k] for k in SCORE_NAMES}
+        score = self.calibration.combine(raw)
+        return {
+            "pred_score": score,
+            "pred_label": score >= self.calibration.image_threshold,
+            "anomaly_map": comps["anomaly_map"],
+            "pred_mask": comps["anomaly_map"] >= self.calibration.pixel_threshold,
+            "reconstruction": comps["reconstruction"],
+            "valid": image.flatten(1).std(dim=1) > 1e-6,
+            "components": raw,
+            "image_threshold": float(self.calibration.image_threshold),
+            "pixel_threshold": float(self.calibration.pixel_threshold),
+        }
+
+    # ------------------------------------------------------------------ calibration
+    @torch.no_grad()
+    def _batched(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
+        chunks = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+        parts: dict[str, list[torch.Tensor]] = {}
+        device = next(self.generator.parameters()).device
+        for chunk in chunks:
+            for k, v in self.score_components(chunk.to(device)).items():
+                parts.setdefault(k, []).append(v.cpu())
+        if not parts:
+            raise ValueError("no images were given.")
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    @torch.no_grad()
+    def calibrate(
+        self,
+        fit_images: torch.Tensor,
+        val_images: torch.Tensor,
+        val_labels: torch.Tensor | None = None,
+        val_masks: torch.Tensor | None = None,
+        fpr: float = 0.05,
+        pixel_fpr: float = 0.01,
+        weight_step: float = 0.25,
+        batch_size: int = 32,
+    ) -> dict[str, Any]:
+        """Fit the scorer and thresholds; returns a report (also kept in ``calibration.info``).
+
+        Args:
+            fit_images: normal images (e.g. the training set) for the W+ Gaussian of the ``mahalanobis`` score.
+            val_images: validation images, normal or mixed.
+            val_labels: 1 abnormal / 0 normal per validation image (None: all normal).
+            val_masks: ground-truth lesion masks [N, 1, H, W] of the validation images, to choose the pixel
+                threshold by Dice (None: the ``1 - pixel_fpr`` quantile of normal images' map values).
+            fpr: false-positive rate on normals that fixes the image threshold when there are no abnormal images.
+            pixel_fpr: false-positive rate on normal pixels that fixes the pixel threshold without masks.
+            weight_step: grid step of the weight search.
+            batch_size: images per forward pass.
+        """
+        self.eval()
+        cal = self.calibration
+        fit = self._batched(fit_images, batch_size)
+        cal.density.fit(fit["ws"])
+        comps = self._batched(val_images, batch_size)
+        report = fit_scores(cal, {k: comps[k] for k in SCORE_NAMES}, val_labels, fpr=fpr, weight_step=weight_step)
+        labels = (
+            torch.zeros(len(comps["residual"]), dtype=torch.long) if val_labels is None else val_labels.long().cpu()
+        )
+        maps = comps["anomaly_map"]
+        if val_masks is not None:
+            masks = val_masks.bool().cpu()
+            candidates = torch.quantile(maps[maps > 0].float()[:100000], torch.linspace(0.5, 0.999, 200))
+            dices = [
+                float(2 * ((maps >= t) & masks).sum() / ((maps >= t).sum() + masks.sum()).clamp_min(1))
+                for t in candidates
+            ]
+            best = int(torch.tensor(dices).argmax())
+            cal.pixel_threshold.fill_(float(candidates[best]))
+            report["pixel_threshold_from"] = f"Dice max ({dices[best]:.3f}) on validation masks"
+        else:
+            normal = labels == 0
+            values = maps[normal][comps["foreground"][normal].bool()]
+            cal.pixel_threshold.fill_(float(torch.quantile(values.float()[:1_000_000], 1 - pixel_fpr)))
+            report["pixel_threshold_from"] = f"FPR {pixel_fpr} on normal pixels"
+        report["pixel_threshold"] = float(cal.pixel_threshold)
+        cal.fingerprint = self.fingerprint()
+        cal.info = report
+        cal.calibrated.fill_(True)
+        return report

@@ -1,0 +1,203 @@
+"""Calibrated HQ-AnoGAN scoring: normalise each score on normal data, combine, threshold, and save it all.
+
+The paper (Sato et al., Int J CARS 2023, https://doi.org/10.1007/s11548-023-03031-9) computes the anomaly score
+from the intermediate latent variables with "an optimal anomaly score calculation method" whose formula is not
+public. So the toolkit computes the plausible candidates (see :data:`SCORE_NAMES`), normalises each by its mean and
+standard deviation on normal validation images, and combines them with weights chosen on validation data:
+
+- with labelled validation data (normal and abnormal), the weights on a grid over the simplex that give the best
+  image AUROC, and the threshold at the F1 maximum;
+- with normal images only, :data:`DEFAULT_WEIGHTS`, and the threshold at a chosen false-positive rate.
+
+Everything lands in an :class:`AnomalyCalibration` module (buffers only) with the fingerprint of the networks it
+was made for; :func:`save_calibration` / :func:`load_calibration` write and check it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from monai_hqanogan.metrics import compute_f1_max_threshold, compute_image_auroc
+from monai_hqanogan.scoring.latent_density import WPlusGaussian
+from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_atomic
+
+__all__ = [
+    "SCORE_NAMES",
+    "DEFAULT_WEIGHTS",
+    "AnomalyCalibration",
+    "simplex_grid",
+    "fit_scores",
+    "save_calibration",
+    "load_calibration",
+]
+
+#: the candidate image scores, each larger for more anomalous images:
+#: ``residual`` mean |x - G(E(x))| (over the foreground when masking); ``map_max`` the maximum of the smoothed
+#: anomaly map (anomalib's image score: a small lesion is not diluted by the image size); ``feature`` the
+#: discriminator-feature residual; ``latent_cycle`` mean over layers of |E(G(E(x))) - E(x)|^2; ``mahalanobis``
+#: mean per-layer squared Mahalanobis distance of E(x) under the normal codes' Gaussian; ``w_avg_distance`` mean
+#: |E(x) - w_avg|.
+SCORE_NAMES = ("residual", "map_max", "feature", "latent_cycle", "mahalanobis", "w_avg_distance")
+#: weights used when no abnormal validation data are given: residual + feature as in f-AnoGAN (kappa = 1), plus the
+#: latent density, the part that is specific to HQ-AnoGAN's latent-space scoring
+DEFAULT_WEIGHTS = {"residual": 1 / 3, "feature": 1 / 3, "mahalanobis": 1 / 3}
+
+
+def simplex_grid(num: int, step: float) -> list[tuple[float, ...]]:
+    """All weight vectors of length ``num`` with entries in multiples of ``step`` summing to 1."""
+    parts = round(1 / step)
+    if parts < 1 or abs(parts * step - 1) > 1e-9:
+        raise ValueError(f"step must divide 1, got {step}.")
+    grid = []
+    for cuts in itertools.combinations(range(parts + num - 1), num - 1):  # stars and bars
+        bounds = (-1, *cuts, parts + num - 1)
+        grid.append(tuple((bounds[i + 1] - bounds[i] - 1) / parts for i in range(num)))
+    return grid
+
+
+class AnomalyCalibration(nn.Module):
+    """The calibrated scorer: per-score normal statistics, weights, image and pixel thresholds, the W+ Gaussian
+    and the fingerprint of the networks it belongs to.
+
+    Args:
+        num_ws: number of W+ style vectors of the generator.
+        w_dim: width of w.
+    """
+
+    def __init__(self, num_ws: int, w_dim: int) -> None:
+        super().__init__()
+        k = len(SCORE_NAMES)
+        self.register_buffer("score_mean", torch.zeros(k))
+        self.register_buffer("score_std", torch.ones(k))
+        self.register_buffer("weights", torch.tensor([DEFAULT_WEIGHTS.get(n, 0.0) for n in SCORE_NAMES]))
+        self.register_buffer("image_threshold", torch.tensor(float("inf")))
+        self.register_buffer("pixel_threshold", torch.tensor(float("inf")))
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.density = WPlusGaussian(num_ws, w_dim)
+        self.fingerprint = ""
+        self.info: dict[str, Any] = {}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "score_names": list(SCORE_NAMES), "info": self.info}
+
+    def set_extra_state(self, state: Mapping[str, Any]) -> None:
+        if list(state.get("score_names", [])) != list(SCORE_NAMES):
+            raise CheckpointError(f"calibration scores {state.get('score_names')} differ from {list(SCORE_NAMES)}.")
+        self.fingerprint = str(state.get("fingerprint", ""))
+        self.info = dict(state.get("info", {}))
+
+    def weight_dict(self) -> dict[str, float]:
+        return {n: float(w) for n, w in zip(SCORE_NAMES, self.weights) if float(w) != 0.0}
+
+    def normalise(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B, K] z-scores of the components (names of :data:`SCORE_NAMES`; absent ones count 0)."""
+        cols = [components[n].float() if n in components else None for n in SCORE_NAMES]
+        ref = next(c for c in cols if c is not None)
+        stacked = torch.stack([torch.zeros_like(ref) if c is None else c for c in cols], dim=1)
+        return (stacked - self.score_mean) / self.score_std
+
+    def combine(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The combined image score ``sum_k w_k (c_k - mean_k) / std_k``, ``[B]``."""
+        return self.normalise(components) @ self.weights
+
+
+def _quantile(values: torch.Tensor, q: float) -> float:
+    return float(np.quantile(values.detach().double().cpu().numpy(), q))
+
+
+def fit_scores(
+    calibration: AnomalyCalibration,
+    components: Mapping[str, torch.Tensor],
+    labels: torch.Tensor | None = None,
+    fpr: float = 0.05,
+    weight_step: float = 0.25,
+    candidates: Sequence[str] = SCORE_NAMES,
+) -> dict[str, Any]:
+    """Fit normalisation, weights and image threshold from validation score components; returns a report.
+
+    Args:
+        calibration: the calibration to fill in (its W+ Gaussian must already be fitted for ``mahalanobis``).
+        components: name -> [N] raw scores of the validation images.
+        labels: [N] 1 for abnormal, 0 for normal; None when all are normal.
+        fpr: false-positive rate on normals that fixes the threshold when there are no abnormal images.
+        weight_step: grid step of the weight search.
+        candidates: the scores the weight search may use.
+    """
+    n = len(next(iter(components.values())))
+    labels_t = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).long().cpu()
+    normal = labels_t == 0
+    if int(normal.sum()) < 2:
+        raise ValueError("calibration needs at least 2 normal validation images.")
+    missing = [c for c in candidates if c not in components]
+    if missing:
+        raise ValueError(f"components lack the candidate scores {missing}.")
+    for i, name in enumerate(SCORE_NAMES):
+        if name in components:
+            v = components[name].detach().float().cpu()[normal]
+            calibration.score_mean[i] = v.mean()
+            calibration.score_std[i] = v.std().clamp_min(1e-8)
+    z = calibration.normalise({k: v.detach().cpu() for k, v in components.items()})
+    labelled = bool((labels_t == 1).any())
+    report: dict[str, Any] = {"num_normal": int(normal.sum()), "num_abnormal": int((~normal).sum())}
+    if labelled:
+        report["auroc_per_score"] = {
+            name: compute_image_auroc(z[:, SCORE_NAMES.index(name)], labels_t) for name in candidates
+        }
+        idx = [SCORE_NAMES.index(c) for c in candidates]
+        best, best_w = -1.0, None
+        for w in simplex_grid(len(idx), weight_step):
+            full = torch.zeros(len(SCORE_NAMES))
+            full[idx] = torch.tensor(w)
+            auc = compute_image_auroc(z @ full, labels_t)
+            if auc > best + 1e-12:
+                best, best_w = auc, full
+        calibration.weights.copy_(best_w)
+        combined = z @ calibration.weights
+        f1, threshold = compute_f1_max_threshold(combined, labels_t)
+        calibration.image_threshold.fill_(threshold)
+        report.update({"weights_from": "validation AUROC", "auroc": best, "f1_max": f1, "threshold_from": "F1 max"})
+    else:
+        calibration.weights.copy_(torch.tensor([DEFAULT_WEIGHTS.get(n, 0.0) for n in SCORE_NAMES]))
+        combined = z @ calibration.weights
+        calibration.image_threshold.fill_(_quantile(combined[normal], 1 - fpr))
+        report.update({"weights_from": "defaults (no abnormal data)", "threshold_from": f"FPR {fpr} on normals"})
+    report["weights"] = calibration.weight_dict()
+    report["image_threshold"] = float(calibration.image_threshold)
+    return report
+
+
+def save_calibration(calibration: AnomalyCalibration, path: str | os.PathLike) -> Path:
+    """Write the calibration atomically (state dict with fingerprint, score names and report)."""
+    if not bool(calibration.calibrated):
+        raise ValueError("refusing to save an uncalibrated AnomalyCalibration.")
+    return save_checkpoint_atomic({"calibration": calibration.state_dict()}, path)
+
+
+def load_calibration(path: str | os.PathLike, calibration: AnomalyCalibration, fingerprint: str) -> None:
+    """Load a calibration file into ``calibration``, refusing one made for other networks.
+
+    Raises:
+        CheckpointError: the file is unreadable, not a calibration, or its fingerprint is not ``fingerprint``.
+    """
+    obj = load_checkpoint(path)
+    if "calibration" not in obj:
+        raise CheckpointError(f"{str(path)!r} is not a calibration file (keys: {sorted(obj)}).")
+    state = obj["calibration"]
+    saved = state.get("_extra_state", {}).get("fingerprint")
+    if saved != fingerprint:
+        raise CheckpointError(
+            f"calibration {str(path)!r} belongs to another model (fingerprint {saved}, this model {fingerprint}); "
+            "re-run the calibration for these weights."
+        )
+    try:
+        calibration.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"calibration {str(path)!r} does not fit this model: {e}") from e

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.covariance import LedoitWolf
+
+from monai_hqanogan.scoring import (
+    DEFAULT_WEIGHTS,
+    SCORE_NAMES,
+    AnomalyCalibration,
+    WPlusGaussian,
+    fit_scores,
+    ledoit_wolf_covariance,
+    load_calibration,
+    save_calibration,
+    simplex_grid,
+)
+from monai_hqanogan.utils import CheckpointError
+
+
+@pytest.mark.parametrize("n, p", [(10, 30), (50, 8), (200, 20)])
+def test_ledoit_wolf_equals_scikit_learn(n, p):
+    x = torch.randn(n, p, generator=torch.Generator().manual_seed(n)) * torch.linspace(0.2, 3.0, p)
+    cov, shrinkage = ledoit_wolf_covariance(x)
+    ref = LedoitWolf().fit(x.double().numpy())
+    assert shrinkage == pytest.approx(ref.shrinkage_, abs=1e-10)
+    assert np.allclose(cov.numpy(), ref.covariance_, atol=1e-10)
+
+
+def test_ledoit_wolf_refuses_a_single_sample():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        ledoit_wolf_covariance(torch.zeros(1, 3))
+
+
+def test_wplus_gaussian_scores_outliers_higher():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(300, 3, 4, generator=g) * 0.5 + 2.0
+    density = WPlusGaussian(3, 4).fit(codes)
+    assert bool(density.fitted)
+    assert torch.allclose(density.mean, codes.mean(0), atol=1e-6)
+    typical = density(codes.mean(0, keepdim=True))
+    outlier = density(codes.mean(0, keepdim=True) + 3.0)
+    assert float(typical) < 1e-6 and float(outlier) > 50
+    # for isotropic data with std 0.5 the mean squared Mahalanobis distance is about the dimension (4)
+    assert float(density(codes).mean()) == pytest.approx(4.0, rel=0.15)
+    with pytest.raises(ValueError, match="shape"):
+        density.fit(torch.zeros(10, 2, 4))
+
+
+def test_simplex_grid():
+    grid = simplex_grid(3, 0.5)
+    assert sorted(grid) == sorted([(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)])
+    assert len(simplex_grid(5, 0.25)) == 70 and all(abs(sum(w) - 1) < 1e-12 for w in simplex_grid(5, 0.25))
+    with pytest.raises(ValueError, match="divide 1"):
+        simplex_grid(3, 0.3)
+
+
+def _components(n_normal: int, n_abnormal: int, informative: str, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    n = n_normal + n_abnormal
+    labels = torch.cat([torch.zeros(n_normal), torch.ones(n_abnormal)])
+    comps = {name: torch.randn(n, generator=g) * 3 + 10 for name in SCORE_NAMES}
+    comps[informative] = comps[informative] + labels * 12  # only this score separates the classes
+    return comps, labels
+
+
+def test_fit_scores_with_labels_picks_the_informative_score_and_the_f1_threshold():
+    comps, labels = _components(50, 50, "latent_cycle")
+    cal = AnomalyCalibration(num_ws=2, w_dim=3)
+    report = fit_scores(cal, comps, labels)
+    assert report["weights"] == {"latent_cycle": 1.0}
+    assert report["auroc"] > 0.97 and report["auroc_per_score"]["residual"] < 0.8
+    combined = cal.combine(comps)
+    predicted = combined >= cal.image_threshold
+    assert float((predicted == labels.bool()).float().mean()) > 0.95
+    normal = comps["residual"][:50]
+    assert float(cal.score_mean[0]) == pytest.approx(float(normal.mean()), rel=1e-5)
+
+
+def test_fit_scores_without_labels_uses_default_weights_and_the_fpr_quantile():
+    comps, _ = _components(200, 0, "residual")
+    cal = AnomalyCalibration(num_ws=2, w_dim=3)
+    report = fit_scores(cal, comps, None, fpr=0.1)
+    assert report["weights"] == pytest.approx(DEFAULT_WEIGHTS)
+    combined = cal.combine(comps)
+    assert float((combined >= cal.image_threshold).float().mean()) == pytest.approx(0.1, abs=0.01)
+    with pytest.raises(ValueError, match="at least 2 normal"):
+        fit_scores(cal, {k: v[:1] for k, v in comps.items()}, None)
+
+
+def test_calibration_file_round_trip_and_refusals(tmp_path):
+    comps, labels = _components(20, 20, "feature")
+    cal = AnomalyCalibration(num_ws=2, w_dim=3)
+    with pytest.raises(ValueError, match="uncalibrated"):
+        save_calibration(cal, tmp_path / "c.pt")
+    fit_scores(cal, comps, labels)
+    cal.density.fit(torch.randn(30, 2, 3))
+    cal.fingerprint, cal.info = "abc123", {"note": "test"}
+    cal.calibrated.fill_(True)
+    path = save_calibration(cal, tmp_path / "c.pt")
+
+    other = AnomalyCalibration(num_ws=2, w_dim=3)
+    load_calibration(path, other, fingerprint="abc123")
+    assert torch.equal(other.combine(comps), cal.combine(comps))
+    assert torch.equal(other.density.precision, cal.density.precision) and other.info == {"note": "test"}
+    with pytest.raises(CheckpointError, match="belongs to another model"):
+        load_calibration(path, AnomalyCalibration(num_ws=2, w_dim=3), fingerprint="ffff")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_calibration(path, AnomalyCalibration(num_ws=4, w_dim=3), fingerprint="abc123")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a calibration file"):
+        load_calibration(tmp_path / "other.pt", other, fingerprint="abc123")
