@@ -112,3 +112,28 @@ def test_feature_loss_is_per_image_and_w_norm():
     assert float(w_norm_loss(torch.ones(2, 3, 4), torch.zeros(4))) == pytest.approx(4.0)
     with pytest.raises(TypeError, match="extract_features"):
         DiscriminatorFeatureLoss(torch.nn.Linear(2, 2))
+
+
+def test_reconstruction_sheets_are_written(tmp_path):
+    from PIL import Image
+
+    from monai_hqanogan.handlers import ReconstructionSampleHandler
+
+    g, d = make_models()
+    data = generator_samples(g, 16, 1)
+    trainer = make_trainer(g, d, data, max_epochs=2)
+    handler = ReconstructionSampleHandler(data[:4], output_dir=tmp_path, log_dir=tmp_path / "tb", scale=2)
+    handler.attach(trainer)
+    trainer.run()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "reconstructions_iteration=2.png",
+        "reconstructions_iteration=4.png",
+    ]
+    with Image.open(handler.last_path) as img:
+        assert img.size == ((4 * 17 + 1) * 2, (2 * 17 + 1) * 2)  # inputs over reconstructions
+    trainer.encoder.train()
+    sheet = handler.render(trainer)
+    assert trainer.encoder.training  # the mode is restored after the eval-mode sheet
+    assert torch.equal(sheet[:4], data[:4]) and sheet.shape == (8, 1, RES, RES)
+    with pytest.raises(ValueError, match="must go somewhere"):
+        ReconstructionSampleHandler(data[:4])

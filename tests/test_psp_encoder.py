@@ -63,3 +63,25 @@ def test_trace_round_trip():
     x = torch.randn(2, 1, 16, 16)
     traced = torch.jit.trace(e, x)
     assert torch.allclose(traced(x), e(x), atol=1e-6)
+
+
+def test_monai_resnet_backbone_and_local_weights(tmp_path):
+    from monai.networks.nets import resnet18
+
+    from monai_hqanogan.utils import CheckpointError
+
+    reference = resnet18(spatial_dims=2, n_input_channels=1, conv1_t_stride=2, num_classes=1)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pt")
+    e = PSPEncoder(resolution=32, w_dim=8, backbone="resnet18", backbone_weights=tmp_path / "resnet18.pt")
+    assert torch.equal(e.backbone.stem[0].weight, reference.conv1.weight)
+    assert e(torch.randn(2, 1, 32, 32)).shape == (2, e.num_ws, 8)
+    assert e.backbone.out_channels == (64, 128, 256)
+    torch.save({"conv1.weight": reference.conv1.weight}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="lack"):
+        PSPEncoder(resolution=32, w_dim=8, backbone="resnet18", backbone_weights=tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="resolution >= 32"):
+        PSPEncoder(resolution=16, backbone="resnet18")
+    with pytest.raises(ValueError, match="backbone must be"):
+        PSPEncoder(resolution=32, backbone="vgg")
+    with pytest.raises(ValueError, match="only applies"):
+        PSPEncoder(resolution=32, backbone_weights=tmp_path / "resnet18.pt")

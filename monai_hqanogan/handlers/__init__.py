@@ -2,4 +2,5 @@ from __future__ import annotations
 
 from .checkpoint import TrainingCheckpointHandler
 from .progress import KimgProgressBar
+from .reconstructions import ReconstructionSampleHandler
 from .samples import GeneratorSampleHandler

@@ -1,4 +1,4 @@
 from __future__ import annotations
 
-from .encoder_losses import DiscriminatorFeatureLoss, image_losses, w_norm_loss
+from .encoder_losses import DiscriminatorFeatureLoss, discriminator_feature_distance, image_losses, w_norm_loss
 from .stylegan2_losses import PathLengthPenalty, discriminator_logistic_loss, generator_logistic_loss, r1_penalty

@@ -16,7 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DiscriminatorFeatureLoss", "w_norm_loss", "image_losses"]
+__all__ = ["DiscriminatorFeatureLoss", "discriminator_feature_distance", "w_norm_loss", "image_losses"]
+
+
+def discriminator_feature_distance(
+    discriminator: nn.Module, input: torch.Tensor, target: torch.Tensor, layers: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Per-image ``[B]`` mean squared difference of ``discriminator.extract_features`` of ``input`` and ``target``,
+    averaged over the chosen feature layers (None: all). No gradient flows into the target's features."""
+    with torch.no_grad():
+        target_feats = discriminator.extract_features(target)
+    input_feats = discriminator.extract_features(input)
+    if layers is not None:
+        input_feats, target_feats = [input_feats[i] for i in layers], [target_feats[i] for i in layers]
+    terms = [(a.float() - b.float()).square().flatten(1).mean(dim=1) for a, b in zip(input_feats, target_feats)]
+    return torch.stack(terms, dim=0).mean(dim=0)
 
 
 class DiscriminatorFeatureLoss(nn.Module):
@@ -35,18 +49,9 @@ class DiscriminatorFeatureLoss(nn.Module):
         self.discriminator = discriminator.eval().requires_grad_(False)
         self.layers = None if layers is None else list(layers)
 
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.discriminator.extract_features(x)
-        return feats if self.layers is None else [feats[i] for i in self.layers]
-
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of each image, ``[B]``."""
-        with torch.no_grad():
-            target_feats = self._features(target)
-        terms = [
-            (a.float() - b.float()).square().flatten(1).mean(dim=1) for a, b in zip(self._features(input), target_feats)
-        ]
-        return torch.stack(terms, dim=0).mean(dim=0)
+        return discriminator_feature_distance(self.discriminator, input, target, self.layers)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.per_image(input, target).mean()

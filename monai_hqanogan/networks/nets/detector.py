@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
-from monai_hqanogan.losses.encoder_losses import DiscriminatorFeatureLoss
+from monai_hqanogan.losses.encoder_losses import discriminator_feature_distance
 from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
 from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator
 from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
@@ -65,7 +65,7 @@ class HQAnoGANDetector(nn.Module):
         self.encoder = encoder.eval()
         self.generator = generator.eval().requires_grad_(False)
         self.discriminator = None if discriminator is None else discriminator.eval().requires_grad_(False)
-        self.feature_loss = None if discriminator is None else DiscriminatorFeatureLoss(discriminator, feature_layers)
+        self.feature_layers = None if feature_layers is None else list(feature_layers)
         self.calibration = (
             calibration if calibration is not None else AnomalyCalibration(generator.num_ws, generator.w_dim)
         )
@@ -75,6 +75,9 @@ class HQAnoGANDetector(nn.Module):
         self.foreground_threshold = foreground_threshold
 
     # ------------------------------------------------------------------ helpers
+    def _feature_distance(self, reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return discriminator_feature_distance(self.discriminator, reconstruction, image, self.feature_layers)
+
     def fingerprint(self) -> str:
         """Fingerprint of the networks (E, G, D) that a calibration must match."""
         nets = [self.encoder, self.generator] + ([] if self.discriminator is None else [self.discriminator])
@@ -103,8 +106,8 @@ class HQAnoGANDetector(nn.Module):
             for _ in range(self.refine_steps):
                 rec = self.generator.synthesis(ws, noise_mode="const")
                 loss = F.mse_loss(rec, image, reduction="none").flatten(1).mean(1)
-                if self.feature_loss is not None:
-                    loss = loss + self.feature_loss.per_image(rec, image)
+                if self.discriminator is not None:
+                    loss = loss + self._feature_distance(rec, image)
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 opt.step()
@@ -144,16 +147,14 @@ class HQAnoGANDetector(nn.Module):
         self.check_input(image)
         ws, rec = self.reconstruct(image)
         fg = self.foreground(image)
-        residual = ((image - rec).abs().mean(dim=1, keepdim=True) * fg).flatten(1).sum(1) / fg.flatten(1).sum(
-            1
-        ).clamp_min(1)
+        error = (image - rec).abs().mean(dim=1, keepdim=True) * fg
+        residual = error.flatten(1).sum(1) / fg.flatten(1).sum(1).clamp_min(1)
         amap = self.residual_map(image, rec)
+        no_d = self.discriminator is None
         out: dict[str, torch.Tensor] = {
             "residual": residual,
             "map_max": amap.flatten(1).amax(dim=1),
-            "feature": self.feature_loss.per_image(rec, image)
-            if self.feature_loss is not None
-            else torch.zeros_like(residual),
+            "feature": torch.zeros_like(residual) if no_d else self._feature_distance(rec, image),
             "latent_cycle": (self.encoder(rec) - ws).square().sum(-1).mean(-1),
             "mahalanobis": self.calibration.density(ws),
             "w_avg_distance": (ws - self.generator.w_avg).norm(dim=-1).mean(-1),
