@@ -2,7 +2,8 @@
 
 Questions measured, on one trained G and the same data for every row:
 
-1. does the supervised latent loss on G's own samples (``synthetic_batch``) help the encoder?
+1. does the supervised latent loss on G's own samples (``synthetic_batch``) help the encoder? and reconstructing
+   with the generator's fixed noise images (``noise_mode="const"``) or without noise (``"none"``)?
 2. what does latent refinement (k Adam steps in W+ from E(x)) buy, and at what cost per image?
 3. how does each candidate score do alone, next to a trivial baseline (mean image intensity)?
 
@@ -21,21 +22,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
+from monai_hqanogan.data import TOY_SHAPES, make_ellipse_images, make_toy_lesion_set
 from monai_hqanogan.engines import EncoderTrainer, StyleGAN2Trainer, stylegan2_adam
 from monai_hqanogan.metrics import compute_image_auroc, compute_pixel_auroc
 from monai_hqanogan.networks.nets import HQAnoGANDetector, PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
 from monai_hqanogan.scoring import SCORE_NAMES
 
 R = 32
-SHAPES = {"inner": False, "level_range": (0.4, 0.4)}
-LESIONS = {"radius_range": (0.1, 0.2), "contrast_range": (0.6, 1.0), "sharpness_range": (2.0, 4.0)}
-
-
-def lesioned_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    normal = make_ellipse_images(n, R, seed=seed, **SHAPES)
-    abnormal, masks = add_synthetic_lesions(make_ellipse_images(n, R, seed=seed + 1, **SHAPES), seed=seed, **LESIONS)
-    return torch.cat([normal, abnormal]), torch.cat([torch.zeros(n), torch.ones(n)]), masks
 
 
 def main() -> None:
@@ -48,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    train = make_ellipse_images(512, R, seed=0, **SHAPES)
+    train = make_ellipse_images(512, R, seed=0, **TOY_SHAPES)
     loader = DataLoader(TensorDataset(train), batch_size=16, shuffle=True, drop_last=True)
     g = StyleGAN2Generator(resolution=R, z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=64)
     d = StyleGAN2Discriminator(resolution=R, channel_base=512, channel_max=64)
@@ -59,32 +52,38 @@ def main() -> None:
     )  # fmt: skip
     gan.run()
     g_seconds = time.perf_counter() - start
-    val_images, val_labels, _ = lesioned_set(64, seed=10)
-    test_images, test_labels, test_masks = lesioned_set(args.test_size, seed=20)
-    held_out = make_ellipse_images(128, R, seed=99, **SHAPES)
+    val_images, val_labels, _ = make_toy_lesion_set(64, seed=10)
+    test_images, test_labels, test_masks = make_toy_lesion_set(args.test_size, seed=20)
+    held_out = make_ellipse_images(128, R, seed=99, **TOY_SHAPES)
 
     rows, score_rows = [], []
-    for variant, synthetic in (("E: L2 + D-feature + w-norm", 0), ("E: + supervised latent on G samples", 8)):
+    variants = (
+        ("E: L2 + D-feature + w-norm", 0, "const"),
+        ("E: same, generator noise off", 0, "none"),
+        ("E: + supervised latent on G samples", 8, "const"),
+    )
+    for variant, synthetic, noise_mode in variants:
         torch.manual_seed(1)
         e = PSPEncoder(resolution=R, w_dim=32, num_ws=g.num_ws, base_channels=16, max_channels=64)
         start = time.perf_counter()
         EncoderTrainer(
             "cpu", 1000, loader, e, gan.generator_ema, torch.optim.Adam(e.parameters(), lr=1e-3), discriminator=d,
-            synthetic_batch=synthetic, total_kimg=args.e_iterations * 16 / 1000,
+            synthetic_batch=synthetic, noise_mode=noise_mode, total_kimg=args.e_iterations * 16 / 1000,
         ).run()  # fmt: skip
         e_seconds = time.perf_counter() - start
         for k in args.refine_steps:
-            det = HQAnoGANDetector(e, gan.generator_ema, d, refine_steps=k, refine_lr=0.02)
+            det = HQAnoGANDetector(e, gan.generator_ema, d, refine_steps=k, refine_lr=0.02, noise_mode=noise_mode)
             det.calibrate(train[:256], val_images, val_labels)
             start = time.perf_counter()
             rec = det.detect(test_images)
             per_image_ms = (time.perf_counter() - start) / len(test_images) * 1000
             with torch.no_grad():
                 l2 = float((det.reconstruct(held_out)[1] - held_out).square().mean())
+            lesioned = slice(args.test_size, None)
+            pixel_auroc = compute_pixel_auroc(rec["anomaly_map"][lesioned], test_masks[lesioned])
             rows.append(
                 f"| {variant} | {k} | {e_seconds:.0f} | {l2:.4f} | "
-                f"{compute_image_auroc(rec['pred_score'], test_labels):.3f} | "
-                f"{compute_pixel_auroc(rec['anomaly_map'][args.test_size :], test_masks):.3f} | {per_image_ms:.1f} | "
+                f"{compute_image_auroc(rec['pred_score'], test_labels):.3f} | {pixel_auroc:.3f} | {per_image_ms:.1f} | "
                 f"{', '.join(f'{n} {w:.2f}' for n, w in det.calibration.weight_dict().items())} |"
             )
             print(rows[-1], flush=True)

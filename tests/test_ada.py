@@ -10,14 +10,7 @@ from monai_hqanogan.networks import StyleGAN2Discriminator
 from monai_hqanogan.transforms import ADA_MODES, AdaptiveAugmentController, AdaptiveAugmentPipe
 from monai_hqanogan.transforms.ada import GEOMETRIC_OPS, INTENSITY_OPS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # the tensors here are tiny: thread start-up costs more than it saves
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads cost more than they save
 
 
 ALL_OPS = GEOMETRIC_OPS + INTENSITY_OPS

@@ -117,3 +117,35 @@ def test_mismatched_networks_and_arguments_are_refused():
     with pytest.raises(ValueError, match="refine_steps"):
         HQAnoGANDetector(e, g, refine_steps=-1)
     assert isinstance(HQAnoGANDetector(e, g).calibration, AnomalyCalibration)
+
+
+def test_noise_mode_none_gives_noise_free_reconstructions():
+    x = make_ellipse_images(2, RES, seed=3)
+    const, none = make_detector(), make_detector(noise_mode="none")
+    for layer in [m for m in none.generator.modules() if hasattr(m, "noise_strength")]:
+        layer.noise_strength.data.fill_(0.5)
+    expected = none.generator.synthesis(none.encoder(x), noise_mode="none")
+    assert torch.equal(none.reconstruct(x)[1], expected)
+    assert not torch.equal(none.reconstruct(x)[1], none.generator.synthesis(none.encoder(x), noise_mode="const"))
+    assert const.noise_mode == "const"
+    with pytest.raises(ValueError, match="noise_mode"):
+        make_detector(noise_mode="random")
+
+
+def test_pixel_threshold_from_validation_masks_maximises_dice():
+    det = make_detector()
+    normal = make_ellipse_images(12, RES, seed=1)
+    lesioned, masks = add_synthetic_lesions(make_ellipse_images(12, RES, seed=2), seed=3)
+    images = torch.cat([normal, lesioned])
+    all_masks = torch.cat([torch.zeros_like(masks), masks])
+    report = det.calibrate(normal, images, torch.cat([torch.zeros(12), torch.ones(12)]), val_masks=all_masks)
+    assert report["pixel_threshold_from"].startswith("Dice max")
+    maps = det(images)
+    best = (
+        2
+        * ((maps >= det.calibration.pixel_threshold) & all_masks.bool()).sum()
+        / ((maps >= det.calibration.pixel_threshold).sum() + all_masks.sum())
+    )
+    for t in torch.quantile(maps[maps > 0].flatten(), torch.tensor([0.5, 0.9, 0.99])):  # no listed threshold is better
+        other = 2 * ((maps >= t) & all_masks.bool()).sum() / ((maps >= t).sum() + all_masks.sum())
+        assert float(best) >= float(other) - 0.02

@@ -100,6 +100,8 @@ def test_mismatched_models_and_options_are_refused():
     e = PSPEncoder(resolution=RES, w_dim=16, num_ws=g.num_ws, base_channels=4, max_channels=8)
     with pytest.raises(ValueError, match="needs the trained discriminator"):
         EncoderTrainer("cpu", 1, loader, e, g, torch.optim.Adam(e.parameters()))
+    with pytest.raises(ValueError, match="noise_mode"):
+        EncoderTrainer("cpu", 1, loader, e, g, torch.optim.Adam(e.parameters()), discriminator=d, noise_mode="random")
 
 
 def test_feature_loss_is_per_image_and_w_norm():

@@ -19,14 +19,7 @@ from monai_hqanogan.networks.layers import (
     fir_taps,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # the tensors here are tiny: thread start-up costs more than it saves
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads cost more than they save
 
 
 @pytest.mark.parametrize(
@@ -217,8 +210,14 @@ def _reference_modconv(x, w, layer: ModulatedConv2d, up: bool) -> torch.Tensor:
         if layer.demodulate:
             wp = wp / torch.sqrt(wp.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
         xb = x[b : b + 1]
+        if up and layer.resample_mode == "fir":  # transposed convolution, then the [1, 3, 3, 1] blur (gain 4)
+            yb = F.conv_transpose2d(xb, wp.transpose(0, 1), stride=2)
+            taps = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 4
+            k2 = (taps[:, None] * taps[None, :]).expand(wp.shape[0], 1, 4, 4)
+            outs.append(F.conv2d(F.pad(yb, [1, 1, 1, 1]), k2, groups=wp.shape[0]))
+            continue
         if up:
-            xb = layer.upsample(xb)
+            xb = F.interpolate(xb, scale_factor=2, mode="bilinear", align_corners=False)
         outs.append(F.conv2d(xb, wp, padding=layer.kernel_size // 2))
     return torch.cat(outs)
 

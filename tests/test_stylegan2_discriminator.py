@@ -8,14 +8,7 @@ import torch
 from monai_hqanogan.networks import StyleGAN2Discriminator
 from monai_hqanogan.networks.nets import minibatch_stddev
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # the tensors here are tiny: thread start-up costs more than it saves
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads cost more than they save
 
 
 def _disc(resolution: int = 16, img_channels: int = 1, seed: int = 0, **kwargs) -> StyleGAN2Discriminator:

@@ -13,14 +13,7 @@ from monai_hqanogan.networks.nets import (
     feature_channels,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # the tensors here are tiny: thread start-up costs more than it saves
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads cost more than they save
 
 
 TINY = {"channel_base": 256, "channel_max": 32, "z_dim": 16, "w_dim": 16, "mapping_layers": 2}

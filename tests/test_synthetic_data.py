@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
+from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images, make_toy_lesion_set
 
 
 def test_ellipses_are_deterministic_and_in_range():
@@ -37,3 +37,9 @@ def test_lesions_change_the_image_only_near_their_mask_and_stay_inside():
 def test_lesions_need_a_foreground():
     with pytest.raises(ValueError, match="no pixel above"):
         add_synthetic_lesions(torch.full((1, 1, 8, 8), -1.0))
+
+
+def test_toy_lesion_set_layout():
+    images, labels, masks = make_toy_lesion_set(5, size=16, seed=2)
+    assert images.shape == (10, 1, 16, 16) and labels.tolist() == [0] * 5 + [1] * 5
+    assert float(masks[:5].abs().sum()) == 0 and bool((masks[5:].flatten(1).sum(1) > 0).all())

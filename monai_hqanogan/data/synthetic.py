@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["make_ellipse_images", "add_synthetic_lesions"]
+__all__ = ["make_ellipse_images", "add_synthetic_lesions", "make_toy_lesion_set", "TOY_SHAPES", "TOY_LESIONS"]
 
 
 def make_ellipse_images(
@@ -117,3 +117,25 @@ def add_synthetic_lesions(
         out[i] = (out[i] + delta).clamp(-1, 1)
         masks[i, 0] = (profile >= mask_level).float() * inside
     return out, masks
+
+
+#: the toy task of the tests and benchmarks: plain ellipses of one intensity (easy for a briefly trained G) ...
+TOY_SHAPES = {"inner": False, "level_range": (0.4, 0.4)}
+#: ... and clearly visible pasted lesions
+TOY_LESIONS = {"radius_range": (0.1, 0.2), "contrast_range": (0.6, 1.0), "sharpness_range": (2.0, 4.0)}
+
+
+def make_toy_lesion_set(
+    num_per_class: int, size: int = 32, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``num_per_class`` normal toy images followed by as many with a pasted lesion.
+
+    Returns:
+        ``(images [2n, 1, size, size], labels [2n] (0 normal, 1 lesioned), masks [2n, 1, size, size])``; the masks
+        of the normal images are empty.
+    """
+    normal = make_ellipse_images(num_per_class, size, seed=seed, **TOY_SHAPES)
+    base = make_ellipse_images(num_per_class, size, seed=seed + 1, **TOY_SHAPES)
+    abnormal, masks = add_synthetic_lesions(base, seed=seed, **TOY_LESIONS)
+    labels = torch.cat([torch.zeros(num_per_class), torch.ones(num_per_class)])
+    return torch.cat([normal, abnormal]), labels, torch.cat([torch.zeros_like(masks), masks])

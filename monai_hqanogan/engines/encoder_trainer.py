@@ -56,6 +56,8 @@ class EncoderTrainer(KimgTrainer):
         synthetic_batch: G samples with known codes added per iteration for the supervised ``latent`` term (0).
         latent_weight: weight of the ``latent`` term (1).
         synthetic_psi: truncation of those samples' codes (1: none).
+        noise_mode: the generator's per-pixel noise while reconstructing: ``"const"`` (its fixed noise images) or
+            ``"none"``; use the same setting in the :class:`HQAnoGANDetector`.
         total_kimg: stop after this many thousand real images.
         image_key: key of the images when batches are dicts.
         amp: bfloat16 autocast on CUDA.
@@ -86,6 +88,7 @@ class EncoderTrainer(KimgTrainer):
         synthetic_batch: int = 0,
         latent_weight: float = 1.0,
         synthetic_psi: float = 1.0,
+        noise_mode: str = "const",
         total_kimg: float | None = None,
         image_key: str = "image",
         amp: bool = False,
@@ -130,6 +133,11 @@ class EncoderTrainer(KimgTrainer):
             "w_norm": w_norm_weight, "latent_cycle": latent_cycle_weight, "latent": latent_weight,
         }  # fmt: skip
         self.synthetic_batch, self.synthetic_psi = synthetic_batch, synthetic_psi
+        if noise_mode not in ("const", "none"):
+            raise ValueError(
+                f"noise_mode must be 'const' or 'none' (deterministic reconstructions), got {noise_mode!r}."
+            )
+        self.noise_mode = noise_mode
         frozen = [generator] if discriminator is None else [generator, discriminator]
         self.frozen_fingerprint = model_fingerprint(*frozen)
 
@@ -147,10 +155,10 @@ class EncoderTrainer(KimgTrainer):
                 )
 
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ws, G(ws))`` for ``images`` with the current encoder (constant noise, the generator's eval clamp)."""
+        """``(ws, G(ws))`` for ``images`` with the current encoder (``noise_mode``, the generator's eval clamp)."""
         with self._autocast():
             ws = self.encoder(images)
-            rec = self.generator.synthesis(ws, noise_mode="const")
+            rec = self.generator.synthesis(ws, noise_mode=self.noise_mode)
         return ws, rec.float()
 
     def _iteration(self, engine: KimgTrainer, batchdata: Any) -> dict[str, float]:
@@ -176,7 +184,7 @@ class EncoderTrainer(KimgTrainer):
             with torch.no_grad(), self._autocast():
                 z = torch.randn(self.synthetic_batch, self.generator.z_dim, device=x.device)
                 w_true = self.generator.mapping(z, truncation_psi=self.synthetic_psi)
-                samples = self.generator.synthesis(w_true, noise_mode="const").float()
+                samples = self.generator.synthesis(w_true, noise_mode=self.noise_mode).float()
             with self._autocast():
                 terms["latent"] = F.mse_loss(self.encoder(samples).float(), w_true.float())
         loss = sum(self.weights[k] * v for k, v in terms.items())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_hqanogan.networks.layers.equalized import EqualizedLinear, bias_act
-from monai_hqanogan.networks.layers.resample import Upsample2x
+from monai_hqanogan.networks.layers.resample import Upsample2x, fir_taps, separable_filter
 
 __all__ = ["ModulatedConv2d", "StyleConvLayer", "ToImageLayer", "NOISE_MODES"]
 
@@ -35,8 +35,11 @@ class ModulatedConv2d(nn.Module):
         kernel_size: square kernel size (odd).
         w_dim: width of the intermediate latent w.
         demodulate: normalise each output channel (True in conv layers, False in the toImage layers).
-        up: 1, or 2 to up-sample the modulated input before the convolution.
-        resample_mode: ``"fir"`` or ``"bilinear"`` up-sampling.
+        up: 1, or 2 for a 2x up-sampling convolution.
+        resample_mode: how ``up=2`` works. ``"fir"`` (StyleGAN2's way): a stride-2 transposed convolution, then the
+            [1, 3, 3, 1] low-pass filter; it costs what a convolution at the input resolution costs.
+            ``"bilinear"``: bilinear up-sampling of the modulated input, then the convolution at the output
+            resolution (exactly bilinear, about 4x the arithmetic).
     """
 
     def __init__(
@@ -59,15 +62,28 @@ class ModulatedConv2d(nn.Module):
         self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
-        self.upsample = Upsample2x(mode=resample_mode) if up == 2 else None
+        self.up = up
+        self.resample_mode = resample_mode
+        self.upsample = Upsample2x(mode="bilinear") if up == 2 and resample_mode == "bilinear" else None
+        if up == 2 and resample_mode == "fir":
+            taps = fir_taps((1, 3, 3, 1)) * 2.0  # gain 2 per axis: the transposed convolution inserts zeros
+            self.register_buffer("up_taps", taps, persistent=False)
+            total = taps.numel() + 1 - kernel_size  # the transposed convolution gives 2H + k - 2 samples
+            self.up_pad = (total // 2, total - total // 2)
+        elif up == 2 and resample_mode != "bilinear":
+            raise ValueError(f"resample_mode must be 'fir' or 'bilinear', got {resample_mode!r}.")
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w)  # [B, in]
         weight = self.weight * self.weight_gain
         x = x * styles.to(x.dtype)[:, :, None, None]
-        if self.upsample is not None:
-            x = self.upsample(x)
-        x = F.conv2d(x, weight.to(x.dtype), padding=self.kernel_size // 2)
+        if self.up == 2 and self.upsample is None:
+            x = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
+            x = separable_filter(x, self.up_taps, self.up_pad)
+        else:
+            if self.upsample is not None:
+                x = self.upsample(x)
+            x = F.conv2d(x, weight.to(x.dtype), padding=self.kernel_size // 2)
         if self.demodulate:
             # sum_{i,k} (W[o,i,k] s_i)^2 == sum_i s_i^2 * sum_k W[o,i,k]^2: no per-sample weight tensor needed
             dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()  # [B, out]
@@ -77,7 +93,7 @@ class ModulatedConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"demodulate={self.demodulate}, up={self.upsample is not None}"
+            f"demodulate={self.demodulate}, up={self.up}, resample_mode={self.resample_mode}"
         )
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Upsample2x", "Blur2d", "fir_taps"]
+__all__ = ["Upsample2x", "Blur2d", "fir_taps", "separable_filter"]
 
 RESAMPLE_MODES = ("fir", "bilinear")
 
@@ -35,7 +35,7 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _separable_filter(x: torch.Tensor, taps: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+def separable_filter(x: torch.Tensor, taps: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
     """Filter both spatial axes of ``x`` [B, C, H, W] with 1-D ``taps``, padding ``pad`` (before, after) with zeros."""
     c = x.shape[1]
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
@@ -98,7 +98,7 @@ class Blur2d(nn.Module):
         self.pad = ((total + 1) // 2, total // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _separable_filter(x, self.taps, self.pad)
+        return separable_filter(x, self.taps, self.pad)
 
     def extra_repr(self) -> str:
         return f"taps={self.taps.numel()}, pad={self.pad}"

@@ -26,6 +26,12 @@ from monai_hqanogan.utils.checkpoint import model_fingerprint
 __all__ = ["HQAnoGANDetector"]
 
 
+def _subsample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
+    """An evenly strided float sample of at most ``limit`` values (``torch.quantile`` has an input size limit)."""
+    values = values.flatten().float()
+    return values[:: max(1, -(-values.numel() // limit))]
+
+
 class HQAnoGANDetector(nn.Module):
     """Anomaly detector from a trained StyleGAN2 (G, D) and pSp encoder (E).
 
@@ -40,6 +46,7 @@ class HQAnoGANDetector(nn.Module):
         foreground_threshold: pixels are foreground where the (dilated) input exceeds this value in the [-1, 1]
             range; the map is zeroed and the residual score averaged over the foreground (None: no masking).
         feature_layers: discriminator feature indices for the ``feature`` score (None: all).
+        noise_mode: the generator's noise for reconstructions, ``"const"`` or ``"none"`` (as the encoder was trained).
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class HQAnoGANDetector(nn.Module):
         smoothing_sigma: float = 1.0,
         foreground_threshold: float | None = None,
         feature_layers: Sequence[int] | None = None,
+        noise_mode: str = "const",
     ) -> None:
         super().__init__()
         for name in ("resolution", "img_channels", "w_dim", "num_ws"):
@@ -73,6 +81,11 @@ class HQAnoGANDetector(nn.Module):
         self.refine_steps, self.refine_lr = refine_steps, refine_lr
         self.smoothing = GaussianFilter(spatial_dims=2, sigma=smoothing_sigma) if smoothing_sigma > 0 else None
         self.foreground_threshold = foreground_threshold
+        if noise_mode not in ("const", "none"):
+            raise ValueError(
+                f"noise_mode must be 'const' or 'none' (deterministic reconstructions), got {noise_mode!r}."
+            )
+        self.noise_mode = noise_mode
 
     # ------------------------------------------------------------------ helpers
     def _feature_distance(self, reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -104,7 +117,7 @@ class HQAnoGANDetector(nn.Module):
         opt = torch.optim.Adam([ws], lr=self.refine_lr)
         with torch.enable_grad():
             for _ in range(self.refine_steps):
-                rec = self.generator.synthesis(ws, noise_mode="const")
+                rec = self.generator.synthesis(ws, noise_mode=self.noise_mode)
                 loss = F.mse_loss(rec, image, reduction="none").flatten(1).mean(1)
                 if self.discriminator is not None:
                     loss = loss + self._feature_distance(rec, image)
@@ -118,7 +131,7 @@ class HQAnoGANDetector(nn.Module):
         ws = self.encoder(image)
         if self.refine_steps > 0:
             ws = self._refine(image, ws)
-        return ws, self.generator.synthesis(ws, noise_mode="const")
+        return ws, self.generator.synthesis(ws, noise_mode=self.noise_mode)
 
     def foreground(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] float mask of the body: input above ``foreground_threshold``, dilated by 2 pixels."""
@@ -234,7 +247,7 @@ class HQAnoGANDetector(nn.Module):
         maps = comps["anomaly_map"]
         if val_masks is not None:
             masks = val_masks.bool().cpu()
-            candidates = torch.quantile(maps[maps > 0].float()[:100000], torch.linspace(0.5, 0.999, 200))
+            candidates = torch.quantile(_subsample(maps[maps > 0]), torch.linspace(0.5, 0.999, 200))
             dices = [
                 float(2 * ((maps >= t) & masks).sum() / ((maps >= t).sum() + masks.sum()).clamp_min(1))
                 for t in candidates
@@ -245,7 +258,7 @@ class HQAnoGANDetector(nn.Module):
         else:
             normal = labels == 0
             values = maps[normal][comps["foreground"][normal].bool()]
-            cal.pixel_threshold.fill_(float(torch.quantile(values.float()[:1_000_000], 1 - pixel_fpr)))
+            cal.pixel_threshold.fill_(float(torch.quantile(_subsample(values), 1 - pixel_fpr)))
             report["pixel_threshold_from"] = f"FPR {pixel_fpr} on normal pixels"
         report["pixel_threshold"] = float(cal.pixel_threshold)
         cal.fingerprint = self.fingerprint()
