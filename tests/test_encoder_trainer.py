@@ -139,3 +139,19 @@ def test_reconstruction_sheets_are_written(tmp_path):
     assert torch.equal(sheet[:4], data[:4]) and sheet.shape == (8, 1, RES, RES)
     with pytest.raises(ValueError, match="must go somewhere"):
         ReconstructionSampleHandler(data[:4])
+
+
+def test_an_optional_perceptual_loss_is_used_with_its_weight():
+    g, d = make_models()
+    calls = []
+
+    def perceptual(rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls.append(rec.shape)
+        return (rec - target).abs().mean()
+
+    trainer = make_trainer(g, d, generator_samples(g, 16, 1), perceptual_loss=perceptual, perceptual_weight=0.5)
+    trainer.run()
+    out = trainer.state.output
+    assert len(calls) == 2 and calls[0] == (8, 1, RES, RES)
+    expected = out["loss/l2"] + 0.8 * out["loss/feature"] + 0.005 * out["loss/w_norm"] + 0.5 * out["loss/perceptual"]
+    assert out["loss/E"] == pytest.approx(expected, rel=1e-5)

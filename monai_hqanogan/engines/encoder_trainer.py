@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from monai_hqanogan.engines.base import KimgTrainer
 from monai_hqanogan.losses.encoder_losses import DiscriminatorFeatureLoss, image_losses, w_norm_loss
+from monai_hqanogan.networks.layers.modulated import check_deterministic_noise_mode
 from monai_hqanogan.networks.nets import PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
 from monai_hqanogan.utils.checkpoint import CheckpointError, model_fingerprint
 
@@ -133,11 +134,7 @@ class EncoderTrainer(KimgTrainer):
             "w_norm": w_norm_weight, "latent_cycle": latent_cycle_weight, "latent": latent_weight,
         }  # fmt: skip
         self.synthetic_batch, self.synthetic_psi = synthetic_batch, synthetic_psi
-        if noise_mode not in ("const", "none"):
-            raise ValueError(
-                f"noise_mode must be 'const' or 'none' (deterministic reconstructions), got {noise_mode!r}."
-            )
-        self.noise_mode = noise_mode
+        self.noise_mode = check_deterministic_noise_mode(noise_mode)
         frozen = [generator] if discriminator is None else [generator, discriminator]
         self.frozen_fingerprint = model_fingerprint(*frozen)
 

@@ -20,10 +20,17 @@ from torch import nn
 from monai_hqanogan.networks.layers.equalized import EqualizedLinear, bias_act
 from monai_hqanogan.networks.layers.resample import Upsample2x, fir_taps, separable_filter
 
-__all__ = ["ModulatedConv2d", "StyleConvLayer", "ToImageLayer", "NOISE_MODES"]
+__all__ = ["ModulatedConv2d", "StyleConvLayer", "ToImageLayer", "NOISE_MODES", "check_deterministic_noise_mode"]
 
 #: ``"random"``: fresh Gaussian noise per call; ``"const"``: a fixed noise image per layer; ``"none"``: no noise
 NOISE_MODES = ("random", "const", "none")
+
+
+def check_deterministic_noise_mode(noise_mode: str) -> str:
+    """Return ``noise_mode`` if it gives repeatable images (``"const"`` or ``"none"``), else raise a ValueError."""
+    if noise_mode not in ("const", "none"):
+        raise ValueError(f"noise_mode must be 'const' or 'none' (deterministic reconstructions), got {noise_mode!r}.")
+    return noise_mode
 
 
 class ModulatedConv2d(nn.Module):

@@ -17,6 +17,7 @@ from monai.networks.layers import GaussianFilter
 from torch import nn
 
 from monai_hqanogan.losses.encoder_losses import discriminator_feature_distance
+from monai_hqanogan.networks.layers.modulated import check_deterministic_noise_mode
 from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
 from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator
 from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
@@ -81,11 +82,7 @@ class HQAnoGANDetector(nn.Module):
         self.refine_steps, self.refine_lr = refine_steps, refine_lr
         self.smoothing = GaussianFilter(spatial_dims=2, sigma=smoothing_sigma) if smoothing_sigma > 0 else None
         self.foreground_threshold = foreground_threshold
-        if noise_mode not in ("const", "none"):
-            raise ValueError(
-                f"noise_mode must be 'const' or 'none' (deterministic reconstructions), got {noise_mode!r}."
-            )
-        self.noise_mode = noise_mode
+        self.noise_mode = check_deterministic_noise_mode(noise_mode)
 
     # ------------------------------------------------------------------ helpers
     def _feature_distance(self, reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
