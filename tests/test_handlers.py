@@ -98,3 +98,23 @@ def test_checkpoint_of_another_model_gives_a_clear_error(tmp_path):
     TrainingCheckpointHandler(save_dir=tmp_path).attach(other)
     with pytest.raises(RuntimeError, match="'generator' does not fit"):
         other.run()
+
+
+@pytest.mark.parametrize(
+    "make_handler",
+    [lambda d: KimgProgressBar(disable=True), lambda d: TrainingCheckpointHandler(d, save_on_exception=True)],
+)
+def test_handlers_with_exception_hooks_do_not_swallow_errors(tmp_path, make_handler):
+    from monai_hqanogan.engines import NonFiniteLossError
+
+    trainer = make_trainer(max_epochs=2)
+    make_handler(tmp_path).attach(trainer)
+
+    @trainer.on(__import__("ignite.engine", fromlist=["Events"]).Events.ITERATION_STARTED)
+    def poison(engine):
+        if engine.state.iteration == 2:
+            with torch.no_grad():
+                engine.discriminator.epilogue_out.bias.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError):
+        trainer.run()

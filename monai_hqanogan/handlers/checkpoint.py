@@ -83,7 +83,12 @@ class TrainingCheckpointHandler:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
         if self.save_on_exception:
-            engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, _exc: self.save(e))
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self._save_and_reraise)
+
+    def _save_and_reraise(self, engine: Engine, e: Exception) -> None:
+        # ignite swallows an exception once any EXCEPTION_RAISED handler exists, unless the handler re-raises it
+        self.save(engine)
+        raise e
 
     def _objects(self, engine: Engine) -> Mapping[str, Any]:
         if self.save_dict is not None:

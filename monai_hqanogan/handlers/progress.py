@@ -39,7 +39,12 @@ class KimgProgressBar:
         engine.add_event_handler(Events.STARTED, self.open)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
         engine.add_event_handler(Events.COMPLETED, self.close)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, _exc: self.close(e))
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._close_and_reraise)
+
+    def _close_and_reraise(self, engine: Engine, e: Exception) -> None:
+        # ignite swallows an exception once any EXCEPTION_RAISED handler exists, unless the handler re-raises it
+        self.close(engine)
+        raise e
 
     def _total(self, engine: Engine) -> float | None:
         if self.total_kimg is not None:
