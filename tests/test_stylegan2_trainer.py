@@ -239,3 +239,16 @@ def test_stylegan2_adam_lazy_regularisation():
 
 def test_amp_is_ignored_on_cpu():
     assert make_trainer(amp=True).use_amp is False
+
+
+def test_an_iterable_dataset_without_length_trains():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(make_ellipse_images(16, RES, seed=4))
+
+    g = StyleGAN2Generator(resolution=RES, z_dim=16, w_dim=16, mapping_layers=2, **SMALL)
+    d = StyleGAN2Discriminator(resolution=RES, **SMALL)
+    loader = DataLoader(Stream(), batch_size=8)
+    trainer = StyleGAN2Trainer("cpu", 1, loader, g, d, stylegan2_adam(g.parameters()), stylegan2_adam(d.parameters()))
+    trainer.run()
+    assert trainer.nimg == 16

@@ -66,7 +66,7 @@ class KimgTrainer(Trainer):
         event_names: list | None = None,
         to_kwargs: dict | None = None,
     ) -> None:
-        if isinstance(train_data_loader, DataLoader):
+        if isinstance(train_data_loader, DataLoader) and hasattr(train_data_loader.dataset, "__len__"):
             n = len(train_data_loader.dataset)  # type: ignore[arg-type]
             if n == 0:
                 raise ValueError("the training dataset is empty: give at least one normal image.")
