@@ -14,6 +14,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 from torch.utils.data import DataLoader
 
+from monai_hqanogan.networks.nets.stylegan2 import check_image_batch
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import get_rng_states, set_rng_states
 
@@ -125,13 +126,7 @@ class KimgTrainer(Trainer):
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"expected a batch of images as a tensor, got {type(images).__name__}.")
         images = images.as_tensor() if hasattr(images, "as_tensor") else images
-        expected = (self.img_channels, self.resolution, self.resolution)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"training images must have shape [batch, {expected[0]}, {expected[1]}, {expected[2]}] to match the "
-                f"model (img_channels={self.img_channels}, resolution={self.resolution}), got {tuple(images.shape)}. "
-                "Convert to the right channel count and pad/resize to a square (gan_image_transforms does)."
-            )
+        check_image_batch(images, self.img_channels, self.resolution, f"{type(self).__name__} (training data)")
         images = images.to(self.state.device, dtype=torch.float32, non_blocking=self.non_blocking, **self.to_kwargs)
         return ensure_finite(images, "training batch", f"at iteration {self.state.iteration}")
 

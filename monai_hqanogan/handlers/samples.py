@@ -15,10 +15,54 @@ Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 SummaryWriter, _ = optional_import("torch.utils.tensorboard", name="SummaryWriter")
 
-__all__ = ["GeneratorSampleHandler"]
+__all__ = ["GeneratorSampleHandler", "ImageSheetHandler"]
 
 
-class GeneratorSampleHandler:
+class ImageSheetHandler:
+    """Base of handlers that write an image sheet every ``interval`` epochs and at the end of the run, as a PNG
+    ``{file_prefix}_iteration={n}.png`` in ``output_dir`` and/or a TensorBoard image. Subclasses implement
+    ``sheet(engine) -> (images [N, C, H, W], images per row or None)``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike | None,
+        summary_writer: Any,
+        log_dir: str | os.PathLike | None,
+        interval: int,
+        tag: str,
+        file_prefix: str,
+        scale: int,
+        what: str,
+    ) -> None:
+        if output_dir is None and summary_writer is None and log_dir is None:
+            raise ValueError(f"give output_dir, summary_writer or log_dir: the {what} must go somewhere.")
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.writer = summary_writer
+        if self.writer is None and log_dir is not None:
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.interval, self.tag, self.file_prefix, self.scale = interval, tag, file_prefix, scale
+        self.last_path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def sheet(self, engine: Engine) -> tuple[torch.Tensor, int | None]:
+        raise NotImplementedError
+
+    def __call__(self, engine: Engine) -> None:
+        images, nrow = self.sheet(engine)
+        it = engine.state.iteration
+        if self.output_dir is not None:
+            path = self.output_dir / f"{self.file_prefix}_iteration={it}.png"
+            self.last_path = save_image_grid(images, path, nrow=nrow, scale=self.scale)
+        if self.writer is not None:
+            self.writer.add_image(self.tag, make_image_grid(images, nrow=nrow), global_step=it)
+            self.writer.flush()
+
+
+class GeneratorSampleHandler(ImageSheetHandler):
     """Every ``interval`` epochs (and at the end), render the same latents with the engine's generator.
 
     The latents come from a private ``torch.Generator`` and the synthesis uses constant noise, so the global RNG
@@ -52,20 +96,9 @@ class GeneratorSampleHandler:
         file_prefix: str = "samples",
         scale: int = 1,
     ) -> None:
-        if output_dir is None and summary_writer is None and log_dir is None:
-            raise ValueError("give output_dir, summary_writer or log_dir: the samples must go somewhere.")
-        self.output_dir = None if output_dir is None else Path(output_dir)
-        self.writer = summary_writer
-        if self.writer is None and log_dir is not None:
-            self.writer = SummaryWriter(log_dir=str(log_dir))
-        self.interval, self.num_samples, self.seed = interval, num_samples, seed
+        super().__init__(output_dir, summary_writer, log_dir, interval, tag, file_prefix, scale, what="samples")
+        self.num_samples, self.seed = num_samples, seed
         self.truncation_psi, self.generator_attr = truncation_psi, generator_attr
-        self.tag, self.file_prefix, self.scale = tag, file_prefix, scale
-        self.last_path: Path | None = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self)
 
     @torch.no_grad()
     def render(self, generator: torch.nn.Module) -> torch.Tensor:
@@ -80,13 +113,5 @@ class GeneratorSampleHandler:
         finally:
             generator.train(was_training)
 
-    def __call__(self, engine: Engine) -> None:
-        images = self.render(getattr(engine, self.generator_attr))
-        it = engine.state.iteration
-        if self.output_dir is not None:
-            self.last_path = save_image_grid(
-                images, self.output_dir / f"{self.file_prefix}_iteration={it}.png", scale=self.scale
-            )
-        if self.writer is not None:
-            self.writer.add_image(self.tag, make_image_grid(images), global_step=it)
-            self.writer.flush()
+    def sheet(self, engine: Engine) -> tuple[torch.Tensor, int | None]:
+        return self.render(getattr(engine, self.generator_attr)), None

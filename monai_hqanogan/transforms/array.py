@@ -51,14 +51,20 @@ class ToSingleChannel(Transform):
         return result
 
 
-def ensure_finite(x: torch.Tensor, name: str = "image", where: str = "") -> torch.Tensor:
-    """Raise a ValueError naming ``name`` (and ``where``) if ``x`` holds NaN or inf; return ``x`` otherwise."""
+def ensure_finite(
+    x: torch.Tensor,
+    name: str = "image",
+    where: str = "",
+    advice: str = "refusing to train on it. Check the data files and the intensity scaling.",
+) -> torch.Tensor:
+    """Raise a ValueError naming ``name`` (and ``where``) and the bad batch items if ``x`` holds NaN or inf; return
+    ``x`` otherwise. ``advice`` ends the message."""
     finite = torch.isfinite(x)
     if not bool(finite.all()):
-        bad = (~finite).flatten(1).any(dim=1).nonzero().flatten().tolist() if x.ndim > 1 else []
+        if x.ndim > 1:
+            what = f"images {(~finite).flatten(1).any(dim=1).nonzero().flatten().tolist()} of the batch contain"
+        else:
+            what = f"values {(~finite).nonzero().flatten().tolist()} are"
         suffix = f" {where}" if where else ""
-        raise ValueError(
-            f"{name}{suffix} contains NaN or inf values (batch items {bad}); refusing to train on it. "
-            "Check the data files and the intensity scaling."
-        )
+        raise ValueError(f"{name}{suffix}: {what} NaN or inf; {advice}")
     return x

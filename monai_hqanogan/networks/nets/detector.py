@@ -19,9 +19,10 @@ from torch import nn
 from monai_hqanogan.losses.encoder_losses import discriminator_feature_distance
 from monai_hqanogan.networks.layers.modulated import check_deterministic_noise_mode
 from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
-from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator
+from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator, check_image_batch
 from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
 from monai_hqanogan.scoring.calibration import SCORE_NAMES, AnomalyCalibration, fit_scores
+from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import model_fingerprint
 
 __all__ = ["HQAnoGANDetector"]
@@ -95,18 +96,8 @@ class HQAnoGANDetector(nn.Module):
 
     def check_input(self, image: torch.Tensor) -> None:
         """Raise a ValueError naming the problem unless ``image`` is [B, C, R, R] with finite values."""
-        expected = (self.img_channels, self.resolution, self.resolution)
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or tuple(image.shape[1:]) != expected:
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(
-                f"HQAnoGANDetector expects images [batch, {expected[0]}, {expected[1]}, {expected[2]}] in [-1, 1], got "
-                f"{shape}. Preprocess with monai_hqanogan.transforms.gan_image_transforms({self.resolution}), which "
-                "converts to one channel, resizes the longest side and pads to a square (it never crops)."
-            )
-        finite = torch.isfinite(image).flatten(1).all(dim=1)
-        if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten().tolist()
-            raise ValueError(f"images {bad} of the batch contain NaN or inf pixels; fix or drop them before scoring.")
+        check_image_batch(image, self.img_channels, self.resolution, "HQAnoGANDetector")
+        ensure_finite(image, "input", advice="fix or drop them before scoring.")
 
     def _refine(self, image: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
         """``refine_steps`` Adam steps on W+ minimising the pixel L2 to ``image`` (plus the feature loss if any)."""
@@ -139,10 +130,12 @@ class HQAnoGANDetector(nn.Module):
 
     def residual_map(self, image: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] anomaly map: |x - x'| averaged over channels, smoothed, background zeroed."""
-        amap = (image - reconstruction).abs().mean(dim=1, keepdim=True)
-        if self.smoothing is not None:
-            amap = self.smoothing(amap)
-        return amap * self.foreground(image)
+        error = (image - reconstruction).abs().mean(dim=1, keepdim=True)
+        return self._smoothed_map(error, self.foreground(image))
+
+    def _smoothed_map(self, error: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+        amap = self.smoothing(error) if self.smoothing is not None else error
+        return amap * foreground
 
     # ------------------------------------------------------------------ inference
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -157,9 +150,9 @@ class HQAnoGANDetector(nn.Module):
         self.check_input(image)
         ws, rec = self.reconstruct(image)
         fg = self.foreground(image)
-        error = (image - rec).abs().mean(dim=1, keepdim=True) * fg
-        residual = error.flatten(1).sum(1) / fg.flatten(1).sum(1).clamp_min(1)
-        amap = self.residual_map(image, rec)
+        error = (image - rec).abs().mean(dim=1, keepdim=True)
+        residual = (error * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp_min(1)
+        amap = self._smoothed_map(error, fg)
         no_d = self.discriminator is None
         out: dict[str, torch.Tensor] = {
             "residual": residual,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_hqanogan.networks.layers import EqualizedLinear
-from monai_hqanogan.networks.nets.stylegan2 import check_resolution
+from monai_hqanogan.networks.nets.stylegan2 import check_image_batch, check_resolution
 from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = ["PSPEncoder", "style_groups"]
@@ -219,17 +219,9 @@ class PSPEncoder(nn.Module):
         with torch.no_grad():
             self.w_avg.copy_(w_avg.detach())
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = (self.img_channels, self.resolution, self.resolution)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"PSPEncoder expects images of shape [batch, {expected[0]}, {expected[1]}, {expected[2]}], got "
-                f"{tuple(x.shape)}. Resize/pad with the documented preprocessing (gan_image_transforms)."
-            )
-
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """The (fine, middle, coarse) pyramid maps after the top-down merge (None for levels without styles)."""
-        self._check_input(x)
+        check_image_batch(x, self.img_channels, self.resolution, "PSPEncoder")
         c_fine, c_middle, coarse = self.backbone(x)
         middle = fine = None
         if self.lateral_middle is not None:

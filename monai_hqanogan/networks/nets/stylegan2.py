@@ -26,6 +26,7 @@ __all__ = [
     "StyleGAN2SynthesisNetwork",
     "StyleGAN2Generator",
     "check_resolution",
+    "check_image_batch",
     "feature_channels",
 ]
 
@@ -45,6 +46,18 @@ def check_resolution(resolution: int) -> int:
             "monai_hqanogan.transforms.gan_image_transforms."
         )
     return int(math.log2(value))
+
+
+def check_image_batch(x: torch.Tensor, img_channels: int, resolution: int, owner: str) -> None:
+    """Raise a ValueError naming ``owner`` and the expected shape unless ``x`` is a [B, C, R, R] tensor."""
+    expected = (img_channels, resolution, resolution)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"{owner} expects images of shape [batch, {img_channels}, {resolution}, {resolution}] in [-1, 1], got "
+            f"{shape}. Convert to {img_channels} channel(s) and resize/pad to a square with "
+            f"monai_hqanogan.transforms.gan_image_transforms({resolution}), which never crops."
+        )
 
 
 def feature_channels(resolution: int, channel_base: int, channel_max: int) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from monai_hqanogan.networks.layers import EqualizedConv2d, EqualizedLinear
-from monai_hqanogan.networks.nets.stylegan2 import check_resolution, feature_channels
+from monai_hqanogan.networks.nets.stylegan2 import check_image_batch, check_resolution, feature_channels
 
 __all__ = ["StyleGAN2Discriminator", "minibatch_stddev"]
 
@@ -122,21 +122,13 @@ class StyleGAN2Discriminator(nn.Module):
         self.epilogue_fc = EqualizedLinear(ch[4] * 16, ch[4], activation="lrelu")
         self.epilogue_out = EqualizedLinear(ch[4], 1)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = (self.img_channels, self.resolution, self.resolution)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"StyleGAN2Discriminator expects images of shape [batch, {expected[0]}, {expected[1]}, {expected[2]}]"
-                f", got {tuple(x.shape)}."
-            )
-
     def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-image features: the output of the input layer and of every resolution block (R down to 4 px).
 
         None of them passes through the minibatch-stddev layer, so each image's features are the same whatever
         else is in the batch.
         """
-        self._check_input(x)
+        check_image_batch(x, self.img_channels, self.resolution, "StyleGAN2Discriminator")
         feats = [self.from_image(x)]
         for block in self.blocks:
             feats.append(block(feats[-1]))
