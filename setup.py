@@ -29,6 +29,8 @@ setup(
         "tqdm",
         # PNG sample grids (already required by matplotlib)
         "pillow",
+        # the command line of MONAI bundles (python -m monai.bundle run / verify_net_in_out / ckpt_export)
+        "fire",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist", "scikit-learn"],

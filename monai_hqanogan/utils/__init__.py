@@ -8,4 +8,5 @@ from .checkpoint import (
     model_fingerprint,
     save_checkpoint_atomic,
     set_rng_states,
+    write_text_atomic,
 )

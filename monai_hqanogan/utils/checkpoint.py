@@ -7,7 +7,7 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "CheckpointError",
     "save_checkpoint_atomic",
+    "write_text_atomic",
     "load_checkpoint",
     "list_checkpoints",
     "get_rng_states",
@@ -29,8 +30,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt, or holds something other than tensors and plain data."""
 
 
-def save_checkpoint_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename it.
+def _write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it onto ``path``.
 
     The rename is atomic on POSIX and Windows, so ``path`` is always either the previous complete file or the new
     complete file, never a partial one, whenever the process dies.
@@ -40,7 +41,7 @@ def save_checkpoint_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> P
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(dict(obj), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +50,17 @@ def save_checkpoint_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> P
             os.remove(tmp)
         raise
     return path
+
+
+def save_checkpoint_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` with ``torch.save`` atomically (temporary file, fsync, rename): ``path`` never holds a partial
+    file, whenever the process dies."""
+    return _write_atomic(path, lambda f: torch.save(dict(obj), f))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, like :func:`save_checkpoint_atomic`."""
+    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

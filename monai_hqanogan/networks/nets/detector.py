@@ -231,12 +231,30 @@ class HQAnoGANDetector(nn.Module):
         cal.density.fit(fit["ws"])
         comps = self._batched(val_images, batch_size)
         report = fit_scores(cal, {k: comps[k] for k in SCORE_NAMES}, val_labels, fpr=fpr, weight_step=weight_step)
-        labels = (
-            torch.zeros(len(comps["residual"]), dtype=torch.long) if val_labels is None else val_labels.long().cpu()
-        )
+        report.update(self._fit_pixel_threshold(comps, val_labels, val_masks, pixel_fpr))
+        cal.fingerprint = self.fingerprint()
+        cal.info = report
+        cal.calibrated.fill_(True)
+        return report
+
+    def _fit_pixel_threshold(
+        self,
+        comps: dict[str, torch.Tensor],
+        labels: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        pixel_fpr: float,
+    ) -> dict[str, Any]:
+        """Set ``calibration.pixel_threshold`` from scored images: Dice-max over ``masks`` if given, else the
+        ``1 - pixel_fpr`` quantile of the normal images' foreground map values."""
+        cal = self.calibration
         maps = comps["anomaly_map"]
-        if val_masks is not None:
-            masks = val_masks.bool().cpu()
+        labels = torch.zeros(len(maps), dtype=torch.long) if labels is None else labels.long().cpu()
+        if masks is not None:
+            masks = masks.bool().cpu()
+            if masks.shape != maps.shape:
+                raise ValueError(f"masks must have the maps' shape {tuple(maps.shape)}, got {tuple(masks.shape)}.")
+            if not bool(masks.any()):
+                raise ValueError("the masks are all empty: give lesion masks, or no masks to use pixel_fpr.")
             candidates = torch.quantile(_subsample(maps[maps > 0]), torch.linspace(0.5, 0.999, 200))
             dices = [
                 float(2 * ((maps >= t) & masks).sum() / ((maps >= t).sum() + masks.sum()).clamp_min(1))
@@ -244,14 +262,38 @@ class HQAnoGANDetector(nn.Module):
             ]
             best = int(torch.tensor(dices).argmax())
             cal.pixel_threshold.fill_(float(candidates[best]))
-            report["pixel_threshold_from"] = f"Dice max ({dices[best]:.3f}) on validation masks"
+            source = f"Dice max ({dices[best]:.3f}) on {len(maps)} images with masks"
         else:
             normal = labels == 0
+            if not bool(normal.any()):
+                raise ValueError("no normal image to set the pixel threshold from: give masks or normal images.")
             values = maps[normal][comps["foreground"][normal].bool()]
             cal.pixel_threshold.fill_(float(torch.quantile(_subsample(values), 1 - pixel_fpr)))
-            report["pixel_threshold_from"] = f"FPR {pixel_fpr} on normal pixels"
-        report["pixel_threshold"] = float(cal.pixel_threshold)
-        cal.fingerprint = self.fingerprint()
-        cal.info = report
-        cal.calibrated.fill_(True)
+            source = f"FPR {pixel_fpr} on normal pixels"
+        return {"pixel_threshold": float(cal.pixel_threshold), "pixel_threshold_from": source}
+
+    @torch.no_grad()
+    def calibrate_pixel_threshold(
+        self,
+        images: torch.Tensor | Iterable[torch.Tensor],
+        masks: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_fpr: float = 0.01,
+        batch_size: int = 32,
+    ) -> dict[str, Any]:
+        """Re-fit only the pixel threshold of a calibrated detector, e.g. on a separate set with lesion masks
+        (synthetic lesions) when the image-level validation set has none.
+
+        Args:
+            images: images [N, C, R, R] (or an iterable of batches).
+            masks: lesion masks [N, 1, R, R] (None: use ``pixel_fpr`` on the normal images).
+            labels: 1 abnormal / 0 normal per image, needed without masks (None: all normal).
+            pixel_fpr: false-positive rate on normal pixels when there are no masks.
+            batch_size: images per forward pass.
+        """
+        if not bool(self.calibration.calibrated):
+            raise RuntimeError("calibrate(...) the detector before re-fitting its pixel threshold.")
+        self.eval()
+        report = self._fit_pixel_threshold(self._batched(images, batch_size), labels, masks, pixel_fpr)
+        self.calibration.info = {**self.calibration.info, **report}
         return report

@@ -1,0 +1,182 @@
+"""The common interface of the reference (non-GAN) anomaly detectors, and the input handling they share.
+
+Every result of HQ-AnoGAN is reported next to trivial and classical detectors, so that a shortcut (for example the
+mean intensity of the image) or a plain autoencoder is never mistaken for what the GAN learnt (DESIGN.md, section 7).
+They all see the same preprocessed images as HQ-AnoGAN: ``[N, C, R, R]`` tensors in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+__all__ = ["ReferenceBaseline", "ImageBatches", "iterate_image_batches"]
+
+#: what ``fit``/``score``/``anomaly_map`` accept: one tensor [N, C, R, R], or an iterable (e.g. a DataLoader) of
+#: batches, each a tensor, a dict with an ``"image"`` entry, or a tuple/list whose first item holds the images
+ImageBatches = Union[torch.Tensor, Iterable[Any]]
+
+
+def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (MONAI's MetaTensor would carry its metadata into buffers and state dicts)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def _batch_images(batch: Any, image_key: str, index: int) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        if image_key not in batch:
+            raise ValueError(f"batch {index} is a dict without the key {image_key!r} (keys: {sorted(batch)}).")
+        images = batch[image_key]
+    elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) > 0:
+        images = batch[0]  # (images, labels, ...) as a TensorDataset yields them
+    else:
+        images = batch
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"batch {index} holds a {type(images).__name__}; expected a tensor [B, C, R, R], a dict with "
+            f"{image_key!r}, or a tuple whose first item is the images."
+        )
+    return images
+
+
+def check_image_batch(
+    images: torch.Tensor, what: str = "images", channels: int | None = None, size: int | None = None
+) -> torch.Tensor:
+    """Check a batch of square images [B, C, R, R] with finite values; return it as a plain float tensor.
+
+    Args:
+        images: the batch.
+        what: how the batch is called in error messages.
+        channels: the required channel count (None: any).
+        size: the required height and width (None: any, but square).
+
+    Raises:
+        ValueError: wrong number of dimensions, an empty batch, non-square images, a channel count or size other
+            than the required one, or NaN/inf values.
+    """
+    images = _plain_tensor(images)
+    if images.ndim != 4:
+        raise ValueError(f"{what} must be a batch of images [N, C, R, R], got shape {tuple(images.shape)}.")
+    n, c, h, w = images.shape
+    if n == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(images.shape)}).")
+    if h != w:
+        raise ValueError(f"{what} must be square [N, C, R, R], got {h} x {w} pixels.")
+    if channels is not None and c != channels:
+        raise ValueError(f"{what} have {c} channel(s), the baseline was built or fitted for {channels}.")
+    if size is not None and h != size:
+        raise ValueError(f"{what} are {h} x {w} pixels, the baseline was built or fitted for {size} x {size}.")
+    if not images.is_floating_point():
+        images = images.float()
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).sum())
+        raise ValueError(f"{what} contain {bad} NaN or inf value(s).")
+    return images
+
+
+def iterate_image_batches(
+    images: ImageBatches,
+    batch_size: int = 256,
+    image_key: str = "image",
+    what: str = "images",
+    channels: int | None = None,
+    size: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield checked batches [B, C, R, R] from a tensor (split into ``batch_size`` chunks) or an iterable of batches.
+
+    Every batch goes through :func:`check_image_batch`; batches after the first must match its channels and size.
+
+    Raises:
+        ValueError: as :func:`check_image_batch`, or when the input holds no batch at all.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if isinstance(images, torch.Tensor):
+        images = check_image_batch(images, what, channels, size)
+        yield from images.split(batch_size)
+        return
+    if isinstance(images, (str, bytes)) or not isinstance(images, Iterable):
+        raise TypeError(f"{what} must be a tensor [N, C, R, R] or an iterable of batches, got {type(images).__name__}.")
+    count = 0
+    for i, batch in enumerate(images):
+        checked = check_image_batch(_batch_images(batch, image_key, i), f"{what} (batch {i})", channels, size)
+        channels, size = checked.shape[1], checked.shape[2]
+        count += 1
+        yield checked
+    if count == 0:
+        raise ValueError(f"{what} yielded no batch (an empty data set, or a one-shot iterator already used up).")
+
+
+class ReferenceBaseline(nn.Module):
+    """Base class of the reference anomaly detectors: ``fit`` on normal images, then ``score`` any images.
+
+    Subclasses implement :meth:`fit` and :meth:`score` and, when they localise, :meth:`anomaly_map`. They are
+    ``nn.Module`` s whose fitted state lives in parameters and buffers, so ``torch.save(model.state_dict())`` and
+    ``model.load_state_dict(torch.load(path, weights_only=True))`` round-trip them. Buffers whose size depends on
+    the fitted data are listed in ``_data_sized_buffers``: loading a state dict resizes them first, so a freshly
+    built (unfitted) baseline can load a fitted one's state.
+
+    Conventions: images are ``[N, C, R, R]`` in [-1, 1]; scores are ``[N]`` float tensors on the CPU, higher = more
+    anomalous; anomaly maps are ``[N, 1, R, R]`` on the CPU, or None for a detector without a map.
+
+    Attributes:
+        name: a short human-readable name for reports and figure legends.
+    """
+
+    name: str = "reference baseline"
+    _data_sized_buffers: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() on normal images first.")
+
+    def fit(self, images: ImageBatches, **kwargs: Any) -> ReferenceBaseline:
+        """Fit on normal images only (a tensor [N, C, R, R] or an iterable of batches); returns self."""
+        raise NotImplementedError
+
+    def score(self, images: ImageBatches, batch_size: int = 256) -> torch.Tensor:
+        """Image anomaly scores ``[N]`` (higher = more anomalous)."""
+        raise NotImplementedError
+
+    def anomaly_map(self, images: ImageBatches, batch_size: int = 256) -> torch.Tensor | None:
+        """Per-pixel anomaly maps ``[N, 1, R, R]``, or None when the detector does not localise."""
+        return None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`score`, for one batch."""
+        return self.score(images)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, fitted={self.is_fitted}"
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        for name in self._data_sized_buffers:
+            key = prefix + name
+            if key in state_dict and isinstance(state_dict[key], torch.Tensor):
+                current = getattr(self, name)
+                setattr(self, name, torch.empty_like(state_dict[key], dtype=current.dtype, device=current.device))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

@@ -1,0 +1,186 @@
+"""The bundle's evaluation: HQ-AnoGAN and the reference baselines on the same test split and synthetic-lesion set,
+side by side in one Markdown + JSON report with ROC curves, score histograms and detection panels."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from monai_hqanogan.evaluation import write_evaluation_report
+from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.workflows.stages import _plain, check_datalist, check_writable, load_split
+
+__all__ = ["evaluate_detector", "machine_description"]
+
+logger = logging.getLogger(__name__)
+
+
+def machine_description(device: str | torch.device = "cpu") -> str:
+    """One line naming the machine: the GPU's name on CUDA, else the CPU and its core count, plus torch's version."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    return f"{what}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+@torch.no_grad()
+def _detect_all(detector: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, Any]:
+    parts: dict[str, list[torch.Tensor]] = {"scores": [], "maps": [], "reconstructions": []}
+    for chunk in images.split(batch_size):
+        record = detector.detect(chunk.to(device))
+        parts["scores"].append(record["pred_score"].float().cpu())
+        parts["maps"].append(record["anomaly_map"].float().cpu())
+        parts["reconstructions"].append(record["reconstruction"].float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _panel_figure(path: Path, split: Mapping[str, Any], record: Mapping[str, Any], detector: nn.Module, rows: int):
+    """Panels of the ``rows`` highest-scoring abnormal and the lowest-scoring normal images of a split."""
+    from monai_hqanogan.visualize import plot_detection_panels, save_figure
+
+    labels, scores = split["labels"], record["scores"]
+    abnormal = [int(i) for i in torch.argsort(scores, descending=True) if labels[i] == 1][: max(1, rows - 1)]
+    normal = [int(i) for i in torch.argsort(scores) if labels[i] == 0][:1]
+    index = torch.tensor(abnormal + normal, dtype=torch.long)
+    if len(index) == 0:
+        return None
+    cal = detector.calibration
+    fig = plot_detection_panels(
+        split["images"][index],
+        record["reconstructions"][index],
+        record["maps"][index],
+        pred_masks=record["maps"][index] >= float(cal.pixel_threshold),
+        gt_masks=split["masks"][index] if "masks" in split else None,
+        scores=scores[index],
+        threshold=float(cal.image_threshold),
+        titles=[f"{split['names'][i]} ({'abnormal' if labels[i] else 'normal'})" for i in index.tolist()],
+    )
+    return save_figure(fig, path)
+
+
+def evaluate_detector(
+    detector: nn.Module,
+    datalist: str | os.PathLike,
+    resolution: int,
+    output_dir: str | os.PathLike,
+    baselines: Mapping[str, nn.Module] | None = None,
+    baseline_fit_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    fit_key: str = "training",
+    test_key: str = "test",
+    localisation_key: str | None = "localisation_test",
+    method_name: str = "HQ-AnoGAN",
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    panel_rows: int = 6,
+    info: Mapping[str, Any] | None = None,
+    base_dir: str | os.PathLike | None = None,
+) -> dict[str, Path]:
+    """Score a calibrated detector and the reference baselines on the test split and the synthetic-lesion set.
+
+    Every baseline is fitted on the same normal training images the GAN saw (``fit_key``) and scored on the same
+    images as the detector, so the report compares like with like. The detector is scored with its calibrated
+    score and map; pixel metrics use its calibrated pixel threshold for the Dice, baselines their Dice-max.
+
+    Args:
+        detector: a calibrated :class:`HQAnoGANDetector`.
+        datalist: the prepared datalist JSON.
+        resolution: the model grid size.
+        output_dir: where ``report.md``, ``report.json`` and the figures go.
+        baselines: name -> reference detector with ``fit``/``score``/``anomaly_map`` (e.g. mean intensity, PCA,
+            autoencoder); None: none.
+        baseline_fit_kwargs: name -> extra keyword arguments of that baseline's ``fit`` (epochs, time limit, ...).
+        fit_key: the datalist list of normal training images.
+        test_key: the list of the test split (normal and abnormal, image labels).
+        localisation_key: the list of the synthetic-lesion set (with masks); None: leave it out.
+        method_name: the detector's row name.
+        device: where to run.
+        batch_size: images per forward pass.
+        panel_rows: rows of the detection panel figures.
+        info: extra facts for the report (setting, command, training times, ...).
+        base_dir: base of the datalist's relative paths.
+
+    Returns:
+        the written files (``json``, ``markdown``, figures).
+    """
+    start = time.perf_counter()
+    output_dir = check_writable(output_dir)
+    device = torch.device(device)
+    keys = [fit_key, test_key] + ([localisation_key] if localisation_key else [])
+    check_datalist(datalist, keys, base_dir=base_dir, verify_images=False)
+    if not bool(detector.calibration.calibrated):
+        raise RuntimeError("the detector is not calibrated: run calibrate.json first.")
+    detector = detector.to(device).eval()
+    sets = {test_key: load_split(datalist, test_key, resolution, base_dir=base_dir)}
+    if localisation_key:
+        sets[localisation_key] = load_split(datalist, localisation_key, resolution, base_dir=base_dir, with_masks=True)
+    fit = load_split(datalist, fit_key, resolution, base_dir=base_dir)
+    timings: dict[str, float] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in sets}
+    records = {}
+    t0 = time.perf_counter()
+    for name, split in sets.items():
+        records[name] = _detect_all(detector, split["images"], batch_size, device)
+        results[name][method_name] = {
+            "scores": records[name]["scores"],
+            "labels": split["labels"],
+            "maps": records[name]["maps"],
+            "masks": split.get("masks"),
+            "pixel_threshold": float(detector.calibration.pixel_threshold),
+        }
+    timings[f"{method_name} scoring s"] = round(time.perf_counter() - t0, 1)
+    for bname, baseline in (baselines or {}).items():
+        t0 = time.perf_counter()
+        baseline.fit(fit["images"], **dict((baseline_fit_kwargs or {}).get(bname, {})))
+        for name, split in sets.items():
+            maps = baseline.anomaly_map(split["images"])
+            results[name][bname] = {
+                "scores": baseline.score(split["images"]),
+                "labels": split["labels"],
+                "maps": maps,
+                "masks": split.get("masks") if maps is not None else None,
+            }
+        timings[f"{bname} fit + scoring s"] = round(time.perf_counter() - t0, 1)
+    figures = {}
+    for name, split in sets.items():
+        path = _panel_figure(output_dir / f"panels_{name}.png", split, records[name], detector, panel_rows)
+        if path is not None:
+            figures[name] = path
+    counts = {name: {"images": len(s["labels"]), "abnormal": int(s["labels"].sum())} for name, s in sets.items()}
+    counts[fit_key] = {"images": len(fit["labels"]), "abnormal": 0}
+    full_info = {
+        "machine": machine_description(device),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "resolution": resolution,
+        "counts": counts,
+        "calibration": _plain(detector.calibration.info),
+        "timings": timings,
+        **dict(info or {}),
+    }
+    full_info["timings"]["evaluation total s"] = round(time.perf_counter() - start, 1)
+    paths = write_evaluation_report(
+        output_dir, results, title="HQ-AnoGAN brain MRI evaluation", info=json.loads(json.dumps(_plain(full_info)))
+    )
+    if figures:
+        markdown = paths["markdown"].read_text()
+        markdown += (
+            "\n## Detection panels\n\nInput | pseudo-normal G(E(x)) | anomaly map | overlay (predicted contour red, "
+            "ground truth dashed green where known). Highest-scoring abnormal images, then the lowest-scoring normal "
+            "one.\n\n"
+        )
+        markdown += "".join(f"![{name}]({path.name})\n\n" for name, path in figures.items())
+        write_text_atomic(paths["markdown"], markdown)
+        paths.update({f"panels_{name}": path for name, path in figures.items()})
+    logger.info(f"evaluation report -> {paths['markdown']}")
+    return paths

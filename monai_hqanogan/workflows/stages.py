@@ -1,0 +1,316 @@
+"""The steps between the bundle's training configs: checks before long work, stage weights, loading a datalist split
+as tensors, and calibration of the detector.
+
+Every function is called from a bundle config (``"$monai_hqanogan.workflows.<name>(...)"``), so each one checks its
+inputs and fails with a message that says which config to run or which file to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import DataLoader, Dataset, load_decathlon_datalist
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Resized,
+    SpatialPadd,
+    ThresholdIntensityd,
+)
+from torch import nn
+
+from monai_hqanogan.transforms.dictionary import ToSingleChanneld
+from monai_hqanogan.transforms.presets import gan_image_transforms
+from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_atomic, write_text_atomic
+
+__all__ = [
+    "check_writable",
+    "check_datalist",
+    "save_stage",
+    "load_stage",
+    "load_split",
+    "mask_transforms",
+    "calibrate_detector",
+    "export_detector",
+    "require_file",
+]
+
+logger = logging.getLogger(__name__)
+
+_RASTER = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove that a file can be written there; a clear error otherwise."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"output folder {str(folder)!r} cannot be written: {err}") from err
+    return folder
+
+
+def _verify_image(path: Path) -> None:
+    name = path.name.lower()
+    if not path.exists():
+        raise FileNotFoundError(f"file {str(path)!r} listed in the datalist does not exist.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"file {str(path)!r} listed in the datalist is empty.")
+    if name.endswith(_RASTER):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as err:
+            raise ValueError(f"image {str(path)!r} cannot be read: {err}") from err
+    elif name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as err:
+            raise ValueError(f"image {str(path)!r} is not a readable NIfTI file: {err}") from err
+        if any(s == 0 for s in shape):
+            raise ValueError(f"image {str(path)!r} has shape {shape}: no slice.")
+
+
+def check_datalist(
+    datalist: str | os.PathLike,
+    keys: Sequence[str] = ("training",),
+    base_dir: str | os.PathLike | None = None,
+    verify_images: bool = True,
+    min_items: int = 1,
+) -> dict[str, list[dict[str, Any]]]:
+    """Load the ``keys`` lists of a MONAI datalist and check every listed file before training starts.
+
+    Args:
+        datalist: the datalist JSON (as written by ``python -m monai_hqanogan.data.prepare``).
+        keys: lists that must be present and non-empty.
+        base_dir: base of relative paths (default: the datalist's folder).
+        verify_images: also open every PNG/JPEG (``PIL.Image.verify``) and read every NIfTI header.
+        min_items: fewest items each list must hold.
+
+    Returns:
+        ``{key: items}`` with absolute paths.
+
+    Raises:
+        FileNotFoundError: the datalist or a listed file is missing (the message says how to prepare the data).
+        ValueError: a list is missing or too short, or a file is empty or unreadable.
+    """
+    path = Path(datalist).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"datalist {str(path)!r} does not exist. Prepare the data first, e.g. "
+            f"'python -m monai_hqanogan.data.prepare br35h --download --output {path.parent}', or point "
+            "'--dataset_dir' at a folder prepared from your own images "
+            "('python -m monai_hqanogan.data.prepare folder --help')."
+        )
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"datalist {str(path)!r} is not valid JSON: {err}") from err
+    out = {}
+    for key in keys:
+        if key not in content:
+            raise ValueError(f"datalist {str(path)!r} has no list {key!r}; it has {sorted(content)}.")
+        items = load_decathlon_datalist(path, data_list_key=key, base_dir=base_dir or path.parent)
+        if len(items) < min_items:
+            raise ValueError(f"datalist {str(path)!r} list {key!r} holds {len(items)} items; need >= {min_items}.")
+        for item in items:
+            for field in ("image", "mask"):
+                if field in item:
+                    (_verify_image if verify_images else _exists)(Path(item[field]))
+        out[key] = items
+    return out
+
+
+def _exists(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"file {str(path)!r} listed in the datalist does not exist.")
+
+
+# ---------------------------------------------------------------------- stage weights
+def save_stage(path: str | os.PathLike, **modules: nn.Module) -> Path:
+    """Save the state dicts of ``modules`` (name -> module) into one file, atomically; returns the path."""
+    state = {name: module.state_dict() for name, module in modules.items()}
+    path = save_checkpoint_atomic(state, path)
+    logger.info(f"saved {', '.join(modules)} -> {path}")
+    return path
+
+
+def load_stage(path: str | os.PathLike, produced_by: str = "the previous step", **modules: nn.Module) -> None:
+    """Load a file written by :func:`save_stage` into ``modules`` (name -> module), strictly.
+
+    Args:
+        path: the stage file.
+        produced_by: what writes that file (named in the error when it is missing, e.g. ``"train_generator.json"``).
+        modules: the modules to fill, by the names used when saving.
+    """
+    state = load_checkpoint(require_file(path, produced_by))
+    for name, module in modules.items():
+        if name not in state:
+            raise CheckpointError(f"{str(path)!r} holds {sorted(state)}, not {name!r}.")
+        try:
+            module.load_state_dict(state[name])
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{name} in {str(path)!r} does not fit the configured network (was it trained with other settings, "
+                f"e.g. another resolution or channel count?): {str(err).splitlines()[0]}"
+            ) from err
+
+
+# ---------------------------------------------------------------------- data
+def mask_transforms(resolution: int, keys: Sequence[str] | str = ("mask",)) -> Compose:
+    """Lesion masks onto the model grid with the geometry of :func:`gan_image_transforms` (nearest neighbour, padded
+    with 0, values {0, 1})."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    return Compose([
+        LoadImaged(keys, image_only=True),
+        EnsureChannelFirstd(keys),
+        ToSingleChanneld(keys),
+        Resized(keys, spatial_size=resolution, size_mode="longest", mode="nearest"),
+        SpatialPadd(keys, spatial_size=(resolution, resolution), mode="constant", value=0.0),
+        ThresholdIntensityd(keys, threshold=0.5, above=False, cval=1.0),  # > 0.5 -> 1
+        ThresholdIntensityd(keys, threshold=0.5, above=True, cval=0.0),  # <= 0.5 -> 0
+        EnsureTyped(keys, dtype="float32", track_meta=False),
+    ])  # fmt: skip
+
+
+def load_split(
+    datalist: str | os.PathLike,
+    key: str,
+    resolution: int,
+    base_dir: str | os.PathLike | None = None,
+    with_masks: bool = False,
+    limit: int | None = None,
+    num_workers: int = 0,
+    upper_percentile: float = 99.5,
+) -> dict[str, Any]:
+    """One list of a datalist as tensors on the model grid.
+
+    Returns:
+        ``{"images": [N, 1, R, R], "labels": [N] long (0 where an item has no label), "names": [N] str}`` plus
+        ``"masks": [N, 1, R, R]`` with ``with_masks`` (items without a mask get an empty one).
+    """
+    items = check_datalist(datalist, [key], base_dir=base_dir, verify_images=False)[key]
+    if limit is not None:
+        items = items[:limit]
+    image_tf = gan_image_transforms(resolution, keys=("image",), upper_percentile=upper_percentile)
+    mask_tf = mask_transforms(resolution) if with_masks else None
+
+    def transform(item: Mapping[str, Any]) -> dict[str, Any]:
+        out = image_tf({"image": item["image"]})
+        if mask_tf is not None:
+            out["mask"] = (
+                mask_tf({"mask": item["mask"]})["mask"] if "mask" in item else torch.zeros_like(out["image"][:1])
+            )
+        out["label"] = int(item.get("label", 0))
+        return out
+
+    loader = DataLoader(Dataset(items, transform), batch_size=32, num_workers=num_workers)
+    parts: dict[str, list[torch.Tensor]] = {"images": [], "labels": [], "masks": []}
+    for batch in loader:
+        parts["images"].append(torch.as_tensor(batch["image"]).float())
+        parts["labels"].append(torch.as_tensor(batch["label"]).long())
+        if with_masks:
+            parts["masks"].append(torch.as_tensor(batch["mask"]).float())
+    out: dict[str, Any] = {
+        "images": torch.cat(parts["images"]),
+        "labels": torch.cat(parts["labels"]),
+        "names": [Path(item["image"]).name for item in items],
+    }
+    if with_masks:
+        out["masks"] = torch.cat(parts["masks"])
+    return out
+
+
+# ---------------------------------------------------------------------- calibration
+def calibrate_detector(
+    detector: nn.Module,
+    datalist: str | os.PathLike,
+    resolution: int,
+    model_file: str | os.PathLike,
+    report_file: str | os.PathLike | None = None,
+    fit_key: str = "training",
+    val_key: str = "validation",
+    pixel_key: str | None = "localisation_validation",
+    fit_limit: int | None = 2000,
+    fpr: float = 0.05,
+    pixel_fpr: float = 0.01,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    base_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Calibrate an :class:`HQAnoGANDetector` on a datalist and save it as the bundle's ``model.pt``.
+
+    The W+ Gaussian is fitted on ``fit_key`` (normal training images), the score weights and the image threshold
+    on ``val_key`` (normal and abnormal images: the weights that maximise validation AUROC, the threshold at
+    F1-max; with normal images only, the threshold at ``fpr``), and the pixel threshold by Dice on ``pixel_key``
+    (synthetic lesions with exact masks), or at ``pixel_fpr`` of normal validation pixels without it.
+
+    Returns:
+        the calibration report (also written to ``report_file`` as JSON, and kept in the detector's calibration).
+    """
+    start = time.perf_counter()
+    detector = detector.to(device).eval()
+    keys = [fit_key, val_key] + ([pixel_key] if pixel_key else [])
+    check_datalist(datalist, keys, base_dir=base_dir, verify_images=False)
+    fit = load_split(datalist, fit_key, resolution, base_dir=base_dir, limit=fit_limit)
+    val = load_split(datalist, val_key, resolution, base_dir=base_dir)
+    labels = val["labels"] if bool(val["labels"].any()) else None
+    report = detector.calibrate(
+        fit["images"], val["images"], labels, fpr=fpr, pixel_fpr=pixel_fpr, batch_size=batch_size
+    )
+    if pixel_key:
+        loc = load_split(datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True)
+        report.update(detector.calibrate_pixel_threshold(loc["images"], loc["masks"], batch_size=batch_size))
+    report["counts"] = {
+        "fit": len(fit["images"]),
+        "validation": len(val["images"]),
+        "validation_abnormal": int(val["labels"].sum()),
+    }
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    export_detector(detector, model_file)
+    if report_file is not None:
+        write_text_atomic(report_file, json.dumps(_plain(report), indent=1))
+    logger.info(f"calibrated: {json.dumps(_plain(report))}")
+    return report
+
+
+def export_detector(detector: nn.Module, model_file: str | os.PathLike) -> Path:
+    """Save the detector's state dict (E, G, D and the calibration) as the bundle's model file, atomically."""
+    path = save_checkpoint_atomic(detector.state_dict(), model_file)
+    logger.info(f"detector -> {path}")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy: tensors to lists/floats, tuples to lists."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() > 1 else float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def require_file(path: str | os.PathLike, produced_by: str) -> Path:
+    """``path`` if it is a file; otherwise a FileNotFoundError that says which step writes it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: run {produced_by} first (same settings).")
+    return path

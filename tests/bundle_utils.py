@@ -1,0 +1,78 @@
+"""Shared pieces of the bundle tests: a tiny prepared dataset and settings for tiny networks (not a test module)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brain_mri_anomaly_hqanogan"
+
+#: a tiny model and a few iterations: each step of the bundle runs in seconds on the CPU
+TINY_SETTINGS = {
+    "resolution": 16,
+    "z_dim": 16,
+    "w_dim": 16,
+    "mapping_layers": 1,
+    "channel_base": 64,
+    "channel_max": 16,
+    "encoder_base_channels": 8,
+    "encoder_max_channels": 16,
+    "batch_size": 4,
+    "generator_lr": 0.002,
+    "generator_kimg": 0.016,
+    "encoder_lr": 0.001,
+    "encoder_kimg": 0.016,
+    "checkpoint_epochs": 1,
+    "sample_epochs": 1,
+    "amp": False,
+    "num_workers": 0,
+    "autoencoder_seconds": 5,
+    "autoencoder_epochs": 1,
+}
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def make_tiny_dataset(root: Path, height: int = 24, width: int = 20) -> Path:
+    """A prepared dataset like ``monai_hqanogan.data.prepare`` writes: grey PNGs (not square, to exercise the
+    padding) and a ``datalist.json`` with every list the bundle reads. Returns the datalist path."""
+    size = max(height, width)
+    normal = make_ellipse_images(32, size, seed=0, inner=True)
+    lesioned, masks = add_synthetic_lesions(normal[24:], seed=1, contrast_range=(0.6, 1.0), radius_range=(0.15, 0.3))
+
+    def crop(t):  # [1, S, S] in [-1, 1] -> uint8 [H, W]
+        return ((t[0, :height, :width].numpy() + 1) * 127.5).clip(0, 255)
+
+    lists: dict[str, list] = {k: [] for k in ("training", "validation", "test")}
+    lists.update(localisation_validation=[], localisation_test=[])
+    for i in range(32):
+        split = "training" if i < 16 else "validation" if i < 20 else "test" if i < 24 else None
+        if split is None:
+            continue
+        _save_png(crop(normal[i]), root / "images" / f"normal_{i}.png")
+        lists[split].append({"image": f"images/normal_{i}.png", "label": 0, "group": i})
+    for j in range(8):
+        split = "validation" if j < 4 else "test"
+        _save_png(crop(lesioned[j]), root / "images" / f"lesion_{j}.png")
+        _save_png(masks[j, 0, :height, :width].numpy() * 255, root / "masks" / f"lesion_{j}.png")
+        lists[split].append({"image": f"images/lesion_{j}.png", "label": 1, "group": 100 + j})
+        lists[f"localisation_{split}"].append(
+            {"image": f"images/lesion_{j}.png", "mask": f"masks/lesion_{j}.png", "label": 1, "group": 100 + j}
+        )
+    lists["info"] = {"source": "tests/bundle_utils.py"}
+    path = root / "datalist.json"
+    path.write_text(json.dumps(lists, indent=1))
+    return path
+
+
+def tiny_overrides(dataset_dir: Path, run_dir: Path, **extra) -> dict:
+    """ConfigWorkflow keyword overrides: tiny settings, the tiny dataset and a temporary run folder."""
+    return {"settings": dict(TINY_SETTINGS), "dataset_dir": str(dataset_dir), "run_dir": str(run_dir), **extra}

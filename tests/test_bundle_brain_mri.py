@@ -1,0 +1,302 @@
+"""The brain MRI bundle end to end at 16 px on a tiny synthetic dataset: every config through MONAI's ConfigWorkflow,
+inference as a ``python -m monai.bundle run`` subprocess, 3D NIfTI volumes, MONAI's bundle tools, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from monai_hqanogan.utils import list_checkpoints, load_checkpoint
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+
+CONFIGS = BUNDLE / "configs"
+
+
+def workflow(config: str, workflow_type: str, **overrides) -> ConfigWorkflow:
+    w = ConfigWorkflow(
+        config_file=str(CONFIGS / config),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(BUNDLE),
+        **overrides,
+    )
+    w.initialize()
+    return w
+
+
+def bundle_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, single_thread):
+    """Run train_generator -> train_encoder -> calibrate once for the module's tests."""
+    root = tmp_path_factory.mktemp("bundle")
+    make_tiny_dataset(root / "data")
+    runs = root / "runs"
+    for config in ("train_generator.json", "train_encoder.json"):
+        w = workflow(config, "train", **tiny_overrides(root / "data", runs))
+        assert w.check_properties() == []
+        w.run()
+        w.finalize()
+    w = workflow("calibrate.json", "infer", **tiny_overrides(root / "data", runs))
+    w.run()
+    return {"root": root, "data": root / "data", "runs": runs}
+
+
+def test_training_writes_checkpoints_stage_files_and_pictures(trained):
+    runs = trained["runs"]
+    for stage in ("generator", "encoder"):
+        assert list_checkpoints(runs / stage / "checkpoints"), stage
+        assert (runs / f"{stage}.pt").is_file()
+        assert any((runs / stage / "tensorboard").iterdir())
+    assert list((runs / "generator" / "samples").glob("*.png"))
+    assert list((runs / "encoder" / "reconstructions").glob("*.png"))
+    stage = load_checkpoint(runs / "generator.pt")
+    assert set(stage) == {"generator", "discriminator"}
+    assert set(load_checkpoint(runs / "encoder.pt")) == {"encoder"}
+    # the total kimg was reached: 0.016 kimg at batch 4 is 4 iterations
+    newest = list_checkpoints(runs / "generator" / "checkpoints")[-1][1]
+    assert load_checkpoint(newest)["trainer"]["training"]["nimg"] >= 16
+
+
+def test_calibration_is_saved_in_the_model_file(trained):
+    report = json.loads((trained["runs"] / "calibration" / "calibration.json").read_text())
+    assert report["counts"] == {"fit": 16, "validation": 8, "validation_abnormal": 4}
+    assert "Dice" in report["pixel_threshold_from"]
+    state = load_checkpoint(trained["runs"] / "models" / "model.pt")
+    assert bool(state["calibration.calibrated"])
+    assert float(state["calibration.pixel_threshold"]) == pytest.approx(report["pixel_threshold"])
+
+
+def test_rerun_resumes_and_extends_training(trained, tmp_path):
+    """The same command again resumes from the last checkpoint; a larger total_kimg trains on from there."""
+    runs = trained["runs"]
+    before = list_checkpoints(runs / "generator" / "checkpoints")[-1][0]
+    settings = {**TINY_SETTINGS, "generator_kimg": 0.032}
+    w = workflow("train_generator.json", "train", **{**tiny_overrides(trained["data"], runs), "settings": settings})
+    w.run()
+    trainer = w.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == before + 4  # 4 more iterations, not 8 from scratch
+    assert trainer.nimg == 32
+
+
+def test_inference_cli_writes_maps_labels_scores_and_panels(trained, tmp_path):
+    out = tmp_path / "inference"
+    bundle_cli(
+        "run",
+        "--config_file", str(CONFIGS / "inference.json"),
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--bundle_root", str(BUNDLE),
+        "--dataset_dir", str(trained["data"]),
+        "--run_dir", str(trained["runs"]),
+        "--output_dir", str(out),
+        "--settings", json.dumps(TINY_SETTINGS),
+    )  # fmt: skip
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["images"] == 8 and len(scores["rows"]) == 8
+    assert {Path(r["image"]).name for r in scores["rows"]} == {f"normal_{i}.png" for i in range(20, 24)} | {
+        f"lesion_{j}.png" for j in range(4, 8)
+    }
+    assert (out / "scores.csv").read_text().splitlines()[0] == "image,score,label,threshold,slice"
+    amap = nib.load(str(out / "lesion_4_anomaly_map.nii.gz"))
+    label = nib.load(str(out / "lesion_4_anomaly_label.nii.gz"))
+    # maps come back on the input grid (PNG arrays are [W, H] in MONAI), not the 16 px model grid
+    assert amap.shape[:2] == (20, 24) and label.shape[:2] == (20, 24)
+    assert set(np.unique(np.asarray(label.dataobj))) <= {0, 1}
+    assert len(list((out / "panels").glob("*_panel.png"))) == 8
+
+
+def test_inference_on_a_3d_volume_keeps_shape_and_affine(trained, tmp_path):
+    volume = np.zeros((20, 24, 5), dtype=np.float32)
+    yy, xx = np.mgrid[:20, :24]
+    for k in range(1, 4):  # slices 0 and 4 stay empty and are skipped
+        volume[..., k] = 100.0 * (((yy - 10) / 8) ** 2 + ((xx - 12) / 10) ** 2 < 1)
+    affine = np.diag([0.9, 0.8, 3.0, 1.0])
+    affine[:3, 3] = [-10, 20, 5]
+    nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "vol.nii.gz"))
+    out = tmp_path / "out"
+    w = workflow(
+        "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
+        input=str(tmp_path / "vol.nii.gz"), output_dir=str(out),
+    )  # fmt: skip
+    assert w.check_properties() == []
+    w.run()
+    amap = nib.load(str(out / "vol_anomaly_map.nii.gz"))
+    assert amap.shape[:3] == (20, 24, 5)
+    np.testing.assert_allclose(amap.affine, affine, atol=1e-5)
+    data = np.asarray(amap.dataobj).reshape(20, 24, 5)
+    assert np.all(data[..., 0] == 0) and np.all(data[..., 4] == 0)  # empty slices are not scored
+    row = json.loads((out / "scores.json").read_text())["rows"][0]
+    assert row["slice_scores"][0] is None and row["slice_scores"][4] is None
+    assert row["slice"] in (1, 2, 3)
+    assert row["score"] == pytest.approx(max(s for s in row["slice_scores"] if s is not None))
+
+
+def test_png_output_option(trained, tmp_path):
+    out = tmp_path / "png"
+    w = workflow(
+        "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
+        input=str(trained["data"] / "images" / "lesion_5.png"), output_dir=str(out), output_ext=".png",
+    )  # fmt: skip
+    w.run()
+    from PIL import Image
+
+    label = np.asarray(Image.open(out / "lesion_5_anomaly_label.png"))
+    assert label.shape == (24, 20) and set(np.unique(label)) <= {0, 255}
+    assert (out / "lesion_5_anomaly_map.png").is_file()
+
+
+def test_evaluate_writes_the_report_with_baselines(trained):
+    out = trained["runs"] / "evaluation"
+    w = workflow("evaluate.json", "infer", **tiny_overrides(trained["data"], trained["runs"]))
+    w.run()
+    report = json.loads((out / "report.json").read_text())
+    methods = {"HQ-AnoGAN", "mean intensity", "PCA", "autoencoder"}
+    assert set(report["metrics"]["test"]) == methods
+    test = report["metrics"]["test"]["HQ-AnoGAN"]
+    assert test["num_images"] == 8 and test["num_abnormal"] == 4 and 0 <= test["image_auroc"] <= 1
+    loc = report["metrics"]["localisation_test"]["HQ-AnoGAN"]
+    assert loc["pixel_auroc"] is not None and loc["aupro"] is not None
+    markdown = (out / "report.md").read_text()
+    for name in methods:
+        assert f"| {name} |" in markdown
+    for figure in ("roc_test.png", "panels_test.png", "panels_localisation_test.png"):
+        assert (out / figure).stat().st_size > 1000, figure
+
+
+def test_monai_bundle_tools_accept_the_bundle(trained, tmp_path):
+    tiny = json.dumps(TINY_SETTINGS)
+    bundle_cli(
+        "verify_net_in_out", "network_def",
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--config_file", str(CONFIGS / "inference.json"),
+        "--bundle_root", str(BUNDLE),
+        "--settings", tiny,
+        "--_meta_#network_data_format#inputs#image#spatial_shape", "[16,16]",
+        "--_meta_#network_data_format#outputs#pred#spatial_shape", "[16,16]",
+    )  # fmt: skip
+    ts = tmp_path / "model.ts"
+    bundle_cli(
+        "ckpt_export", "network_def",
+        "--filepath", str(ts),
+        "--ckpt_file", str(trained["runs"] / "models" / "model.pt"),
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--config_file", str(CONFIGS / "inference.json"),
+        "--bundle_root", str(BUNDLE),
+        "--settings", tiny,
+        "--use_trace", "True",
+        "--input_shape", "[1,1,16,16]",
+    )  # fmt: skip
+    exported = torch.jit.load(str(ts))
+    w = workflow("inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]))
+    net = w.parser.get_parsed_content("network")
+    net.load_state_dict(load_checkpoint(trained["runs"] / "models" / "model.pt"))
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net.eval()(x), atol=1e-5, rtol=1e-4)
+
+
+def test_metadata_has_the_keys_monai_requires():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    # the required keys of MONAI's bundle metadata schema (verify_metadata downloads it, so they are listed here)
+    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+                "task", "description", "authors", "copyright", "network_data_format", "changelog"):  # fmt: skip
+        assert key in meta, key
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    assert set(fmt["inputs"]) == {"image"} and set(fmt["outputs"]) == {"pred"}
+    for part in ("inputs", "outputs"):
+        for spec in fmt[part].values():
+            for key in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data"):
+                assert key in spec, (part, key)
+    assert "generator_data_format" in meta and "encoder_data_format" in meta
+    assert "monai-hqanogan" in meta["required_packages_version"]
+    import monai_hqanogan
+
+    assert meta["required_packages_version"]["monai-hqanogan"] == monai_hqanogan.__version__
+
+
+def test_one_override_switches_demo_to_full():
+    settings = json.loads((CONFIGS / "settings.json").read_text())
+    assert set(settings["demo"]) == set(settings["full"])
+    for name, expected in (("demo", 32), ("full", 128)):
+        w = ConfigWorkflow(
+            config_file=str(CONFIGS / "train_generator.json"),
+            workflow_type="train",
+            bundle_root=str(BUNDLE),
+            setting=name,
+        )
+        w.initialize()
+        assert w.parser.get_parsed_content("resolution") == expected
+        assert w.parser.get_parsed_content("generator_def").resolution == expected
+
+
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda data: (data / "datalist.json").unlink(), "Prepare the data first"),
+        (lambda data: (data / "images" / "normal_3.png").unlink(), "normal_3.png"),
+        (lambda data: (data / "images" / "normal_5.png").write_bytes(b"not a png"), "normal_5.png"),
+    ],
+)
+def test_bad_training_data_fails_before_training(tmp_path, break_it, message):
+    make_tiny_dataset(tmp_path / "data")
+    break_it(tmp_path / "data")
+    w = workflow("train_generator.json", "train", **tiny_overrides(tmp_path / "data", tmp_path / "runs"))
+    with pytest.raises(Exception) as info:
+        w.run()
+    assert message in "".join(str(e) for e in _chain(info.value))
+    assert not list((tmp_path / "runs" / "generator").glob("checkpoints/*.pt"))
+
+
+def _chain(err: BaseException):
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def test_unwritable_output_folder_is_refused(tmp_path):
+    make_tiny_dataset(tmp_path / "data")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(Exception) as info:
+        workflow("train_generator.json", "train", **tiny_overrides(tmp_path / "data", blocker))
+    assert "cannot be written" in "".join(str(e) for e in _chain(info.value))
+
+
+def test_inference_refuses_missing_model_and_missing_input(trained, tmp_path):
+    with pytest.raises(Exception) as info:
+        workflow("inference.json", "infer", **tiny_overrides(trained["data"], tmp_path / "nothing"))
+    assert "run calibrate.json first" in "".join(str(e) for e in _chain(info.value))
+    w = workflow(
+        "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
+        input=str(tmp_path / "missing.nii.gz"), output_dir=str(tmp_path / "o"),
+    )  # fmt: skip
+    with pytest.raises(Exception) as info:
+        w.run()
+    assert "does not exist" in "".join(str(e) for e in _chain(info.value))
+    empty = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 0), dtype=np.float32), np.eye(4)), str(empty))
+    w = workflow(
+        "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
+        input=str(empty), output_dir=str(tmp_path / "o"),
+    )  # fmt: skip
+    with pytest.raises(Exception) as info:
+        w.run()
+    assert "no 2D slice" in "".join(str(e) for e in _chain(info.value))
