@@ -1,5 +1,6 @@
 """What the GAN and encoder trainers share: a MONAI ``Trainer`` that counts images (kimg), validates every batch,
-stops on non-finite losses before any optimiser step, and checkpoints its progress together with the RNG states."""
+stops on non-finite losses before any optimiser step, checkpoints its progress together with the RNG states, and
+trains data-parallel over the ranks of an initialised ``torch.distributed`` process group."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
+from monai_hqanogan.engines.distributed import (
+    all_reduce_gradients,
+    all_reduce_mean,
+    broadcast_module,
+    check_same_on_all_ranks,
+    distributed_world,
+    split_rng_streams,
+)
 from monai_hqanogan.networks.nets.stylegan2 import check_image_batch
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import get_rng_states, set_rng_states
@@ -29,8 +41,20 @@ class NonFiniteLossError(FloatingPointError):
 
 class KimgTrainer(Trainer):
     """Base trainer: progress in images (``nimg``, ``kimg``), optional stop at ``total_kimg``, bfloat16 autocast on
-    CUDA, checked image batches and resumable state. Subclasses implement ``_iteration`` and may add state through
-    ``_extra_state`` / ``_load_extra_state`` and the objects of ``checkpoint_dict``.
+    CUDA, checked image batches, resumable state and data parallelism. Subclasses implement ``_iteration`` and may
+    add state through ``_extra_state`` / ``_load_extra_state`` and the objects of ``checkpoint_dict``.
+
+    Data parallelism (``distributed``): every rank holds a plain replica of the networks (no
+    ``DistributedDataParallel`` wrapper, so checkpoints have the same keys as single-process ones) and trains on its
+    own shard of the data. Give the loader a ``DistributedSampler``: MONAI's ``Workflow`` calls its ``set_epoch``
+    at every epoch start, and this trainer does the same for one inside a ``batch_sampler``; every rank must have
+    the same number of batches per epoch. At the first epoch start of each run, after every ``STARTED`` handler
+    (and so after a checkpoint was resumed), the ranks check that they agree on the progress counters and take the
+    replicas' parameters and buffers from rank 0; at every epoch start each rank > 0 derives its own random stream
+    from rank 0's (:func:`split_rng_streams`). In each step the gradients are averaged over the ranks before the
+    finite check and the optimiser step, running statistics are averaged, and ``nimg`` counts the global batch,
+    so ``total_kimg`` means what it means in a single process. Subclasses declare their replicas in
+    ``_replicated_modules`` and their running statistics in ``_running_statistics``.
 
     Args:
         device: device to train on; ``amp`` applies only on CUDA.
@@ -48,6 +72,12 @@ class KimgTrainer(Trainer):
         train_handlers: MONAI/ignite handlers (objects with ``attach(engine)``).
         event_names: extra ignite events to register.
         to_kwargs: extra arguments of ``Tensor.to`` when moving batches.
+        distributed: train data-parallel over the ranks of the default ``torch.distributed`` process group.
+            None (default): when it is initialised with more than one rank, checked again when ``run`` starts;
+            True: require an initialised process group; False: never (each process trains on its own).
+
+    Raises:
+        ValueError: for ``distributed=True`` without an initialised process group.
     """
 
     def __init__(
@@ -66,6 +96,7 @@ class KimgTrainer(Trainer):
         train_handlers: Sequence | None = None,
         event_names: list | None = None,
         to_kwargs: dict | None = None,
+        distributed: bool | None = None,
     ) -> None:
         if isinstance(train_data_loader, DataLoader) and hasattr(train_data_loader.dataset, "__len__"):
             n = len(train_data_loader.dataset)  # type: ignore[arg-type]
@@ -97,8 +128,105 @@ class KimgTrainer(Trainer):
         self.image_key = image_key
         self.use_amp = bool(amp) and self.state.device.type == "cuda"
         self.nimg = 0
+        self._distributed_arg = distributed
+        self.distributed, self.rank, self.world_size = False, 0, 1
+        self._resolve_distributed()
+        self._replicas_synced = False
         # checked before each batch is fetched: a run resumed at or past total_kimg does no extra iteration
         self.add_event_handler(Events.GET_BATCH_STARTED, self._stop_at_total_kimg)
+        self.add_event_handler(Events.STARTED, self._mark_replicas_unsynced)
+        self.add_event_handler(Events.EPOCH_STARTED, self._sync_replicas)
+        # MONAI's Workflow reshuffles a DistributedSampler given as the loader's sampler; one wrapped in a batch
+        # sampler needs the same call, or every epoch would repeat the first epoch's order
+        inner = getattr(getattr(train_data_loader, "batch_sampler", None), "sampler", None)
+        if isinstance(inner, DistributedSampler) and inner is not getattr(train_data_loader, "sampler", None):
+            self.add_event_handler(Events.EPOCH_STARTED, lambda engine: inner.set_epoch(engine.state.epoch))
+
+    # ------------------------------------------------------------------ data parallelism
+    def _resolve_distributed(self) -> None:
+        """Set ``distributed``, ``rank`` and ``world_size`` from the argument and the default process group."""
+        rank, world = distributed_world()
+        if self._distributed_arg is True and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed process group: call "
+                "torch.distributed.init_process_group (torchrun sets the environment) before building the trainer."
+            )
+        use = world > 1 if self._distributed_arg is None else bool(self._distributed_arg)
+        self.distributed = use
+        self.rank, self.world_size = (rank, world) if use else (0, 1)
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train (see MONAI's ``Trainer.run``); with ``distributed=None`` the process group is looked at again."""
+        if self._distributed_arg is None:
+            self._resolve_distributed()
+        super().run()
+
+    def _replicated_modules(self) -> dict[str, nn.Module]:
+        """Name -> module whose parameters and buffers must be equal on every rank (taken from rank 0)."""
+        return {}
+
+    def _replicated_counters(self) -> dict[str, int]:
+        """Name -> integer every rank must agree on when training starts."""
+        return {"iteration": int(self.state.iteration), "epoch": int(self.state.epoch), "nimg": int(self.nimg)}
+
+    def _running_statistics(self) -> list[torch.Tensor]:
+        """Buffers that each rank updates from its own share of the batch and that are averaged after each step."""
+        return []
+
+    def _mark_replicas_unsynced(self, engine: Trainer) -> None:
+        self._replicas_synced = False
+
+    def _sync_replicas(self, engine: Trainer) -> None:
+        """At the first epoch start of a run (after all ``STARTED`` handlers, checkpoint loading included): check the
+        counters agree and take every replica from rank 0. At every epoch start: split the random streams."""
+        if not self.distributed:
+            return
+        if not self._replicas_synced:
+            check_same_on_all_ranks(self._replicated_counters(), self.state.device)
+            for module in self._replicated_modules().values():
+                broadcast_module(module, src=0)
+            self._replicas_synced = True
+        split_rng_streams(self.state.device)
+
+    def _sync_running_statistics(self) -> None:
+        if self.distributed:
+            stats = self._running_statistics()
+            if stats:
+                all_reduce_mean(stats)
+
+    def _global_batch(self, local: int, mean_local: torch.Tensor | None = None) -> int:
+        """Images of this step over all ranks: ``local`` in a single process, else the rank mean of the local batch
+        sizes (averaged with the gradients) times the world size."""
+        if not self.distributed or mean_local is None:
+            return local * self.world_size
+        return int(round(float(mean_local) * self.world_size))
+
+    def _backward(
+        self, name: str, loss: torch.Tensor, optimizer: Optimizer, module: nn.Module, *stats: torch.Tensor
+    ) -> torch.Tensor:
+        """Back-propagate ``loss`` into ``module`` and check it all before the optimiser step (the caller steps).
+
+        In a single process: raise if the loss is not finite, zero the gradients, back-propagate, raise if the
+        gradients are not finite. Distributed: zero, back-propagate, average the gradients together with the loss
+        and ``stats`` over the ranks in one collective, then check the averaged loss and gradients, which are the
+        same on every rank, so that all ranks raise together or step together.
+
+        Returns:
+            float32 ``[loss, *stats]``, detached; averaged over the ranks when distributed.
+        """
+        values = [loss, *stats]
+        if not self.distributed:
+            self._check_finite(name, loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._check_finite(name, loss, module)
+            return torch.stack([v.detach().float().reshape(()) for v in values])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        mean = all_reduce_gradients(module, extra=[v.reshape(1) for v in values])
+        assert mean is not None
+        self._check_finite(name, mean[0], module)
+        return mean
 
     @property
     def kimg(self) -> float:

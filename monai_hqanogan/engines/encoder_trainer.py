@@ -12,6 +12,9 @@ inference) and minimises a weighted sum of
 - ``w_norm``: squared distance of the codes to ``w_avg``;
 - ``latent_cycle``: ``|E(G(E(x))) - E(x)|^2``, optional;
 - ``latent``: optional supervised term on G's own samples with known codes: ``|E(G(w)) - w|^2``.
+
+Data-parallel training (see :class:`~monai_hqanogan.engines.base.KimgTrainer`) averages E's gradients and its
+batch-norm running statistics over the ranks; G and D stay frozen and must be the same on every rank.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class EncoderTrainer(KimgTrainer):
         image_key: key of the images when batches are dicts.
         amp: bfloat16 autocast on CUDA.
         epoch_length, non_blocking, prepare_batch, train_handlers, event_names, to_kwargs: as in MONAI's trainers.
+        distributed: data-parallel training over the ranks of the ``torch.distributed`` process group (None: when
+            one is initialised with more than one rank). E starts from rank 0's; the frozen G and D must match on
+            every rank (checked through their fingerprint when training starts).
 
     Raises:
         ValueError: when E, G and D do not fit together, or a batch does not fit the models or holds NaN/inf.
@@ -99,6 +105,7 @@ class EncoderTrainer(KimgTrainer):
         train_handlers: Sequence | None = None,
         event_names: list | None = None,
         to_kwargs: dict | None = None,
+        distributed: bool | None = None,
     ) -> None:
         self._check_models(encoder, generator, discriminator)
         if feature_weight > 0 and discriminator is None:
@@ -120,6 +127,7 @@ class EncoderTrainer(KimgTrainer):
             train_handlers=train_handlers,
             event_names=event_names,
             to_kwargs=to_kwargs,
+            distributed=distributed,
         )
         self.encoder, self.optimizer = encoder, optimizer
         self.generator = generator.eval().requires_grad_(False)
@@ -150,6 +158,22 @@ class EncoderTrainer(KimgTrainer):
                     f"encoder {name}={ev} does not match the {type(other).__name__}'s {name}={ov}: build the encoder "
                     "with the generator's resolution, img_channels, w_dim and num_ws."
                 )
+
+    # ------------------------------------------------------------------ data parallelism
+    def _replicated_modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder}
+
+    def _replicated_counters(self) -> dict[str, int]:
+        # 60 bits of the frozen networks' fingerprint: G and D must be the same on every rank
+        return {**super()._replicated_counters(), "frozen G/D fingerprint": int(self.frozen_fingerprint[:15], 16)}
+
+    def _running_statistics(self) -> list[torch.Tensor]:
+        """The running means and variances of E's batch normalisations."""
+        stats = []
+        for m in self.encoder.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None:
+                stats += [m.running_mean, m.running_var]
+        return stats
 
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ws, G(ws))`` for ``images`` with the current encoder (``noise_mode``, the generator's eval clamp)."""
@@ -185,14 +209,13 @@ class EncoderTrainer(KimgTrainer):
             with self._autocast():
                 terms["latent"] = F.mse_loss(self.encoder(samples).float(), w_true.float())
         loss = sum(self.weights[k] * v for k, v in terms.items())
-        self._check_finite("encoder", loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._check_finite("encoder", loss, self.encoder)
+        size = torch.tensor(float(x.shape[0]), device=x.device)
+        values = self._backward("encoder", loss, self.optimizer, self.encoder, *terms.values(), size)
         self.optimizer.step()
-        self.nimg += x.shape[0]
-        out = {"loss/E": float(loss.detach()), "progress/kimg": self.kimg}
-        out.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
+        self._sync_running_statistics()
+        self.nimg += self._global_batch(x.shape[0], values[-1])
+        out = {"loss/E": float(values[0]), "progress/kimg": self.kimg}
+        out.update({f"loss/{k}": float(v) for k, v in zip(terms, values[1:])})
         return out
 
     # ------------------------------------------------------------------ checkpointing

@@ -13,7 +13,10 @@ One iteration takes one batch of real images and runs, in order:
 5. EMA update of ``generator_ema`` (half-life ``ema_kimg`` thousand images, ramped up);
 6. ADA update every ``ada_interval`` D steps: ``p`` follows ``r_t = E[sign(D(real))]`` towards ``ada_target``.
 
-Progress is counted in images (``nimg``, ``kimg``). The engine's output after each iteration is a dict of floats
+Progress is counted in images (``nimg``, ``kimg``), over all ranks when training data-parallel (see
+:class:`~monai_hqanogan.engines.base.KimgTrainer`): the gradients of every step, ADA's ``r_t`` statistics, the
+tracked ``w_avg`` and the path-length mean are then averaged over the ranks, and the logged values are rank means.
+The engine's output after each iteration is a dict of floats
 (``loss/G``, ``loss/D``, ``reg/r1``, ``reg/pl``, ``ada/p``, ``ada/r_t``, ``progress/kimg``), which MONAI's
 ``StatsHandler`` and ``TensorBoardStatsHandler`` log with ``output_transform=lambda x: x``.
 """
@@ -112,6 +115,9 @@ class StyleGAN2Trainer(KimgTrainer):
         train_handlers: MONAI/ignite handlers (objects with ``attach(engine)``).
         event_names: extra ignite events to register.
         to_kwargs: extra arguments of ``Tensor.to`` when moving batches.
+        distributed: data-parallel training over the ranks of the ``torch.distributed`` process group (None: when
+            one is initialised with more than one rank). G, D, G_ema, the augmentation pipe and the path-length
+            mean start from rank 0's; batch sizes (``ema_kimg``, the automatic ``r1_gamma``) are global ones.
 
     Raises:
         ValueError: on mismatched G and D, an empty data loader, and (at the first iteration) images whose
@@ -152,6 +158,7 @@ class StyleGAN2Trainer(KimgTrainer):
         train_handlers: Sequence | None = None,
         event_names: list | None = None,
         to_kwargs: dict | None = None,
+        distributed: bool | None = None,
     ) -> None:
         self._check_models(generator, discriminator)
         if r1_interval < 1 or pl_interval < 1 or pl_batch_shrink < 1:
@@ -171,6 +178,7 @@ class StyleGAN2Trainer(KimgTrainer):
             train_handlers=train_handlers,
             event_names=event_names,
             to_kwargs=to_kwargs,
+            distributed=distributed,
         )
         self.generator = generator
         self.discriminator = discriminator
@@ -179,7 +187,12 @@ class StyleGAN2Trainer(KimgTrainer):
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.augment_pipe = (AdaptiveAugmentPipe() if augment_pipe is None else augment_pipe).to(self.state.device)
         self.ada = AdaptiveAugmentController(
-            self.augment_pipe, mode=ada_mode, target=ada_target, interval=ada_interval, speed_kimg=ada_kimg
+            self.augment_pipe,
+            mode=ada_mode,
+            target=ada_target,
+            interval=ada_interval,
+            speed_kimg=ada_kimg,
+            distributed=self.distributed,
         )
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
         self.pl_weight, self.pl_interval, self.pl_batch_shrink = pl_weight, pl_interval, pl_batch_shrink
@@ -188,6 +201,7 @@ class StyleGAN2Trainer(KimgTrainer):
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
         self.d_steps = 0
         self.g_steps = 0
+        self._pl_updated = False
         self._last: dict[str, float] = {"reg/r1": float("nan"), "reg/pl": float("nan"), "ada/r_t": float("nan")}
 
     @staticmethod
@@ -198,6 +212,29 @@ class StyleGAN2Trainer(KimgTrainer):
                 raise TypeError(f"generator and discriminator need a '{name}' attribute (StyleGAN2 networks).")
             if gv != dv:
                 raise ValueError(f"generator {name}={gv} does not match discriminator {name}={dv}.")
+
+    # ------------------------------------------------------------------ data parallelism
+    def _resolve_distributed(self) -> None:
+        super()._resolve_distributed()
+        if hasattr(self, "ada"):
+            self.ada.distributed = self.distributed
+
+    def _replicated_modules(self) -> dict[str, nn.Module]:
+        return {
+            "generator": self.generator,
+            "generator_ema": self.generator_ema,
+            "discriminator": self.discriminator,
+            "augment_pipe": self.augment_pipe,
+            "pl_penalty": self.pl_penalty,
+        }
+
+    def _replicated_counters(self) -> dict[str, int]:
+        return {**super()._replicated_counters(), "d_steps": self.d_steps, "g_steps": self.g_steps}
+
+    def _running_statistics(self) -> list[torch.Tensor]:
+        """G's tracked ``w_avg`` and, when this iteration updated it, the path-length mean: exponential moving
+        averages of per-batch means."""
+        return [self.generator.mapping.w_avg] + ([self.pl_penalty.pl_mean] if self._pl_updated else [])
 
     # ------------------------------------------------------------------ the training step
     def _mapping(self, z: torch.Tensor, update_w_avg: bool = False) -> torch.Tensor:
@@ -229,9 +266,10 @@ class StyleGAN2Trainer(KimgTrainer):
         g, d, aug = self.generator, self.discriminator, self.augment_pipe
         z_dim = g.z_dim
         if self.r1_gamma is None:
-            self.r1_gamma = auto_r1_gamma(g.resolution, batch)
+            self.r1_gamma = auto_r1_gamma(g.resolution, batch * self.world_size)
         g.train()
         d.train()
+        self._pl_updated = False
 
         # 1. D main step
         d.requires_grad_(True)
@@ -241,10 +279,9 @@ class StyleGAN2Trainer(KimgTrainer):
             real_logits = d(aug(real))
             fake_logits = d(aug(fake.float()))
         d_loss = discriminator_logistic_loss(real_logits, fake_logits)
-        self._check_finite("discriminator", d_loss)
-        self.d_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self._check_finite("discriminator", d_loss, d)
+        real_mean, fake_mean = real_logits.detach().float().mean(), fake_logits.detach().float().mean()
+        size = torch.tensor(float(batch), device=real.device)
+        d_stats = self._backward("discriminator", d_loss, self.d_optimizer, d, real_mean, fake_mean, size)
         self.d_optimizer.step()
         self.ada.accumulate(real_logits)
         self.d_steps += 1
@@ -254,12 +291,9 @@ class StyleGAN2Trainer(KimgTrainer):
             real_r1 = real.detach().requires_grad_(True)
             penalty = r1_penalty(d(aug(real_r1)), real_r1)
             r1_loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
-            self._check_finite("R1", r1_loss)
-            self.d_optimizer.zero_grad(set_to_none=True)
-            r1_loss.backward()
-            self._check_finite("R1", r1_loss, d)
+            r1_stats = self._backward("R1", r1_loss, self.d_optimizer, d, penalty.detach().mean())
             self.d_optimizer.step()
-            self._last["reg/r1"] = float(penalty.detach().mean())
+            self._last["reg/r1"] = float(r1_stats[1])
 
         # 3. G main step
         d.requires_grad_(False)
@@ -267,10 +301,7 @@ class StyleGAN2Trainer(KimgTrainer):
             ws = self._mapping(torch.randn(batch, z_dim, device=real.device), update_w_avg=True)
             gen_logits = d(aug(g.synthesis(ws)))
         g_loss = generator_logistic_loss(gen_logits)
-        self._check_finite("generator", g_loss)
-        self.g_optimizer.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self._check_finite("generator", g_loss, g)
+        g_stats = self._backward("generator", g_loss, self.g_optimizer, g)
         self.g_optimizer.step()
         self.g_steps += 1
 
@@ -280,24 +311,24 @@ class StyleGAN2Trainer(KimgTrainer):
             ws = self._mapping(torch.randn(pl_batch, z_dim, device=real.device))
             penalty = self.pl_penalty(g.synthesis(ws), ws)
             pl_loss = penalty.mean() * self.pl_weight * self.pl_interval
-            self._check_finite("path-length", pl_loss)
-            self.g_optimizer.zero_grad(set_to_none=True)
-            pl_loss.backward()
-            self._check_finite("path-length", pl_loss, g)
+            pl_stats = self._backward("path-length", pl_loss, self.g_optimizer, g, penalty.detach().mean())
             self.g_optimizer.step()
-            self._last["reg/pl"] = float(penalty.detach().mean())
+            self._last["reg/pl"] = float(pl_stats[1])
+            self._pl_updated = True
         d.requires_grad_(True)
 
         # 5. EMA of G, 6. ADA
-        self.nimg += batch
-        self._update_ema(batch)
+        self._sync_running_statistics()
+        global_batch = self._global_batch(batch, d_stats[3])
+        self.nimg += global_batch
+        self._update_ema(global_batch)
         if self.ada.step():
             self._last["ada/r_t"] = float(self.ada.rt)
         return {
-            "loss/G": float(g_loss.detach()),
-            "loss/D": float(d_loss.detach()),
-            "D/real_logit": float(real_logits.detach().float().mean()),
-            "D/fake_logit": float(fake_logits.detach().float().mean()),
+            "loss/G": float(g_stats[0]),
+            "loss/D": float(d_stats[0]),
+            "D/real_logit": float(d_stats[1]),
+            "D/fake_logit": float(d_stats[2]),
             "ada/p": self.ada.p,
             "progress/kimg": self.kimg,
             **self._last,

@@ -4,6 +4,8 @@ MONAI's ``CheckpointSaver`` writes in place (``atomic=False``), so a crash while
 file. This handler writes each checkpoint to a temporary file and renames it, keeps the last ``n_saved``, and on
 start resumes from the newest one found in ``save_dir``: running the same command again continues the run.
 The files are plain dicts of state dicts, so MONAI's ``CheckpointLoader`` reads them too.
+
+Under data-parallel training every rank resumes from the same file and only rank 0 writes (see the class).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_hqanogan.engines.distributed import any_rank, check_same_on_all_ranks, distributed_world
 from monai_hqanogan.utils.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -39,6 +42,15 @@ class TrainingCheckpointHandler:
 
     Saving at epoch ends makes resumption exact: N steps straight equal N/2 steps, save, resume, N/2 steps,
     provided N/2 is a whole number of epochs (the data order of a new epoch depends only on the restored RNG).
+
+    Data-parallel training (an engine whose ``distributed`` attribute is True, or, for other engines, a
+    ``torch.distributed`` process group of more than one rank): ``save_dir`` must be a directory all ranks see
+    (a shared file system). Every rank resumes from the same newest file (the ranks check that they found the
+    same one); only rank 0 writes and deletes files. Both are collective: after ``save`` returns, the file exists
+    for every rank, and a failure on one rank (a refused directory, a broken file, a full disk) raises on all ranks
+    instead of leaving the others waiting. Saving on an exception is the exception: it is local (rank 0 writes if
+    it is the rank that failed), since the other ranks may be anywhere in their step. The checkpoint holds rank
+    0's replicas, which equal every other rank's, with the same keys as a single-process checkpoint.
 
     Args:
         save_dir: directory of the run's checkpoints.
@@ -86,9 +98,22 @@ class TrainingCheckpointHandler:
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._save_and_reraise)
 
     def _save_and_reraise(self, engine: Engine, e: Exception) -> None:
-        # ignite swallows an exception once any EXCEPTION_RAISED handler exists, unless the handler re-raises it
-        self.save(engine)
+        # ignite swallows an exception once any EXCEPTION_RAISED handler exists, unless the handler re-raises it;
+        # no collective here: the other ranks may be anywhere in their step
+        self._save(engine, collective=False)
         raise e
+
+    @staticmethod
+    def _distributed(engine: Engine) -> bool:
+        flag = getattr(engine, "distributed", None)
+        return bool(flag) if flag is not None else distributed_world()[1] > 1
+
+    def _raise_together(self, engine: Engine, error: BaseException | None, what: str) -> None:
+        """Distributed: raise on every rank when ``what`` failed on any. Otherwise raise ``error`` if any."""
+        if self._distributed(engine) and any_rank(error is not None, engine.state.device) and error is None:
+            raise RuntimeError(f"{what} failed on another rank; see that rank's error.")
+        if error is not None:
+            raise error
 
     def _objects(self, engine: Engine) -> Mapping[str, Any]:
         if self.save_dict is not None:
@@ -99,6 +124,20 @@ class TrainingCheckpointHandler:
 
     def resume_or_check(self, engine: Engine) -> None:
         found = list_checkpoints(self.save_dir, self.file_prefix)
+        if self._distributed(engine):
+            newest = found[-1][0] if found else -1
+            what = f"the newest checkpoint in {str(self.save_dir)!r} (iteration; -1: none)"
+            check_same_on_all_ranks({what: newest}, engine.state.device)
+            error: BaseException | None = None
+            try:
+                self._resume(engine, found)
+            except Exception as e:
+                error = e
+            self._raise_together(engine, error, "resuming from the checkpoint")
+        else:
+            self._resume(engine, found)
+
+    def _resume(self, engine: Engine, found: list) -> None:
         if not found:
             return
         newest = found[-1][1]
@@ -116,7 +155,8 @@ class TrainingCheckpointHandler:
         self.load_into(checkpoint, engine, source=newest)
         self.resumed_from = newest
         self.last_saved_iteration = engine.state.iteration
-        self.logger.info(f"resumed from {newest} (iteration {engine.state.iteration}, epoch {engine.state.epoch})")
+        if distributed_world()[0] == 0:
+            self.logger.info(f"resumed from {newest} (iteration {engine.state.iteration}, epoch {engine.state.epoch})")
 
     def load_into(self, checkpoint: Mapping[str, Any], engine: Engine, source: Path | str = "checkpoint") -> None:
         """Load ``checkpoint`` into the objects; the trainer's own state goes last so that its RNG restore wins."""
@@ -133,9 +173,31 @@ class TrainingCheckpointHandler:
                 ) from e
 
     def save(self, engine: Engine) -> Path | None:
+        """Write the checkpoint of the current iteration (rank 0 only when distributed; collective there) and drop
+        the oldest beyond ``n_saved``. Returns the path written, or None (nothing new, or not rank 0)."""
+        return self._save(engine, collective=True)
+
+    def _save(self, engine: Engine, collective: bool) -> Path | None:
         it = engine.state.iteration
         if it == self.last_saved_iteration:
             return None  # e.g. the end of the run coincides with an epoch end, or nothing ran after resuming
+        distributed = self._distributed(engine)
+        writes = not distributed or distributed_world()[0] == 0
+        path: Path | None = None
+        error: BaseException | None = None
+        if writes:
+            try:
+                path = self._write(engine, it)
+            except Exception as e:
+                if not (distributed and collective):
+                    raise
+                error = e
+        if distributed and collective:
+            self._raise_together(engine, error, f"saving the checkpoint of iteration {it}")
+        self.last_saved_iteration = it
+        return path
+
+    def _write(self, engine: Engine, it: int) -> Path:
         objects = self._objects(engine)
         path = self.save_dir / f"{self.file_prefix}_iteration={it}.pt"
         if path.exists():

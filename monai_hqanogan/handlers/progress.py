@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from monai.utils import IgniteInfo, min_version, optional_import
 from tqdm.auto import tqdm
 
+from monai_hqanogan.engines.distributed import is_main_process
+
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
@@ -15,6 +17,9 @@ __all__ = ["KimgProgressBar"]
 
 class KimgProgressBar:
     """Show training progress in kimg with the latest values of a few outputs.
+
+    Under ``torch.distributed`` only rank 0 shows a bar (the kimg count is global there), so the handler can be
+    attached on every rank.
 
     Args:
         total_kimg: length of the bar; None takes ``engine.total_kimg`` or estimates it from ``max_epochs``,
@@ -53,10 +58,13 @@ class KimgProgressBar:
             return engine.total_kimg
         batch = getattr(getattr(engine, "data_loader", None), "batch_size", None)
         if batch and engine.state.epoch_length and engine.state.max_epochs:
-            return engine.state.max_epochs * engine.state.epoch_length * batch / 1000
+            world = getattr(engine, "world_size", 1)  # a distributed trainer counts the global batch
+            return engine.state.max_epochs * engine.state.epoch_length * batch * world / 1000
         return None
 
     def open(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
         self._shown = float(getattr(engine, self.kimg_attr, 0.0))
         total = self._total(engine)
         self.bar = tqdm(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_hqanogan.engines.distributed import is_main_process
 from monai_hqanogan.visualize.grid import make_image_grid, save_image_grid
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -22,6 +23,10 @@ class ImageSheetHandler:
     """Base of handlers that write an image sheet every ``interval`` epochs and at the end of the run, as a PNG
     ``{file_prefix}_iteration={n}.png`` in ``output_dir`` and/or a TensorBoard image. Subclasses implement
     ``sheet(engine) -> (images [N, C, H, W], images per row or None)``.
+
+    Under ``torch.distributed`` only rank 0 renders, writes PNGs and creates or writes the TensorBoard log (the
+    replicas are equal), so the handler can be attached on every rank. A ``SummaryWriter`` for ``log_dir`` is
+    created at the first sheet.
     """
 
     def __init__(
@@ -39,8 +44,7 @@ class ImageSheetHandler:
             raise ValueError(f"give output_dir, summary_writer or log_dir: the {what} must go somewhere.")
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.writer = summary_writer
-        if self.writer is None and log_dir is not None:
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = None if log_dir is None else Path(log_dir)
         self.interval, self.tag, self.file_prefix, self.scale = interval, tag, file_prefix, scale
         self.last_path: Path | None = None
 
@@ -52,6 +56,10 @@ class ImageSheetHandler:
         raise NotImplementedError
 
     def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        if self.writer is None and self.log_dir is not None:
+            self.writer = SummaryWriter(log_dir=str(self.log_dir))
         images, nrow = self.sheet(engine)
         it = engine.state.iteration
         if self.output_dir is not None:

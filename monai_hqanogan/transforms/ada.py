@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -197,12 +198,19 @@ class AdaptiveAugmentController:
     where ``images`` is the number of real images seen since the last adjustment: ``p`` can go from 0 to 1 in
     ``speed_kimg`` thousand images. ``p`` is kept in [0, 1].
 
+    When training data-parallel, the sign sum and the image count of every discriminator step are summed over the
+    ranks as they are accumulated, so ``r_t``, the statistics and ``p`` are the same on every rank (and in rank
+    0's checkpoint) and ``images`` counts the global batch.
+
     Args:
         pipe: the augmentation pipeline whose ``p`` is controlled.
         mode: ``"adaptive"`` (the above), ``"fixed"`` (``p`` stays as set on the pipe) or ``"off"`` (``p`` = 0).
         target: target value of ``r_t`` (0.6).
         interval: discriminator steps between adjustments (4).
         speed_kimg: thousands of images for ``p`` to move from 0 to 1 (500).
+        distributed: sum the statistics over the ranks of the ``torch.distributed`` process group (a collective in
+            every :meth:`accumulate`, so all ranks must call it alike). None: when one is initialised with more
+            than one rank.
     """
 
     def __init__(
@@ -212,6 +220,7 @@ class AdaptiveAugmentController:
         target: float = 0.6,
         interval: int = 4,
         speed_kimg: float = 500.0,
+        distributed: bool | None = None,
     ) -> None:
         if mode not in ADA_MODES:
             raise ValueError(f"ADA mode must be one of {ADA_MODES}, got {mode!r}.")
@@ -219,6 +228,7 @@ class AdaptiveAugmentController:
             raise ValueError(f"interval must be >= 1 and speed_kimg > 0, got {interval} and {speed_kimg}.")
         self.pipe, self.mode, self.target = pipe, mode, target
         self.interval, self.speed_kimg = interval, speed_kimg
+        self.distributed = distributed
         if mode == "off":
             pipe.p.fill_(0.0)
         self.reset_statistics()
@@ -231,10 +241,25 @@ class AdaptiveAugmentController:
     def p(self) -> float:
         return float(self.pipe.p)
 
+    def _reduce_over_ranks(self) -> bool:
+        if self.distributed is False or not (dist.is_available() and dist.is_initialized()):
+            return False
+        return bool(self.distributed) or dist.get_world_size() > 1
+
     def accumulate(self, real_logits: torch.Tensor) -> None:
-        """Record the signs of D's logits for a batch of real images (one discriminator step)."""
-        self.sign_sum += float(torch.sign(real_logits.detach().float()).sum())
-        self.count += real_logits.numel()
+        """Record the signs of D's logits for a batch of real images (one discriminator step); summed over the
+        ranks when distributed."""
+        logits = real_logits.detach().float()
+        if self._reduce_over_ranks():
+            device = logits.device if "gloo" not in str(dist.get_backend()) else torch.device("cpu")
+            stats = torch.stack([torch.sign(logits).sum(), torch.tensor(float(logits.numel()), device=logits.device)])
+            stats = stats.to(device, torch.float64)
+            dist.all_reduce(stats)
+            self.sign_sum += float(stats[0])
+            self.count += int(round(float(stats[1])))
+        else:
+            self.sign_sum += float(torch.sign(logits).sum())
+            self.count += real_logits.numel()
         self.steps += 1
 
     def step(self) -> bool:
