@@ -300,3 +300,44 @@ def test_inference_refuses_missing_model_and_missing_input(trained, tmp_path):
     with pytest.raises(Exception) as info:
         w.run()
     assert "no 2D slice" in "".join(str(e) for e in _chain(info.value))
+
+
+def test_multi_gpu_overlays_under_torchrun_then_resume_in_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 with gloo on the CPU: the overlays train G/D and E data-parallel, only rank 0
+    writes, and the checkpoints they write resume in a plain single-process run."""
+    make_tiny_dataset(tmp_path / "data")
+    runs = tmp_path / "runs"
+    tiny = json.dumps(TINY_SETTINGS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for stage in ("train_generator", "train_encoder"):
+        configs = f"['{CONFIGS / (stage + '.json')}','{CONFIGS / ('multi_gpu_' + stage + '.json')}']"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+            "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"),
+            "--bundle_root", str(BUNDLE), "--dataset_dir", str(tmp_path / "data"), "--run_dir", str(runs),
+            "--settings", tiny,
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in ("generator", "encoder"):
+        checkpoints = list_checkpoints(runs / stage / "checkpoints")
+        # 0.016 kimg at 4 images per rank and 2 ranks: 2 iterations, counted as 16 images
+        assert [n for n, _ in checkpoints] == [2], stage
+        state = load_checkpoint(checkpoints[0][1])
+        assert state["trainer"]["training"]["nimg"] == 16
+        assert not any(k.startswith("module.") for k in state["generator" if stage == "generator" else "encoder"])
+    assert len(list((runs / "generator" / "samples").glob("*.png"))) == 1  # rank 0 only
+    # the same run goes on in one process from the DDP checkpoint
+    settings = {**TINY_SETTINGS, "generator_kimg": 0.032}
+    w = workflow("train_generator.json", "train", **{**tiny_overrides(tmp_path / "data", runs), "settings": settings})
+    w.run()
+    trainer = w.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2 + 4 and trainer.nimg == 32
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
