@@ -214,18 +214,21 @@ def test_monai_bundle_tools_accept_the_bundle(trained, tmp_path):
 
 def test_metadata_has_the_keys_monai_requires():
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    # the required keys of MONAI's bundle metadata schema (verify_metadata downloads it, so they are listed here)
-    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-                "task", "description", "authors", "copyright", "network_data_format", "changelog"):  # fmt: skip
+    # the mandatory keys of the MONAI Bundle specification (verify_metadata downloads its schema: not reachable here);
+    # MONAI >= 1.2 renamed optional_packages_version to required_packages_version (and warns about the old name)
+    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+                "description", "authors", "copyright", "network_data_format", "changelog"):  # fmt: skip
         assert key in meta, key
     assert meta["version"] in meta["changelog"]
     fmt = meta["network_data_format"]
     assert set(fmt["inputs"]) == {"image"} and set(fmt["outputs"]) == {"pred"}
-    for part in ("inputs", "outputs"):
-        for spec in fmt[part].values():
-            for key in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data"):
-                assert key in spec, (part, key)
-    assert "generator_data_format" in meta and "encoder_data_format" in meta
+    tensor_keys = ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
+                   "is_patch_data", "channel_def")  # fmt: skip
+    for name in ("network_data_format", "generator_data_format", "encoder_data_format"):
+        for part in ("inputs", "outputs"):
+            for spec in meta[name][part].values():
+                assert all(key in spec for key in tensor_keys), (name, part, sorted(spec))
+    assert "optional_packages_version" not in meta
     assert "monai-hqanogan" in meta["required_packages_version"]
     import monai_hqanogan
 

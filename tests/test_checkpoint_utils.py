@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from monai_hqanogan.utils import (
     load_checkpoint,
     save_checkpoint_atomic,
     set_rng_states,
+    write_text_atomic,
 )
 
 
@@ -30,7 +32,8 @@ def test_crash_while_saving_keeps_the_previous_file(tmp_path, monkeypatch):
     original = torch.save
 
     def dying_save(obj, f, *args, **kwargs):
-        f.write(b"PK\x03\x04 partial bytes")  # some bytes reach the temporary file, then the process "dies"
+        with open(f, "wb") as out:  # some bytes reach the temporary file, then the process "dies"
+            out.write(b"PK\x03\x04 partial bytes")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -103,3 +106,17 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     assert np.array_equal(got[1], expected[1])
     assert torch.equal(got[2], expected[2])
     assert os.path.getsize(path) > 0
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    """Temporary files start private (0600); the finished file must be readable like any other (0666 - umask)."""
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "report.md", "# report\n")
+        checkpoint = save_checkpoint_atomic({"a": 1}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "# report\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "report.md"]

@@ -27,6 +27,7 @@ from monai_hqanogan.metrics import (
     compute_image_auroc,
     compute_pixel_auroc,
 )
+from monai_hqanogan.utils.checkpoint import atomic_output, write_text_atomic
 
 __all__ = ["evaluate_detection", "write_evaluation_report", "DEFAULT_MAX_PIXELS"]
 
@@ -278,33 +279,11 @@ def _unique_slugs(names: list[str]) -> dict[str, str]:
     return out
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _save_figure_atomic(fig: Any, path: Path, dpi: int) -> Path:
     from monai_hqanogan.visualize import save_figure
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         save_figure(fig, tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
@@ -467,8 +446,8 @@ def write_evaluation_report(
                 figures[set_name]["histograms"][method] = f"{name}.png"
 
     report = {"title": title, "info": info_json, "metrics": metrics, "figures": figures}
-    paths["json"] = _write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    paths["markdown"] = _write_text_atomic(out_dir / "report.md", _markdown(report, max_fpr_pro))
+    paths["json"] = write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    paths["markdown"] = write_text_atomic(out_dir / "report.md", _markdown(report, max_fpr_pro))
     return paths
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from .checkpoint import (
     CheckpointError,
+    atomic_output,
     get_rng_states,
     list_checkpoints,
     load_checkpoint,

@@ -7,7 +7,8 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "atomic_output",
     "save_checkpoint_atomic",
     "write_text_atomic",
     "load_checkpoint",
@@ -30,37 +32,53 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt, or holds something other than tensors and plain data."""
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it onto ``path``.
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Context manager yielding a temporary path beside ``path``; on success the file is flushed to disk, given the
+    usual permissions (0666 minus the umask) and renamed onto ``path``; on error it is removed.
 
     The rename is atomic on POSIX and Windows, so ``path`` is always either the previous complete file or the new
-    complete file, never a partial one, whenever the process dies.
+    complete file, never a partial one, whenever the process dies. The temporary name keeps ``path``'s suffix, so
+    writers that choose a format by extension (matplotlib) work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return path
 
 
 def save_checkpoint_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``obj`` with ``torch.save`` atomically (temporary file, fsync, rename): ``path`` never holds a partial
     file, whenever the process dies."""
-    return _write_atomic(path, lambda f: torch.save(dict(obj), f))
+    with atomic_output(path) as tmp:
+        torch.save(dict(obj), tmp)
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically, like :func:`save_checkpoint_atomic`."""
-    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -51,6 +51,15 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
+def _like_input(values: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``values`` as a MetaTensor carrying the input batch's meta data (affine, file names) for the image writers."""
+    if not isinstance(inputs, MetaTensor):
+        return values
+    out = MetaTensor(values, meta=dict(inputs.meta))
+    out.is_batch = inputs.is_batch
+    return out
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
@@ -188,15 +197,13 @@ class SliceAnomalyInferer(Inferer):
             )
         records = [self._one(inputs[b], detector) for b in range(inputs.shape[0])]
         maps = torch.stack([r["map"] for r in records])
-        meta = inputs.meta if isinstance(inputs, MetaTensor) else {}
-        affine = inputs.affine if isinstance(inputs, MetaTensor) else None
         pixel_thr = float(detector.calibration.pixel_threshold)
         image_thr = float(detector.calibration.image_threshold)
         score = torch.tensor([r["score"] for r in records])
         batch = len(records)
         return {
-            "pred": MetaTensor(maps, affine=affine, meta=dict(meta)),
-            "pred_label": MetaTensor((maps >= pixel_thr).to(torch.uint8), affine=affine, meta=dict(meta)),
+            "pred": _like_input(maps, inputs),
+            "pred_label": _like_input((maps >= pixel_thr).to(torch.uint8), inputs),
             "pred_score": score,
             "pred_image_label": (score >= image_thr).long(),
             "image_threshold": torch.full((batch,), image_thr),
