@@ -344,3 +344,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_sheets_and_panels_show_png_data_upright(tmp_path):
+    """MONAI reads PNGs as (width, height) arrays: the sample sheets and panels transpose them back for display."""
+    from monai_hqanogan.handlers import ReconstructionSampleHandler
+
+    images = torch.zeros(1, 1, 8, 8)
+    images[..., 0, :] = 1.0  # the first array row = the first image column when read from a PNG
+
+    class FakeEngine:
+        state = type("S", (), {"iteration": 1})()
+        encoder = torch.nn.Linear(1, 1)
+
+        @staticmethod
+        def reconstruct(x):
+            return None, x
+
+    handler = ReconstructionSampleHandler(images, output_dir=tmp_path, transpose=True)
+    handler(FakeEngine())
+    from PIL import Image
+
+    sheet = np.asarray(Image.open(handler.last_path).convert("L")).astype(float)
+    left_column = sheet[:, : sheet.shape[1] // 2]
+    assert left_column[:, :2].mean() > left_column[:2, :].mean()  # the bright line is drawn as a column

@@ -30,6 +30,7 @@ class ReconstructionSampleHandler(ImageSheetHandler):
         tag: TensorBoard image tag.
         file_prefix: PNG file name prefix.
         scale: PNG enlargement factor.
+        transpose: swap the last two axes for display (data read from PNG/JPEG by MONAI is (width, height)).
     """
 
     def __init__(
@@ -42,10 +43,13 @@ class ReconstructionSampleHandler(ImageSheetHandler):
         tag: str = "reconstructions",
         file_prefix: str = "reconstructions",
         scale: int = 1,
+        transpose: bool = False,
     ) -> None:
         if images.ndim != 4 or images.shape[0] == 0:
             raise ValueError(f"images must be a non-empty batch [N, C, H, W], got shape {tuple(images.shape)}.")
-        super().__init__(output_dir, summary_writer, log_dir, interval, tag, file_prefix, scale, what="sheets")
+        super().__init__(
+            output_dir, summary_writer, log_dir, interval, tag, file_prefix, scale, what="sheets", transpose=transpose
+        )
         self.images = images
 
     @torch.no_grad()

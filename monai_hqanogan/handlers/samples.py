@@ -26,7 +26,8 @@ class ImageSheetHandler:
 
     Under ``torch.distributed`` only rank 0 renders, writes PNGs and creates or writes the TensorBoard log (the
     replicas are equal), so the handler can be attached on every rank. A ``SummaryWriter`` for ``log_dir`` is
-    created at the first sheet.
+    created at the first sheet. ``transpose`` shows every image with its last two axes swapped: MONAI reads PNG and
+    JPEG files as (width, height) arrays, so sheets of such data need it to show the anatomy as in the files.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class ImageSheetHandler:
         file_prefix: str,
         scale: int,
         what: str,
+        transpose: bool = False,
     ) -> None:
         if output_dir is None and summary_writer is None and log_dir is None:
             raise ValueError(f"give output_dir, summary_writer or log_dir: the {what} must go somewhere.")
@@ -46,6 +48,7 @@ class ImageSheetHandler:
         self.writer = summary_writer
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.interval, self.tag, self.file_prefix, self.scale = interval, tag, file_prefix, scale
+        self.transpose = transpose
         self.last_path: Path | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -61,6 +64,8 @@ class ImageSheetHandler:
         if self.writer is None and self.log_dir is not None:
             self.writer = SummaryWriter(log_dir=str(self.log_dir))
         images, nrow = self.sheet(engine)
+        if self.transpose:
+            images = images.transpose(-1, -2)
         it = engine.state.iteration
         if self.output_dir is not None:
             path = self.output_dir / f"{self.file_prefix}_iteration={it}.png"
@@ -88,6 +93,7 @@ class GeneratorSampleHandler(ImageSheetHandler):
         tag: TensorBoard image tag.
         file_prefix: PNG file name prefix.
         scale: PNG enlargement factor (nearest neighbour).
+        transpose: swap the last two axes for display (data read from PNG/JPEG by MONAI is (width, height)).
     """
 
     def __init__(
@@ -103,8 +109,11 @@ class GeneratorSampleHandler(ImageSheetHandler):
         tag: str = "samples",
         file_prefix: str = "samples",
         scale: int = 1,
+        transpose: bool = False,
     ) -> None:
-        super().__init__(output_dir, summary_writer, log_dir, interval, tag, file_prefix, scale, what="samples")
+        super().__init__(
+            output_dir, summary_writer, log_dir, interval, tag, file_prefix, scale, what="samples", transpose=transpose
+        )
         self.num_samples, self.seed = num_samples, seed
         self.truncation_psi, self.generator_attr = truncation_psi, generator_attr
 

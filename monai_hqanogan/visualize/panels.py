@@ -84,7 +84,8 @@ def plot_detection_panels(
             if threshold is not None:
                 head += f" ({'anomalous' if s >= threshold else 'normal'}, threshold {threshold:.2f})"
         axes[i, 0].set_title(head, loc="left", fontsize=9)
-        for j, name in enumerate(["input", "pseudo-normal", "|x - G(E(x))|", "overlay (red: predicted, green: truth)"]):
+        overlay = "overlay (red: predicted" + (", green: truth)" if gt_masks is not None else ")")
+        for j, name in enumerate(["input", "pseudo-normal", "|x - G(E(x))|", overlay]):
             axes[i, j].set_xlabel(name, fontsize=8)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])

@@ -47,7 +47,8 @@ def _detect_all(detector: nn.Module, images: torch.Tensor, batch_size: int, devi
 
 
 def _panel_figure(path: Path, split: Mapping[str, Any], record: Mapping[str, Any], detector: nn.Module, rows: int):
-    """Panels of the ``rows`` highest-scoring abnormal and the lowest-scoring normal images of a split."""
+    """Panels of the ``rows`` highest-scoring abnormal and the lowest-scoring normal images of a split, drawn
+    transposed: MONAI reads the prepared PNG files as (width, height) arrays."""
     from monai_hqanogan.visualize import plot_detection_panels, save_figure
 
     labels, scores = split["labels"], record["scores"]
@@ -57,12 +58,16 @@ def _panel_figure(path: Path, split: Mapping[str, Any], record: Mapping[str, Any
     if len(index) == 0:
         return None
     cal = detector.calibration
+
+    def shown(x: torch.Tensor) -> torch.Tensor:
+        return x[index].transpose(-1, -2)
+
     fig = plot_detection_panels(
-        split["images"][index],
-        record["reconstructions"][index],
-        record["maps"][index],
-        pred_masks=record["maps"][index] >= float(cal.pixel_threshold),
-        gt_masks=split["masks"][index] if "masks" in split else None,
+        shown(split["images"]),
+        shown(record["reconstructions"]),
+        shown(record["maps"]),
+        pred_masks=shown(record["maps"]) >= float(cal.pixel_threshold),
+        gt_masks=shown(split["masks"]) if "masks" in split else None,
         scores=scores[index],
         threshold=float(cal.image_threshold),
         titles=[f"{split['names'][i]} ({'abnormal' if labels[i] else 'normal'})" for i in index.tolist()],

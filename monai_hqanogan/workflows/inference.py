@@ -363,10 +363,15 @@ class AnomalyPanelSaver:
         output_dir: folder of the PNG files (created).
         max_panels: how many images get a panel (the first ones of the run).
         image_key: key of the input image, whose file name names the panel.
+        transpose: draw the slices with their two axes swapped (default): MONAI reads PNG/JPEG files as (width,
+            height) arrays and NIfTI slices as (x, y), and both look as expected only when transposed.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, max_panels: int = 64, image_key: str = "image") -> None:
+    def __init__(
+        self, output_dir: str | os.PathLike, max_panels: int = 64, image_key: str = "image", transpose: bool = True
+    ) -> None:
         self.output_dir, self.max_panels, self.image_key = Path(output_dir), max_panels, image_key
+        self.transpose = transpose
         self.count = 0
 
     def attach(self, engine: Engine) -> None:
@@ -386,6 +391,8 @@ class AnomalyPanelSaver:
             panel = torch.as_tensor(item["panel"]).float()
             if panel.numel() == 0:
                 continue
+            if self.transpose:
+                panel = panel.transpose(-1, -2)
             name = _item_name(item, self.image_key)
             stem = Path(name).name.split(".")[0] or f"image_{self.count}"
             slices = torch.as_tensor(item["slice_scores"]).numel()
