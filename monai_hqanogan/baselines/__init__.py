@@ -1,7 +1,10 @@
-"""Reference anomaly detectors to report next to HQ-AnoGAN: mean intensity (the shortcut), PCA and an autoencoder."""
+"""Reference anomaly detectors to report next to HQ-AnoGAN: mean intensity (the shortcut), PCA, a conv autoencoder,
+f-AnoGAN and AnoGAN latent-optimisation scoring."""
 
 from __future__ import annotations
 
+from .anogan import AnoGANScorer
 from .autoencoder import ConvAutoencoderBaseline
 from .base import ImageBatches, ReferenceBaseline, check_image_batch, iterate_image_batches
+from .fanogan import FAnoGANBaseline, FAnoGANCritic, FAnoGANEncoder, FAnoGANGenerator, wgan_gradient_penalty
 from .reference import MeanIntensityBaseline, PCABaseline

@@ -1,0 +1,480 @@
+"""Every method on one split, with the same seeds: HQ-AnoGAN, f-AnoGAN, AnoGAN, GANomaly (anomalib), a conv
+autoencoder, PCA and mean intensity; plus HQ-AnoGAN ablations (each score alone, the calibrated combination, latent
+refinement, optionally ADA off).
+
+    python -m monai_hqanogan.data.prepare br35h --download --output bundles/brain_mri_anomaly_hqanogan/data/br35h
+    python benchmarks/compare.py --mode quick --dataset_dir bundles/brain_mri_anomaly_hqanogan/data/br35h
+    python benchmarks/compare.py --mode full --device cuda --dataset_dir ...        # GPU: 128 px, long training
+    python benchmarks/compare.py --mode tiny --toy --out /tmp/compare                 # synthetic data, a minute
+
+Every method sees the same preprocessed images (the bundle's ``gan_image_transforms``): trained on the normal
+``training`` list, scored on ``test`` (real anomalies, image labels) and ``localisation_test`` (synthetic lesions
+with masks). HQ-AnoGAN is calibrated on ``validation`` / ``localisation_validation`` exactly as the bundle does.
+Writes ``<out>/<date>-<machine>-compare.md`` (tables with the column "image AUROC", one row per method), a JSON
+file with every number, and ``<out>/<date>-<machine>-compare.png``: the same 8 test images across methods (input,
+reconstruction, heat map). Methods that cannot run here (e.g. anomalib not installed) keep their row with the
+reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
+from monai_hqanogan.engines import EncoderTrainer, StyleGAN2Trainer, stylegan2_adam
+from monai_hqanogan.evaluation import evaluate_detection
+from monai_hqanogan.metrics import compute_image_auroc
+from monai_hqanogan.networks.nets import HQAnoGANDetector, PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
+from monai_hqanogan.scoring import SCORE_NAMES
+from monai_hqanogan.utils import write_text_atomic
+from monai_hqanogan.workflows import load_split, machine_description
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = json.loads((ROOT / "bundles" / "brain_mri_anomaly_hqanogan" / "configs" / "settings.json").read_text())
+METHODS = ("HQ-AnoGAN", "f-AnoGAN", "AnoGAN", "GANomaly", "autoencoder", "PCA", "mean intensity")
+
+
+@dataclasses.dataclass
+class Budget:
+    """How long each method trains in one mode. HQ-AnoGAN follows the bundle's setting of the same name."""
+
+    hq: dict[str, Any]
+    fanogan_gan_iterations: int
+    fanogan_encoder_iterations: int
+    fanogan_channels: tuple[int, int]
+    anogan_steps: int
+    anogan_max_images: int | None
+    ae_epochs: int
+    ae_seconds: float
+    refine_steps: int
+    refine_max_images: int
+
+
+TINY_HQ = {
+    **SETTINGS["demo"], "resolution": 16, "z_dim": 16, "w_dim": 16, "mapping_layers": 1, "channel_base": 128,
+    "channel_max": 16, "encoder_base_channels": 8, "encoder_max_channels": 16, "batch_size": 8,
+    "generator_kimg": 0.064, "encoder_kimg": 0.064,
+}  # fmt: skip
+BUDGETS = {
+    "tiny": Budget(TINY_HQ, 8, 8, (8, 16), 5, 16, 1, 5.0, 2, 8),
+    "quick": Budget(SETTINGS["demo"], 2000, 1000, (32, 128), 100, 200, 30, 60.0, 20, 100),
+    "full": Budget(SETTINGS["full"], 20000, 10000, (64, 512), 500, None, 300, 600.0, 50, None),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def toy_data(resolution: int, n_train: int = 96, n_test: int = 24, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """A synthetic stand-in for a prepared datalist: ellipse "heads", lesions pasted with exact masks."""
+
+    def lesioned(n: int, s: int) -> dict[str, Any]:
+        normal = make_ellipse_images(n, resolution, seed=s)
+        ill, masks = add_synthetic_lesions(make_ellipse_images(n, resolution, seed=s + 1), seed=s)
+        return {
+            "images": torch.cat([normal, ill]),
+            "labels": torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)]),
+            "masks": torch.cat([torch.zeros_like(masks), masks]),
+            "names": [f"toy_{s}_{i}" for i in range(2 * n)],
+        }
+
+    train = make_ellipse_images(n_train, resolution, seed=seed)
+    data = {"training": {"images": train, "labels": torch.zeros(n_train, dtype=torch.long)}}
+    for key, s in (("validation", 10), ("test", 20), ("localisation_validation", 30), ("localisation_test", 40)):
+        data[key] = lesioned(n_test, seed + s)
+    return data
+
+
+def dataset_data(dataset_dir: Path, resolution: int) -> dict[str, dict[str, Any]]:
+    datalist = dataset_dir / "datalist.json"
+    out = {}
+    for key in ("training", "validation", "test", "localisation_validation", "localisation_test"):
+        out[key] = load_split(datalist, key, resolution, with_masks=key.startswith("localisation"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- methods
+def parameter_count(*modules: nn.Module | None) -> int:
+    """Learned values of a model: parameters plus floating-point buffers (PCA keeps its components in buffers)."""
+    count = 0
+    for m in modules:
+        if m is not None:
+            count += sum(p.numel() for p in m.parameters())
+            count += sum(b.numel() for b in m.buffers() if b.is_floating_point())
+    return count
+
+
+def _loader(images: torch.Tensor, batch_size: int) -> DataLoader:
+    return DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "adaptive") -> dict[str, Any]:
+    """G and D (StyleGAN2-ADA), then E, then the bundle's calibration; returns the detector and the train time."""
+    s = budget.hq
+    torch.manual_seed(0)
+    res = data["training"]["images"].shape[-1]
+    g = StyleGAN2Generator(
+        resolution=res, z_dim=s["z_dim"], w_dim=s["w_dim"], mapping_layers=s["mapping_layers"],
+        channel_base=s["channel_base"], channel_max=s["channel_max"],
+    ).to(device)  # fmt: skip
+    d = StyleGAN2Discriminator(resolution=res, channel_base=s["channel_base"], channel_max=s["channel_max"]).to(device)
+    loader = _loader(data["training"]["images"], s["batch_size"])
+    start = time.perf_counter()
+    gan = StyleGAN2Trainer(
+        device, 1_000_000, loader, g, d, stylegan2_adam(g.parameters(), lr=s["generator_lr"], reg_interval=4),
+        stylegan2_adam(d.parameters(), lr=s["generator_lr"], reg_interval=16), ada_mode=ada_mode,
+        total_kimg=s["generator_kimg"], amp=s["amp"],
+    )  # fmt: skip
+    gan.run()
+    e = PSPEncoder(
+        resolution=res, w_dim=s["w_dim"], num_ws=g.num_ws, base_channels=s["encoder_base_channels"],
+        max_channels=s["encoder_max_channels"],
+    ).to(device)  # fmt: skip
+    EncoderTrainer(
+        device, 1_000_000, loader, e, gan.generator_ema, torch.optim.Adam(e.parameters(), lr=s["encoder_lr"]),
+        discriminator=d, total_kimg=s["encoder_kimg"], amp=s["amp"],
+    ).run()  # fmt: skip
+    det = HQAnoGANDetector(e, gan.generator_ema, d, smoothing_sigma=max(1.0, res / 64), foreground_threshold=-0.9)
+    det.calibrate(data["training"]["images"][:2000], data["validation"]["images"], data["validation"]["labels"])
+    loc = data["localisation_validation"]
+    det.calibrate_pixel_threshold(loc["images"], loc["masks"])
+    return {"detector": det.to(device), "train_s": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def _detect(det: HQAnoGANDetector, images: torch.Tensor, device: str, batch: int = 64) -> dict[str, torch.Tensor]:
+    parts: dict[str, list[torch.Tensor]] = {}
+    for chunk in images.split(batch):
+        comps = det.score_components(chunk.to(device))
+        record = {k: comps[k].float().cpu() for k in (*SCORE_NAMES, "anomaly_map", "reconstruction")}
+        record["score"] = det.calibration.combine({k: comps[k] for k in SCORE_NAMES}).float().cpu()
+        for k, v in record.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[str, ...]) -> dict[str, Any]:
+    """Fit a ReferenceBaseline on the training normals and score every set."""
+    start = time.perf_counter()
+    method.fit(data["training"]["images"], **fit_kwargs)
+    train_s = time.perf_counter() - start
+    out: dict[str, Any] = {"train_s": train_s, "params": parameter_count(method), "sets": {}}
+    for key in sets:
+        t0 = time.perf_counter()
+        scores = method.score(data[key]["images"])
+        maps = method.anomaly_map(data[key]["images"])
+        seconds = time.perf_counter() - t0
+        rec = method.reconstruct(data[key]["images"]) if hasattr(method, "reconstruct") else None
+        out["sets"][key] = {"scores": scores, "maps": maps, "reconstructions": rec, "seconds": seconds}
+    return out
+
+
+def _subset(data: dict, key: str, limit: int | None) -> torch.Tensor:
+    """Indices of at most ``limit`` images, the same for every run: stratified by label, evenly spaced."""
+    labels = data[key]["labels"]
+    if limit is None or len(labels) <= limit:
+        return torch.arange(len(labels))
+    picks = []
+    for value in (0, 1):
+        idx = torch.nonzero(labels == value).flatten()
+        k = max(1, round(limit * len(idx) / len(labels)))
+        picks.append(idx[torch.linspace(0, len(idx) - 1, k).round().long()])
+    return torch.cat(picks).sort().values
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+def compare(data: dict, budget: Budget, device: str, ablate_ada: bool = False, log: Callable = print) -> dict:
+    sets = ("test", "localisation_test")
+    res = data["training"]["images"].shape[-1]
+    results: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+
+    def attempt(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        log(f"[compare] {name} ...")
+        try:
+            results[name] = fn()
+            log(f"[compare] {name}: trained in {results[name].get('train_s', 0):.0f} s")
+        except Exception as err:  # keep the row, say why
+            notes[name] = f"not run: {type(err).__name__}: {err}"
+            log(f"[compare] {name}: {notes[name]}\n{traceback.format_exc(limit=3)}")
+
+    hq: dict[str, Any] = {}
+
+    def run_hq() -> dict[str, Any]:
+        hq.update(train_hqanogan(data, budget, device))
+        det = hq["detector"]
+        out = {"train_s": hq["train_s"], "params": parameter_count(det.encoder, det.generator, det.discriminator)}
+        out["sets"] = {}
+        for key in sets:
+            t0 = time.perf_counter()
+            rec = _detect(det, data[key]["images"], device)
+            out["sets"][key] = {
+                "scores": rec["score"], "maps": rec["anomaly_map"], "reconstructions": rec["reconstruction"],
+                "seconds": time.perf_counter() - t0, "components": {k: rec[k] for k in SCORE_NAMES},
+            }  # fmt: skip
+        out["pixel_threshold"] = float(det.calibration.pixel_threshold)
+        return out
+
+    attempt("HQ-AnoGAN", run_hq)
+
+    def run_fanogan() -> dict[str, Any]:
+        from monai_hqanogan.baselines.fanogan import FAnoGANBaseline
+
+        base, top = budget.fanogan_channels
+        method = FAnoGANBaseline(image_size=res, base_channels=base, max_channels=top)
+        kwargs = {
+            "gan_iterations": budget.fanogan_gan_iterations,
+            "encoder_iterations": budget.fanogan_encoder_iterations,
+        }
+        return run_reference(method, {**kwargs, "device": device, "seed": 0}, data, sets)
+
+    attempt("f-AnoGAN", run_fanogan)
+
+    def run_anogan() -> dict[str, Any]:
+        from monai_hqanogan.baselines.anogan import AnoGANScorer
+
+        if "detector" not in hq:
+            raise RuntimeError("needs HQ-AnoGAN's trained generator, which did not train")
+        det = hq["detector"]
+        scorer = AnoGANScorer(generator=det.generator, discriminator=det.discriminator, steps=budget.anogan_steps)
+        scorer.fit(data["training"]["images"][:8])
+        # no training of its own: it searches the latent space of HQ-AnoGAN's G, compared by D's features
+        out: dict[str, Any] = {"train_s": 0.0, "params": parameter_count(det.generator, det.discriminator)}
+        out.update({"sets": {}, "subset": {}})
+        for key in sets:
+            index = _subset(data, key, budget.anogan_max_images)
+            images = data[key]["images"][index]
+            t0 = time.perf_counter()
+            record = scorer.optimise(images.to(device))
+            out["sets"][key] = {
+                "scores": record["score"].cpu(), "maps": record["map"].cpu(),
+                "reconstructions": record["reconstruction"].cpu(), "seconds": time.perf_counter() - t0,
+            }  # fmt: skip
+            out["subset"][key] = index
+        return out
+
+    attempt("AnoGAN", run_anogan)
+
+    def run_ganomaly() -> dict[str, Any]:
+        try:
+            import anomalib  # noqa: F401
+        except ImportError as err:
+            raise RuntimeError(
+                "anomalib is not installed; anomalib 2.x needs torchvision, lightning and timm, and the PyPI "
+                "torchvision does not import next to torch 2.13 (see DESIGN.md section 8)"
+            ) from err
+        raise NotImplementedError("the anomalib GANomaly runner is not written yet")
+
+    attempt("GANomaly", run_ganomaly)
+
+    from monai_hqanogan.baselines import ConvAutoencoderBaseline, MeanIntensityBaseline, PCABaseline
+
+    attempt("autoencoder", lambda: run_reference(
+        ConvAutoencoderBaseline(image_size=res), {"epochs": budget.ae_epochs, "time_limit_s": budget.ae_seconds,
+                                                  "device": device, "seed": 0}, data, sets))  # fmt: skip
+    attempt("PCA", lambda: run_reference(PCABaseline(), {}, data, sets))
+    attempt("mean intensity", lambda: run_reference(MeanIntensityBaseline(), {}, data, sets))
+
+    ablations = hq_ablations(hq, data, budget, device, results.get("HQ-AnoGAN"), ablate_ada, log)
+    return {"results": results, "notes": notes, "ablations": ablations}
+
+
+def hq_ablations(hq: dict, data: dict, budget: Budget, device: str, hq_result: dict | None, ablate_ada: bool,
+                 log: Callable) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows: each score alone and the calibrated combination (test image AUROC); latent refinement; ADA off."""
+    if hq_result is None:
+        return []
+    rows = []
+    test = data["test"]
+    comps = hq_result["sets"]["test"]["components"]
+    for name in SCORE_NAMES:
+        rows.append(
+            {"variant": f"score alone: {name}", "image AUROC": compute_image_auroc(comps[name], test["labels"])}
+        )
+    rows.append({"variant": "calibrated combination", "image AUROC": compute_image_auroc(
+        hq_result["sets"]["test"]["scores"], test["labels"])})  # fmt: skip
+    det = hq["detector"]
+    index = _subset(data, "test", budget.refine_max_images)
+    for steps in (0, budget.refine_steps):
+        det.refine_steps = steps
+        t0 = time.perf_counter()
+        rec = _detect(det, test["images"][index], device)
+        per_image = (time.perf_counter() - t0) / len(index) * 1000
+        rows.append({
+            "variant": f"latent refinement {steps} steps ({len(index)} test images)",
+            "image AUROC": compute_image_auroc(rec["score"], test["labels"][index]), "ms per image": per_image,
+        })  # fmt: skip
+    det.refine_steps = 0
+    if ablate_ada:
+        log("[compare] HQ-AnoGAN without ADA ...")
+        off = train_hqanogan(data, budget, device, ada_mode="off")
+        rec = _detect(off["detector"], test["images"], device)
+        auroc = compute_image_auroc(rec["score"], test["labels"])
+        rows.append({"variant": "ADA off (G retrained)", "image AUROC": auroc, "train s": off["train_s"]})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+def metrics_table(data: dict, out: dict) -> dict[str, dict[str, dict[str, Any]]]:
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for key in ("test", "localisation_test"):
+        table[key] = {}
+        for name in METHODS:
+            r = out["results"].get(name)
+            if r is None:
+                table[key][name] = {"note": out["notes"].get(name, "not run")}
+                continue
+            s = r["sets"][key]
+            index = r.get("subset", {}).get(key)
+            labels = data[key]["labels"] if index is None else data[key]["labels"][index]
+            masks = data[key].get("masks")
+            if masks is not None and index is not None:
+                masks = masks[index]
+            threshold = r.get("pixel_threshold") if name == "HQ-AnoGAN" else None
+            m = evaluate_detection(s["scores"], labels, s["maps"], masks if s["maps"] is not None else None,
+                                   pixel_threshold=threshold)  # fmt: skip
+            m.update({
+                "train s": r["train_s"], "images/s": len(labels) / max(s["seconds"], 1e-9), "parameters": r["params"],
+                "images": len(labels),
+            })  # fmt: skip
+            table[key][name] = m
+    return table
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def write_report(out_dir: Path, mode: str, data: dict, out: dict, args: argparse.Namespace, seconds: float) -> Path:
+    table = metrics_table(data, out)
+    stem = f"{datetime.date.today().isoformat()}-{re.sub(r'[^a-z0-9]+', '-', platform.node().lower())}-compare"
+    lines = [
+        f"# Method comparison ({mode} mode)", "",
+        f"- command: `{' '.join(['python'] + sys.argv)}`",
+        f"- machine: {machine_description(args.device)}",
+        f"- data: {'synthetic toy set' if args.toy else args.dataset_dir}; resolution "
+        f"{data['training']['images'].shape[-1]} px; training normals {len(data['training']['images'])}",
+        f"- wall time: {seconds / 60:.1f} min", "",
+        "Every method: the same preprocessed images, trained on the same normal slices, scored on the same sets. "
+        "HQ-AnoGAN's Dice is at its calibrated pixel threshold; the others' is their Dice-max (optimistic for them). "
+        "AnoGAN optimises a latent per image against HQ-AnoGAN's generator (its train time is HQ-AnoGAN's) and may run "
+        "on a stratified subset (the images column says how many). Parameters count learned values (parameters and "
+        "floating-point buffers, e.g. PCA's components).", "",
+    ]  # fmt: skip
+    cols = ["image AUROC", "F1-max", "pixel AUROC", "AUPRO", "Dice", "train s", "images/s", "parameters", "images"]
+    keys = ["image_auroc", "f1_max", "pixel_auroc", "aupro", "dice", "train s", "images/s", "parameters", "images"]
+    for key, title in (("test", "Test split (real anomalies, image labels)"),
+                       ("localisation_test", "Synthetic-lesion set (exact masks)")):  # fmt: skip
+        lines += [f"## {title}", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for name in METHODS:
+            m = table[key][name]
+            if "note" in m:
+                lines.append(f"| {name} | " + " | ".join(["n/a"] * len(cols)) + " |")
+                continue
+            cells = [_fmt(m.get(k), 1 if k in ("train s", "images/s") else 3) for k in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if out["notes"]:
+        lines += ["Not run:", ""] + [f"- **{k}**: {v}" for k, v in out["notes"].items()] + [""]
+    if out["ablations"]:
+        lines += [
+            "## HQ-AnoGAN ablations (test split)",
+            "",
+            "| variant | image AUROC | ms per image |",
+            "|---|---:|---:|",
+        ]
+        for row in out["ablations"]:
+            lines.append(f"| {row['variant']} | {_fmt(row['image AUROC'])} | {_fmt(row.get('ms per image'), 1)} |")
+        lines.append("")
+    figure = save_comparison_figure(out_dir / f"{stem}.png", data, out)
+    if figure is not None:
+        lines += [f"![the same test images across methods]({figure.name})", ""]
+    path = write_text_atomic(out_dir / f"{stem}.md", "\n".join(lines))
+    plain = json.loads(
+        json.dumps({"table": table, "ablations": out["ablations"], "notes": out["notes"]}, default=float)
+    )
+    write_text_atomic(out_dir / f"{stem}.json", json.dumps(plain, indent=1))
+    return path
+
+
+def save_comparison_figure(path: Path, data: dict, out: dict, num: int = 8) -> Path | None:
+    """Columns: the same ``num`` test images (half normal, half abnormal); rows: input, then each method's
+    reconstruction and heat map (methods without one are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from monai_hqanogan.visualize import save_figure
+
+    test = data["test"]
+    labels = test["labels"]
+    normal, abnormal = torch.nonzero(labels == 0).flatten(), torch.nonzero(labels == 1).flatten()
+    pick = torch.cat([normal[: num // 2], abnormal[: num - num // 2]])
+    rows: list[tuple[str, torch.Tensor, str]] = [("input", test["images"][pick], "gray")]
+    for name in METHODS:
+        r = out["results"].get(name)
+        if r is None or "subset" in r:  # AnoGAN scored a subset: other images
+            continue
+        s = r["sets"]["test"]
+        if s.get("reconstructions") is not None:
+            rows.append((f"{name}\nreconstruction", s["reconstructions"][pick], "gray"))
+        if s.get("maps") is not None:
+            rows.append((f"{name}\nheat map", s["maps"][pick], "inferno"))
+    if len(rows) == 1:
+        return None
+    fig, axes = plt.subplots(len(rows), len(pick), figsize=(1.4 * len(pick), 1.4 * len(rows)), squeeze=False)
+    for i, (title, images, cmap) in enumerate(rows):
+        for j in range(len(pick)):
+            # MONAI reads the prepared PNGs as (width, height): transpose to show them upright
+            axes[i, j].imshow(images[j].float().mean(0).T.numpy(), cmap=cmap)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[i, 0].set_ylabel(title, fontsize=6)
+    for j in range(len(pick)):
+        axes[0, j].set_title("abnormal" if labels[pick[j]] else "normal", fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(BUDGETS), default="quick")
+    parser.add_argument("--dataset_dir", type=Path, default=None, help="a prepared dataset (datalist.json)")
+    parser.add_argument("--toy", action="store_true", help="synthetic ellipses instead of a dataset")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ablate-ada", action="store_true", help="also train HQ-AnoGAN's G without ADA")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if not args.toy and args.dataset_dir is None:
+        parser.error("give --dataset_dir (a folder prepared by monai_hqanogan.data.prepare) or --toy")
+    budget = BUDGETS[args.mode]
+    resolution = budget.hq["resolution"]
+    start = time.perf_counter()
+    data = toy_data(resolution) if args.toy else dataset_data(args.dataset_dir, resolution)
+    out = compare(data, budget, args.device, ablate_ada=args.ablate_ada)
+    path = write_report(args.out, args.mode, data, out, args, time.perf_counter() - start)
+    print(f"[compare] report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
