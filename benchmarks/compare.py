@@ -4,6 +4,8 @@ refinement, optionally ADA off).
 
     python -m monai_hqanogan.data.prepare br35h --download --output bundles/brain_mri_anomaly_hqanogan/data/br35h
     python benchmarks/compare.py --mode quick --dataset_dir bundles/brain_mri_anomaly_hqanogan/data/br35h
+    python benchmarks/compare.py --mode quick --dataset_dir ... \
+        --hq_model bundles/brain_mri_anomaly_hqanogan/runs/demo/models/model.pt --hq_train_s 736   # reuse the demo
     python benchmarks/compare.py --mode full --device cuda --dataset_dir ...        # GPU: 128 px, long training
     python benchmarks/compare.py --mode tiny --toy --out /tmp/compare                 # synthetic data, a minute
 
@@ -42,7 +44,7 @@ from monai_hqanogan.evaluation import evaluate_detection
 from monai_hqanogan.metrics import compute_image_auroc
 from monai_hqanogan.networks.nets import HQAnoGANDetector, PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
 from monai_hqanogan.scoring import SCORE_NAMES
-from monai_hqanogan.utils import write_text_atomic
+from monai_hqanogan.utils import load_checkpoint, write_text_atomic
 from monai_hqanogan.workflows import load_split, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ TINY_HQ = {
 }  # fmt: skip
 BUDGETS = {
     "tiny": Budget(TINY_HQ, 8, 8, (8, 16), 5, 16, 1, 5.0, 2, 8),
-    "quick": Budget(SETTINGS["demo"], 2000, 1000, (32, 128), 100, 200, 30, 60.0, 20, 100),
+    "quick": Budget(SETTINGS["demo"], 1000, 500, (32, 128), 100, 120, 30, 60.0, 20, 100),
     "full": Budget(SETTINGS["full"], 20000, 10000, (64, 512), 500, None, 300, 600.0, 50, None),
 }
 
@@ -120,6 +122,24 @@ def parameter_count(*modules: nn.Module | None) -> int:
 
 def _loader(images: torch.Tensor, batch_size: int) -> DataLoader:
     return DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+def load_hqanogan(path: Path, budget: Budget, device: str, train_s: float) -> dict[str, Any]:
+    """A detector the bundle already trained and calibrated (``runs/<setting>/models/model.pt``) with the budget's
+    setting, instead of training it again; ``train_s`` is taken as given (e.g. from the main job's timings)."""
+    s = budget.hq
+    g = StyleGAN2Generator(
+        resolution=s["resolution"], z_dim=s["z_dim"], w_dim=s["w_dim"], mapping_layers=s["mapping_layers"],
+        channel_base=s["channel_base"], channel_max=s["channel_max"],
+    )  # fmt: skip
+    d = StyleGAN2Discriminator(resolution=s["resolution"], channel_base=s["channel_base"], channel_max=s["channel_max"])
+    e = PSPEncoder(
+        resolution=s["resolution"], w_dim=s["w_dim"], num_ws=g.num_ws, base_channels=s["encoder_base_channels"],
+        max_channels=s["encoder_max_channels"],
+    )  # fmt: skip
+    det = HQAnoGANDetector(e, g, d, smoothing_sigma=max(1.0, s["resolution"] / 64), foreground_threshold=-0.9)
+    det.load_state_dict(load_checkpoint(path))
+    return {"detector": det.to(device), "train_s": train_s}
 
 
 def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "adaptive") -> dict[str, Any]:
@@ -197,7 +217,15 @@ def _subset(data: dict, key: str, limit: int | None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------- main
-def compare(data: dict, budget: Budget, device: str, ablate_ada: bool = False, log: Callable = print) -> dict:
+def compare(
+    data: dict,
+    budget: Budget,
+    device: str,
+    ablate_ada: bool = False,
+    log: Callable = print,
+    hq_model: Path | None = None,
+    hq_train_s: float = float("nan"),
+) -> dict:
     sets = ("test", "localisation_test")
     res = data["training"]["images"].shape[-1]
     results: dict[str, dict[str, Any]] = {}
@@ -215,7 +243,10 @@ def compare(data: dict, budget: Budget, device: str, ablate_ada: bool = False, l
     hq: dict[str, Any] = {}
 
     def run_hq() -> dict[str, Any]:
-        hq.update(train_hqanogan(data, budget, device))
+        if hq_model is None:
+            hq.update(train_hqanogan(data, budget, device))
+        else:
+            hq.update(load_hqanogan(hq_model, budget, device, hq_train_s))
         det = hq["detector"]
         out = {"train_s": hq["train_s"], "params": parameter_count(det.encoder, det.generator, det.discriminator)}
         out["sets"] = {}
@@ -463,6 +494,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ablate-ada", action="store_true", help="also train HQ-AnoGAN's G without ADA")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--hq_model", type=Path, default=None, help="a model.pt the bundle trained (same setting)")
+    parser.add_argument("--hq_train_s", type=float, default=float("nan"), help="its training time, for the table")
     args = parser.parse_args(argv)
     if not args.toy and args.dataset_dir is None:
         parser.error("give --dataset_dir (a folder prepared by monai_hqanogan.data.prepare) or --toy")
@@ -470,7 +503,9 @@ def main(argv: list[str] | None = None) -> Path:
     resolution = budget.hq["resolution"]
     start = time.perf_counter()
     data = toy_data(resolution) if args.toy else dataset_data(args.dataset_dir, resolution)
-    out = compare(data, budget, args.device, ablate_ada=args.ablate_ada)
+    out = compare(
+        data, budget, args.device, ablate_ada=args.ablate_ada, hq_model=args.hq_model, hq_train_s=args.hq_train_s
+    )
     path = write_report(args.out, args.mode, data, out, args, time.perf_counter() - start)
     print(f"[compare] report: {path}")
     return path
