@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from .anogan import AnoGANScorer
 from .autoencoder import ConvAutoencoderBaseline
-from .base import ImageBatches, ReferenceBaseline, check_image_batch, iterate_image_batches
+from .base import ImageBatches, ReconstructionBaseline, ReferenceBaseline, check_image_batch, iterate_image_batches
 from .fanogan import FAnoGANBaseline, FAnoGANCritic, FAnoGANEncoder, FAnoGANGenerator, wgan_gradient_penalty
 from .reference import MeanIntensityBaseline, PCABaseline

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .base import ImageBatches, ReferenceBaseline, check_image_batch, iterate_image_batches
+from .base import ImageBatches, ReconstructionBaseline, check_image_batch
 
 __all__ = ["ConvAutoencoderBaseline"]
 
@@ -30,7 +30,7 @@ def _halvings(size: int) -> int:
     return count
 
 
-class ConvAutoencoderBaseline(ReferenceBaseline):
+class ConvAutoencoderBaseline(ReconstructionBaseline):
     """Convolutional autoencoder with a linear bottleneck; the score is the reconstruction error.
 
     Masci, Meier, Ciresan, Schmidhuber, "Stacked convolutional auto-encoders for hierarchical feature extraction",
@@ -137,21 +137,9 @@ class ConvAutoencoderBaseline(ReferenceBaseline):
         """Latent codes [B, latent_dim] -> images [B, C, R, R] in [-1, 1]."""
         return self.decoder(self.from_latent(z).view(z.shape[0], *self._bottleneck_shape))
 
-    def _device(self) -> torch.device:
-        return self.to_latent.weight.device
-
-    def _batches(self, images: ImageBatches, batch_size: int):
-        return iterate_image_batches(images, batch_size, what="images", channels=self.in_channels, size=self.image_size)
-
-    @torch.no_grad()
-    def reconstruct(self, images: ImageBatches, batch_size: int = 256) -> torch.Tensor:
-        """Reconstructions of the images (eval mode), ``[N, C, R, R]`` on the CPU."""
-        self._check_fitted()
-        self.eval()
-        device = self._device()
-        return torch.cat(
-            [self.decode(self.encode(b.to(device, torch.float32))).cpu() for b in self._batches(images, batch_size)]
-        )
+    def reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))`` of one batch on the model's device."""
+        return self.decode(self.encode(x))
 
     @torch.no_grad()
     def score(self, images: ImageBatches, batch_size: int = 256, score_kind: str | None = None) -> torch.Tensor:
@@ -166,38 +154,12 @@ class ConvAutoencoderBaseline(ReferenceBaseline):
         kind = self.score_kind if score_kind is None else score_kind
         if kind not in self._score_kinds:
             raise ValueError(f"score_kind must be one of {self._score_kinds}, got {kind!r}.")
-        self.eval()
-        device, out = self._device(), []
-        for b in self._batches(images, batch_size):
-            x = b.to(device, torch.float32)
-            residual = x - self.decode(self.encode(x))
+        out = []
+        for x in self._eval_batches(images, batch_size):
+            residual = x - self.reconstruct_batch(x)
             error = residual.square() if kind == "mse" else residual.abs()
             out.append(error.flatten(1).mean(dim=1).cpu())
         return torch.cat(out)
-
-    @torch.no_grad()
-    def anomaly_map(self, images: ImageBatches, batch_size: int = 256) -> torch.Tensor:
-        """Absolute reconstruction error per pixel, mean over channels, ``[N, 1, R, R]`` on the CPU."""
-        self._check_fitted()
-        self.eval()
-        device, out = self._device(), []
-        for b in self._batches(images, batch_size):
-            x = b.to(device, torch.float32)
-            out.append((x - self.decode(self.encode(x))).abs().mean(dim=1, keepdim=True).cpu())
-        return torch.cat(out)
-
-    # -----------------------------------------------------------------------------------------------------------------
-    # training
-
-    def reset_parameters(self, seed: int = 0) -> None:
-        """Re-initialise all weights and BatchNorm statistics from ``seed`` (the global RNG state is kept)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in self.modules():
-                if module is not self and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-                if hasattr(module, "reset_running_stats"):
-                    module.reset_running_stats()
 
     def _epoch_batches(self, images: ImageBatches, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
         """One epoch of training batches; batches of one image are dropped (BatchNorm needs two)."""

@@ -180,3 +180,55 @@ class ReferenceBaseline(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+class ReconstructionBaseline(ReferenceBaseline):
+    """Base of the network baselines that score by reconstructing the input (autoencoder, f-AnoGAN): the batching,
+    the reconstruction and residual map, and seeded re-initialisation they share.
+
+    Subclasses set ``in_channels`` and ``image_size``, implement :meth:`reconstruct_batch` (one batch on the
+    model's device, eval mode) and own at least one parameter (its device is where they compute).
+    """
+
+    in_channels: int
+    image_size: int
+
+    def reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of one batch ``x`` on the model's device."""
+        raise NotImplementedError
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _batches(self, images: ImageBatches, batch_size: int) -> Iterator[torch.Tensor]:
+        return iterate_image_batches(images, batch_size, what="images", channels=self.in_channels, size=self.image_size)
+
+    def _eval_batches(self, images: ImageBatches, batch_size: int) -> Iterator[torch.Tensor]:
+        """Checked float32 batches on the model's device, the model fitted and in eval mode."""
+        self._check_fitted()
+        self.eval()
+        device = self._device()
+        return (b.to(device, torch.float32) for b in self._batches(images, batch_size))
+
+    @torch.no_grad()
+    def reconstruct(self, images: ImageBatches, batch_size: int = 256) -> torch.Tensor:
+        """Reconstructions of the images (eval mode), ``[N, C, R, R]`` on the CPU."""
+        return torch.cat([self.reconstruct_batch(x).cpu() for x in self._eval_batches(images, batch_size)])
+
+    @torch.no_grad()
+    def anomaly_map(self, images: ImageBatches, batch_size: int = 256) -> torch.Tensor:
+        """Absolute reconstruction error per pixel, mean over channels, ``[N, 1, R, R]`` on the CPU."""
+        return torch.cat([
+            (x - self.reconstruct_batch(x)).abs().mean(dim=1, keepdim=True).cpu()
+            for x in self._eval_batches(images, batch_size)
+        ])  # fmt: skip
+
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Re-initialise all weights and BatchNorm statistics from ``seed`` (the global RNG state is kept)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in self.modules():
+                if module is not self and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                if hasattr(module, "reset_running_stats"):
+                    module.reset_running_stats()

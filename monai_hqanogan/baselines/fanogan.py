@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .base import ImageBatches, ReferenceBaseline, check_image_batch, iterate_image_batches
+from .base import ImageBatches, ReconstructionBaseline, check_image_batch
 
 __all__ = [
     "FAnoGANGenerator",
@@ -271,7 +271,7 @@ def wgan_gradient_penalty(
     return (norm - 1).square().mean()
 
 
-class FAnoGANBaseline(ReferenceBaseline):
+class FAnoGANBaseline(ReconstructionBaseline):
     """f-AnoGAN: WGAN-GP generator and critic trained on normal images, izi_f encoder, score ``A = A_R + kappa A_D``.
 
     Schlegl, Seeböck, Waldstein, Langs, Schmidt-Erfurth, "f-AnoGAN: Fast unsupervised anomaly detection with
@@ -350,9 +350,6 @@ class FAnoGANBaseline(ReferenceBaseline):
     # -----------------------------------------------------------------------------------------------------------------
     # the networks and the hooks
 
-    def _device(self) -> torch.device:
-        return self.generator.project.weight.device
-
     def sample_latent(
         self, num: int, generator: torch.Generator | None = None, device: str | torch.device | None = None
     ) -> Tensor:
@@ -377,25 +374,16 @@ class FAnoGANBaseline(ReferenceBaseline):
         """E(x): images ``[B, C, R, R]`` -> codes ``[B, z_dim]``, differentiable."""
         return self.encoder(x)
 
-    def _batches(self, images: ImageBatches, batch_size: int) -> Iterator[Tensor]:
-        return iterate_image_batches(images, batch_size, what="images", channels=self.in_channels, size=self.image_size)
+    def reconstruct_batch(self, x: Tensor) -> Tensor:
+        """G(E(x)) of one batch on the model's device."""
+        return self.generator(self.encoder(x))
 
     def _residuals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(reconstruction, A_R per image, A_D per image) of one batch on the model's device."""
-        rec = self.generator(self.encoder(x))
+        rec = self.reconstruct_batch(x)
         residual = (x - rec).square().flatten(1).mean(dim=1)
         feature = (self.critic.features(x) - self.critic.features(rec)).square().mean(dim=1)
         return rec, residual, feature
-
-    @torch.no_grad()
-    def reconstruct(self, images: ImageBatches, batch_size: int = 256) -> Tensor:
-        """Pseudo-normal reconstructions G(E(x)) (eval mode), ``[N, C, R, R]`` on the CPU."""
-        self._check_fitted()
-        self.eval()
-        device = self._device()
-        return torch.cat(
-            [self.generator(self.encoder(b.to(device, torch.float32))).cpu() for b in self._batches(images, batch_size)]
-        )
 
     @torch.no_grad()
     def score_components(self, images: ImageBatches, batch_size: int = 256) -> dict[str, Tensor]:
@@ -404,11 +392,9 @@ class FAnoGANBaseline(ReferenceBaseline):
         Returns:
             ``{"residual": A_R, "feature": A_D, "score": A_R + kappa * A_D}``.
         """
-        self._check_fitted()
-        self.eval()
-        device, residuals, features = self._device(), [], []
-        for b in self._batches(images, batch_size):
-            _, residual, feature = self._residuals(b.to(device, torch.float32))
+        residuals, features = [], []
+        for x in self._eval_batches(images, batch_size):
+            _, residual, feature = self._residuals(x)
             residuals.append(residual.cpu())
             features.append(feature.cpu())
         residual, feature = torch.cat(residuals), torch.cat(features)
@@ -418,29 +404,8 @@ class FAnoGANBaseline(ReferenceBaseline):
         """f-AnoGAN's anomaly score ``A(x) = A_R(x) + kappa * A_D(x)`` per image, ``[N]`` on the CPU."""
         return self.score_components(images, batch_size)["score"]
 
-    @torch.no_grad()
-    def anomaly_map(self, images: ImageBatches, batch_size: int = 256) -> Tensor:
-        """``|x - G(E(x))|`` per pixel, mean over channels, ``[N, 1, R, R]`` on the CPU."""
-        self._check_fitted()
-        self.eval()
-        device, out = self._device(), []
-        for b in self._batches(images, batch_size):
-            x = b.to(device, torch.float32)
-            out.append((x - self.generator(self.encoder(x))).abs().mean(dim=1, keepdim=True).cpu())
-        return torch.cat(out)
-
     # -----------------------------------------------------------------------------------------------------------------
     # training
-
-    def reset_parameters(self, seed: int = 0) -> None:
-        """Re-initialise all weights and BatchNorm statistics from ``seed`` (the global RNG state is kept)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in self.modules():
-                if module is not self and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-                if hasattr(module, "reset_running_stats"):
-                    module.reset_running_stats()
 
     def _real_batches(self, images: ImageBatches, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
         """An endless stream of training batches: reshuffled epochs of a tensor, or passes over an iterable."""
