@@ -175,18 +175,6 @@ def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "ada
     return {"detector": det.to(device), "train_s": time.perf_counter() - start}
 
 
-@torch.no_grad()
-def _detect(det: HQAnoGANDetector, images: torch.Tensor, device: str, batch: int = 64) -> dict[str, torch.Tensor]:
-    parts: dict[str, list[torch.Tensor]] = {}
-    for chunk in images.split(batch):
-        comps = det.score_components(chunk.to(device))
-        record = {k: comps[k].float().cpu() for k in (*SCORE_NAMES, "anomaly_map", "reconstruction")}
-        record["score"] = det.calibration.combine({k: comps[k] for k in SCORE_NAMES}).float().cpu()
-        for k, v in record.items():
-            parts.setdefault(k, []).append(v)
-    return {k: torch.cat(v) for k, v in parts.items()}
-
-
 def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[str, ...]) -> dict[str, Any]:
     """Fit a ReferenceBaseline on the training normals and score every set."""
     start = time.perf_counter()
@@ -252,9 +240,9 @@ def compare(
         out["sets"] = {}
         for key in sets:
             t0 = time.perf_counter()
-            rec = _detect(det, data[key]["images"], device)
+            rec = det.detect_all(data[key]["images"])
             out["sets"][key] = {
-                "scores": rec["score"], "maps": rec["anomaly_map"], "reconstructions": rec["reconstruction"],
+                "scores": rec["pred_score"], "maps": rec["anomaly_map"], "reconstructions": rec["reconstruction"],
                 "seconds": time.perf_counter() - t0, "components": {k: rec[k] for k in SCORE_NAMES},
             }  # fmt: skip
         out["pixel_threshold"] = float(det.calibration.pixel_threshold)
@@ -343,18 +331,18 @@ def hq_ablations(hq: dict, data: dict, budget: Budget, device: str, hq_result: d
     for steps in (0, budget.refine_steps):
         det.refine_steps = steps
         t0 = time.perf_counter()
-        rec = _detect(det, test["images"][index], device)
+        rec = det.detect_all(test["images"][index])
         per_image = (time.perf_counter() - t0) / len(index) * 1000
         rows.append({
             "variant": f"latent refinement {steps} steps ({len(index)} test images)",
-            "image AUROC": compute_image_auroc(rec["score"], test["labels"][index]), "ms per image": per_image,
+            "image AUROC": compute_image_auroc(rec["pred_score"], test["labels"][index]), "ms per image": per_image,
         })  # fmt: skip
     det.refine_steps = 0
     if ablate_ada:
         log("[compare] HQ-AnoGAN without ADA ...")
         off = train_hqanogan(data, budget, device, ada_mode="off")
-        rec = _detect(off["detector"], test["images"], device)
-        auroc = compute_image_auroc(rec["score"], test["labels"])
+        rec = off["detector"].detect_all(test["images"])
+        auroc = compute_image_auroc(rec["pred_score"], test["labels"])
         rows.append({"variant": "ADA off (G retrained)", "image AUROC": auroc, "train s": off["train_s"]})
     return rows
 

@@ -47,6 +47,17 @@ def test_forward_gives_the_anomaly_map_and_detect_the_full_record():
     assert torch.allclose(rec["pred_score"], det.calibration.combine(rec["components"]))
 
 
+def test_detect_all_batches_like_detect():
+    det, normal = calibrated()
+    every = det.detect_all(normal[:7], batch_size=3)
+    one = det.detect(normal[:7])
+    assert torch.allclose(every["pred_score"], one["pred_score"], atol=1e-5)
+    assert torch.allclose(every["anomaly_map"], one["anomaly_map"], atol=1e-6)
+    assert every["reconstruction"].shape == (7, 1, RES, RES)
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        make_detector().detect_all(normal[:2])
+
+
 def test_detect_needs_calibration_and_refuses_bad_input():
     det = make_detector()
     with pytest.raises(RuntimeError, match="not calibrated"):

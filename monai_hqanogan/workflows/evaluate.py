@@ -35,23 +35,12 @@ def machine_description(device: str | torch.device = "cpu") -> str:
     return f"{what}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
-@torch.no_grad()
-def _detect_all(detector: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, Any]:
-    parts: dict[str, list[torch.Tensor]] = {"scores": [], "maps": [], "reconstructions": []}
-    for chunk in images.split(batch_size):
-        record = detector.detect(chunk.to(device))
-        parts["scores"].append(record["pred_score"].float().cpu())
-        parts["maps"].append(record["anomaly_map"].float().cpu())
-        parts["reconstructions"].append(record["reconstruction"].float().cpu())
-    return {k: torch.cat(v) for k, v in parts.items()}
-
-
 def _panel_figure(path: Path, split: Mapping[str, Any], record: Mapping[str, Any], detector: nn.Module, rows: int):
     """Panels of the ``rows`` highest-scoring abnormal and the lowest-scoring normal images of a split, drawn
     transposed: MONAI reads the prepared PNG files as (width, height) arrays."""
     from monai_hqanogan.visualize import plot_detection_panels, save_figure
 
-    labels, scores = split["labels"], record["scores"]
+    labels, scores = split["labels"], record["pred_score"]
     abnormal = [int(i) for i in torch.argsort(scores, descending=True) if labels[i] == 1][: max(1, rows - 1)]
     normal = [int(i) for i in torch.argsort(scores) if labels[i] == 0][:1]
     index = torch.tensor(abnormal + normal, dtype=torch.long)
@@ -64,9 +53,9 @@ def _panel_figure(path: Path, split: Mapping[str, Any], record: Mapping[str, Any
 
     fig = plot_detection_panels(
         shown(split["images"]),
-        shown(record["reconstructions"]),
-        shown(record["maps"]),
-        pred_masks=shown(record["maps"]) >= float(cal.pixel_threshold),
+        shown(record["reconstruction"]),
+        shown(record["anomaly_map"]),
+        pred_masks=shown(record["anomaly_map"]) >= float(cal.pixel_threshold),
         gt_masks=shown(split["masks"]) if "masks" in split else None,
         scores=scores[index],
         threshold=float(cal.image_threshold),
@@ -136,11 +125,11 @@ def evaluate_detector(
     records = {}
     t0 = time.perf_counter()
     for name, split in sets.items():
-        records[name] = _detect_all(detector, split["images"], batch_size, device)
+        records[name] = detector.detect_all(split["images"], batch_size)
         results[name][method_name] = {
-            "scores": records[name]["scores"],
+            "scores": records[name]["pred_score"],
             "labels": split["labels"],
-            "maps": records[name]["maps"],
+            "maps": records[name]["anomaly_map"],
             "masks": split.get("masks"),
             "pixel_threshold": float(detector.calibration.pixel_threshold),
         }

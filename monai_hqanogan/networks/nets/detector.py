@@ -201,6 +201,19 @@ class HQAnoGANDetector(nn.Module):
         return {k: torch.cat(v) for k, v in parts.items()}
 
     @torch.no_grad()
+    def detect_all(
+        self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`score_components` of many images, batched, gathered on the CPU, plus ``pred_score`` (the calibrated
+        combined score). For evaluations that need every image's score, map and reconstruction at once."""
+        if not bool(self.calibration.calibrated):
+            raise RuntimeError("the detector is not calibrated: call calibrate(...) or load a calibration file first.")
+        comps = self._batched(images, batch_size)
+        device = self.calibration.weights.device
+        comps["pred_score"] = self.calibration.combine({k: comps[k].to(device) for k in SCORE_NAMES}).cpu()
+        return comps
+
+    @torch.no_grad()
     def calibrate(
         self,
         fit_images: torch.Tensor,
