@@ -66,6 +66,11 @@ class Budget:
     ae_seconds: float
     refine_steps: int
     refine_max_images: int
+    hq_generator_s: float | None = None  # wall-clock limits (None: the kimg / iterations above decide)
+    hq_encoder_s: float | None = None
+    fanogan_seconds: float | None = None
+    ganomaly_epochs: int = 1
+    ganomaly_seconds: float | None = None
 
 
 TINY_HQ = {
@@ -73,11 +78,18 @@ TINY_HQ = {
     "channel_max": 16, "encoder_base_channels": 8, "encoder_max_channels": 16, "batch_size": 8,
     "generator_kimg": 0.064, "encoder_kimg": 0.064,
 }  # fmt: skip
+#: one GPU call of about 8 minutes for every method: 64 px, each network trained for a fixed wall-clock budget
+TIMED_HQ = {
+    **SETTINGS["full"], "resolution": 64, "batch_size": 64, "generator_kimg": 100_000, "encoder_kimg": 100_000,
+}  # fmt: skip
 BUDGETS = {
-    "tiny": Budget(TINY_HQ, 8, 8, (8, 16), 5, 16, 1, 5.0, 2, 8),
-    "quick": Budget(SETTINGS["demo"], 1000, 500, (32, 128), 100, 120, 30, 60.0, 20, 100),
-    "full": Budget(SETTINGS["full"], 20000, 10000, (64, 512), 500, None, 300, 600.0, 50, None),
-}
+    "tiny": Budget(TINY_HQ, 8, 8, (8, 16), 5, 16, 1, 5.0, 2, 8, ganomaly_epochs=1),
+    "quick": Budget(SETTINGS["demo"], 1000, 500, (32, 128), 100, 120, 30, 60.0, 20, 100, ganomaly_epochs=20,
+                    ganomaly_seconds=120.0),
+    "timed": Budget(TIMED_HQ, 10**6, 10**6, (64, 512), 500, 300, 10**6, 45.0, 50, 300, hq_generator_s=180.0,
+                    hq_encoder_s=50.0, fanogan_seconds=50.0, ganomaly_epochs=1000, ganomaly_seconds=40.0),
+    "full": Budget(SETTINGS["full"], 20000, 10000, (64, 512), 500, None, 300, 600.0, 50, None, ganomaly_epochs=200),
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -101,11 +113,40 @@ def toy_data(resolution: int, n_train: int = 96, n_test: int = 24, seed: int = 0
     return data
 
 
-def dataset_data(dataset_dir: Path, resolution: int) -> dict[str, dict[str, Any]]:
+SPLITS = ("training", "validation", "test", "localisation_validation", "localisation_test")
+
+
+def dataset_data(dataset_dir: Path | None, resolution: int, cache: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every split of a prepared dataset as tensors on the model grid (the bundle's preprocessing).
+
+    With ``cache``: read from that file when it exists (images stored as float16, so a 64 px Br35H fits in 40 MB
+    and can travel to another machine), else load from ``dataset_dir`` and write it.
+    """
+    if cache is not None and cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        if stored.get("resolution") != resolution:
+            raise ValueError(f"{cache} holds {stored.get('resolution')} px images, this mode needs {resolution} px.")
+        out = stored["data"]
+        for part in out.values():
+            part["images"] = part["images"].float()
+            if "masks" in part:
+                part["masks"] = part["masks"].float()
+        return out
+    if dataset_dir is None:
+        raise ValueError("give --dataset_dir (a folder prepared by monai_hqanogan.data.prepare), or an existing cache.")
     datalist = dataset_dir / "datalist.json"
     out = {}
-    for key in ("training", "validation", "test", "localisation_validation", "localisation_test"):
+    for key in SPLITS:
         out[key] = load_split(datalist, key, resolution, with_masks=key.startswith("localisation"))
+    if cache is not None:
+        small = {key: {**part, "images": part["images"].half()} for key, part in out.items()}
+        for part in small.values():
+            if "masks" in part:
+                part["masks"] = part["masks"].bool()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(cache.suffix + ".partial")
+        torch.save({"resolution": resolution, "data": small}, tmp)
+        tmp.replace(cache)
     return out
 
 
@@ -122,6 +163,22 @@ def parameter_count(*modules: nn.Module | None) -> int:
 
 def _loader(images: torch.Tensor, batch_size: int) -> DataLoader:
     return DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+def _stop_after(trainer: Any, seconds: float | None) -> None:
+    """End ``trainer`` (an ignite engine) at the first batch that starts ``seconds`` after it was started."""
+    if seconds is None:
+        return
+    from ignite.engine import Events
+
+    start: list[float] = []
+    trainer.add_event_handler(Events.STARTED, lambda engine: start.append(time.perf_counter()))
+
+    def check(engine: Any) -> None:
+        if start and time.perf_counter() - start[0] >= seconds:
+            engine.terminate()
+
+    trainer.add_event_handler(Events.GET_BATCH_STARTED, check)
 
 
 def load_hqanogan(path: Path, budget: Budget, device: str, train_s: float) -> dict[str, Any]:
@@ -159,20 +216,31 @@ def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "ada
         stylegan2_adam(d.parameters(), lr=s["generator_lr"], reg_interval=16), ada_mode=ada_mode,
         total_kimg=s["generator_kimg"], amp=s["amp"],
     )  # fmt: skip
+    _stop_after(gan, budget.hq_generator_s)
     gan.run()
+    g_kimg, g_s = gan.kimg, time.perf_counter() - start
     e = PSPEncoder(
         resolution=res, w_dim=s["w_dim"], num_ws=g.num_ws, base_channels=s["encoder_base_channels"],
         max_channels=s["encoder_max_channels"],
     ).to(device)  # fmt: skip
-    EncoderTrainer(
+    enc = EncoderTrainer(
         device, 1_000_000, loader, e, gan.generator_ema, torch.optim.Adam(e.parameters(), lr=s["encoder_lr"]),
         discriminator=d, total_kimg=s["encoder_kimg"], amp=s["amp"],
-    ).run()  # fmt: skip
+    )  # fmt: skip
+    _stop_after(enc, budget.hq_encoder_s)
+    t0 = time.perf_counter()
+    enc.run()
+    e_kimg, e_s = enc.kimg, time.perf_counter() - t0
     det = HQAnoGANDetector(e, gan.generator_ema, d, smoothing_sigma=max(1.0, res / 64), foreground_threshold=-0.9)
+    det = det.to(device)  # its calibration buffers too
     det.calibrate(data["training"]["images"][:2000], data["validation"]["images"], data["validation"]["labels"])
     loc = data["localisation_validation"]
     det.calibrate_pixel_threshold(loc["images"], loc["masks"])
-    return {"detector": det.to(device), "train_s": time.perf_counter() - start}
+    training = {
+        "generator_kimg": g_kimg, "generator_s": g_s, "encoder_kimg": e_kimg, "encoder_s": e_s,
+        "ada_p": float(gan.ada.p),
+    }  # fmt: skip
+    return {"detector": det.to(device), "train_s": time.perf_counter() - start, "training": training}
 
 
 def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[str, ...]) -> dict[str, Any]:
@@ -181,6 +249,8 @@ def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[s
     method.fit(data["training"]["images"], **fit_kwargs)
     train_s = time.perf_counter() - start
     out: dict[str, Any] = {"train_s": train_s, "params": parameter_count(method), "sets": {}}
+    if getattr(method, "fit_info", None):
+        out["fit_info"] = {k: v for k, v in method.fit_info.items() if isinstance(v, (int, float, str))}
     for key in sets:
         t0 = time.perf_counter()
         scores = method.score(data[key]["images"])
@@ -213,6 +283,7 @@ def compare(
     log: Callable = print,
     hq_model: Path | None = None,
     hq_train_s: float = float("nan"),
+    skip: tuple[str, ...] = (),
 ) -> dict:
     sets = ("test", "localisation_test")
     res = data["training"]["images"].shape[-1]
@@ -220,10 +291,16 @@ def compare(
     notes: dict[str, str] = {}
 
     def attempt(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name in skip:
+            notes[name] = "skipped (--skip)"
+            return
         log(f"[compare] {name} ...")
         try:
-            results[name] = fn()
-            log(f"[compare] {name}: trained in {results[name].get('train_s', 0):.0f} s")
+            r = results[name] = fn()
+            index = r.get("subset", {}).get("test")
+            labels = data["test"]["labels"] if index is None else data["test"]["labels"][index]
+            auroc = compute_image_auroc(r["sets"]["test"]["scores"], labels)
+            log(f"[compare] {name}: trained in {r.get('train_s', 0):.0f} s; test image AUROC {auroc:.3f}")
         except Exception as err:  # keep the row, say why
             notes[name] = f"not run: {type(err).__name__}: {err}"
             log(f"[compare] {name}: {notes[name]}\n{traceback.format_exc(limit=3)}")
@@ -246,6 +323,8 @@ def compare(
                 "seconds": time.perf_counter() - t0, "components": {k: rec[k] for k in SCORE_NAMES},
             }  # fmt: skip
         out["pixel_threshold"] = float(det.calibration.pixel_threshold)
+        if "training" in hq:
+            out["training"] = hq["training"]
         return out
 
     attempt("HQ-AnoGAN", run_hq)
@@ -258,6 +337,7 @@ def compare(
         kwargs = {
             "gan_iterations": budget.fanogan_gan_iterations,
             "encoder_iterations": budget.fanogan_encoder_iterations,
+            "time_limit_s": budget.fanogan_seconds,
         }
         return run_reference(method, {**kwargs, "device": device, "seed": 0}, data, sets)
 
@@ -289,14 +369,15 @@ def compare(
     attempt("AnoGAN", run_anogan)
 
     def run_ganomaly() -> dict[str, Any]:
-        try:
-            import anomalib  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError(
-                "anomalib is not installed; anomalib 2.x needs torchvision, lightning and timm, and the PyPI "
-                "torchvision does not import next to torch 2.13 (see DESIGN.md section 8)"
-            ) from err
-        raise NotImplementedError("the anomalib GANomaly runner is not written yet")
+        from monai_hqanogan.baselines.ganomaly import AnomalibGANomalyBaseline
+
+        method = AnomalibGANomalyBaseline(image_size=res)
+        fit = {
+            "validation_images": data["validation"]["images"], "validation_labels": data["validation"]["labels"],
+            "epochs": budget.ganomaly_epochs, "time_limit_s": budget.ganomaly_seconds, "device": device, "seed": 0,
+            "batch_size": min(32, len(data["training"]["images"])),
+        }  # fmt: skip
+        return run_reference(method, fit, data, sets)
 
     attempt("GANomaly", run_ganomaly)
 
@@ -389,9 +470,19 @@ def write_report(out_dir: Path, mode: str, data: dict, out: dict, args: argparse
         f"# Method comparison ({mode} mode)", "",
         f"- command: `{' '.join(['python'] + sys.argv)}`",
         f"- machine: {machine_description(args.device)}",
-        f"- data: {'synthetic toy set' if args.toy else args.dataset_dir}; resolution "
-        f"{data['training']['images'].shape[-1]} px; training normals {len(data['training']['images'])}",
-        f"- wall time: {seconds / 60:.1f} min", "",
+        f"- data: {'synthetic toy set' if args.toy else (args.dataset_dir or getattr(args, 'data_cache', None))}; "
+        f"resolution {data['training']['images'].shape[-1]} px; training normals {len(data['training']['images'])}",
+        f"- wall time: {seconds / 60:.1f} min",
+    ]  # fmt: skip
+    trained = out["results"].get("HQ-AnoGAN", {}).get("training")
+    if trained:
+        lines.append(
+            f"- HQ-AnoGAN trained here: G {trained['generator_kimg']:.1f} kimg in {trained['generator_s']:.0f} s "
+            f"(ADA p at the end {trained['ada_p']:.3f}), E {trained['encoder_kimg']:.1f} kimg in "
+            f"{trained['encoder_s']:.0f} s"
+        )
+    lines += [
+        "",
         "Every method: the same preprocessed images, trained on the same normal slices, scored on the same sets. "
         "HQ-AnoGAN's Dice is at its calibrated pixel threshold; the others' is their Dice-max (optimistic for them). "
         "AnoGAN optimises a latent per image against HQ-AnoGAN's generator (its train time is HQ-AnoGAN's) and may run "
@@ -410,6 +501,13 @@ def write_report(out_dir: Path, mode: str, data: dict, out: dict, args: argparse
                 continue
             cells = [_fmt(m.get(k), 1 if k in ("train s", "images/s") else 3) for k in keys]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    trained = {name: r["fit_info"] for name, r in out["results"].items() if r.get("fit_info")}
+    if trained:
+        lines += ["Training, as each method reports it:", ""]
+        lines += [
+            f"- {name}: " + ", ".join(f"{k} {_fmt(v, 1)}" for k, v in info.items()) for name, info in trained.items()
+        ]
         lines.append("")
     if out["notes"]:
         lines += ["Not run:", ""] + [f"- **{k}**: {v}" for k, v in out["notes"].items()] + [""]
@@ -484,15 +582,37 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--hq_model", type=Path, default=None, help="a model.pt the bundle trained (same setting)")
     parser.add_argument("--hq_train_s", type=float, default=float("nan"), help="its training time, for the table")
+    parser.add_argument(
+        "--data_cache", type=Path, default=None,
+        help="a .pt file of the preprocessed splits: read if it exists, else written from --dataset_dir",
+    )  # fmt: skip
+    parser.add_argument("--prepare_only", action="store_true", help="write --data_cache and stop")
+    parser.add_argument("--generator_s", type=float, default=None, help="override the mode's G training seconds")
+    parser.add_argument("--encoder_s", type=float, default=None, help="override the mode's E training seconds")
+    parser.add_argument("--skip", default="", help="comma-separated methods not to run, e.g. 'AnoGAN,GANomaly'")
     args = parser.parse_args(argv)
-    if not args.toy and args.dataset_dir is None:
-        parser.error("give --dataset_dir (a folder prepared by monai_hqanogan.data.prepare) or --toy")
+    if not args.toy and args.dataset_dir is None and (args.data_cache is None or not args.data_cache.exists()):
+        parser.error("give --dataset_dir (a folder prepared by monai_hqanogan.data.prepare), --data_cache or --toy")
     budget = BUDGETS[args.mode]
+    if args.generator_s is not None or args.encoder_s is not None:
+        budget = dataclasses.replace(
+            budget, hq_generator_s=args.generator_s or budget.hq_generator_s,
+            hq_encoder_s=args.encoder_s or budget.hq_encoder_s,
+        )  # fmt: skip
     resolution = budget.hq["resolution"]
     start = time.perf_counter()
-    data = toy_data(resolution) if args.toy else dataset_data(args.dataset_dir, resolution)
+    data = toy_data(resolution) if args.toy else dataset_data(args.dataset_dir, resolution, args.data_cache)
+    if args.prepare_only:
+        print(f"[compare] {resolution} px splits written to {args.data_cache}")
+        return args.data_cache
     out = compare(
-        data, budget, args.device, ablate_ada=args.ablate_ada, hq_model=args.hq_model, hq_train_s=args.hq_train_s
+        data,
+        budget,
+        args.device,
+        ablate_ada=args.ablate_ada,
+        hq_model=args.hq_model,
+        hq_train_s=args.hq_train_s,
+        skip=tuple(name.strip() for name in args.skip.split(",") if name.strip()),
     )
     path = write_report(args.out, args.mode, data, out, args, time.perf_counter() - start)
     print(f"[compare] report: {path}")

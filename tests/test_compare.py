@@ -50,3 +50,36 @@ def test_quick_comparison_writes_every_row(compare_module, tmp_path, single_thre
     variants = [row["variant"] for row in numbers["ablations"]]
     assert "calibrated combination" in variants and any(v.startswith("latent refinement 1") for v in variants)
     assert path.with_suffix(".png").stat().st_size > 1000
+
+
+def test_data_cache_round_trip_and_resolution_check(compare_module, tmp_path):
+    cmp = compare_module
+    data = cmp.toy_data(16, n_train=8, n_test=4)
+    small = {k: {**v, "images": v["images"].half()} for k, v in data.items()}
+    cache = tmp_path / "cache.pt"
+    import torch
+
+    torch.save({"resolution": 16, "data": small}, cache)
+    back = cmp.dataset_data(None, 16, cache)
+    assert back["test"]["images"].dtype == torch.float32
+    assert torch.allclose(back["test"]["images"], data["test"]["images"], atol=1e-3)
+    assert torch.equal(back["localisation_test"]["masks"], data["localisation_test"]["masks"])
+    with pytest.raises(ValueError, match="holds 16 px images, this mode needs 32 px"):
+        cmp.dataset_data(None, 32, cache)
+    with pytest.raises(ValueError, match="give --dataset_dir"):
+        cmp.dataset_data(None, 16, tmp_path / "absent.pt")
+
+
+def test_skipped_methods_keep_their_row(compare_module, tmp_path, single_thread):
+    cmp = compare_module
+    budget = dataclasses.replace(
+        cmp.BUDGETS["tiny"], hq={**cmp.BUDGETS["tiny"].hq, "generator_kimg": 0.008, "encoder_kimg": 0.008},
+        hq_generator_s=0.0, anogan_steps=1, anogan_max_images=4, refine_steps=1, refine_max_images=4,
+    )  # fmt: skip
+    data = cmp.toy_data(16, n_train=16, n_test=4)
+    skip = ("f-AnoGAN", "GANomaly", "autoencoder")
+    out = cmp.compare(data, budget, "cpu", log=lambda *a: None, skip=skip)
+    assert {name: out["notes"][name] for name in skip} == {name: "skipped (--skip)" for name in skip}
+    assert {"HQ-AnoGAN", "AnoGAN", "PCA", "mean intensity"} <= set(out["results"])
+    # a zero-second generator budget stops at the first batch
+    assert out["results"]["HQ-AnoGAN"]["training"]["generator_kimg"] == 0

@@ -1,5 +1,5 @@
 """Reference anomaly detectors to report next to HQ-AnoGAN: mean intensity (the shortcut), PCA, a conv autoencoder,
-f-AnoGAN and AnoGAN latent-optimisation scoring."""
+f-AnoGAN, AnoGAN latent-optimisation scoring, and anomalib's GANomaly (optional: needs anomalib)."""
 
 from __future__ import annotations
 
@@ -7,4 +7,5 @@ from .anogan import AnoGANScorer
 from .autoencoder import ConvAutoencoderBaseline
 from .base import ImageBatches, ReconstructionBaseline, ReferenceBaseline, check_image_batch, iterate_image_batches
 from .fanogan import FAnoGANBaseline, FAnoGANCritic, FAnoGANEncoder, FAnoGANGenerator, wgan_gradient_penalty
+from .ganomaly import AnomalibGANomalyBaseline, anomalib_available
 from .reference import MeanIntensityBaseline, PCABaseline

@@ -288,8 +288,10 @@ class StyleGAN2Trainer(KimgTrainer):
 
         # 2. lazy R1 (float32)
         if self.r1_gamma > 0 and self.d_steps % self.r1_interval == 0:
-            real_r1 = real.detach().requires_grad_(True)
-            penalty = r1_penalty(d(aug(real_r1)), real_r1)
+            # the penalty is on D's gradient at the images it sees, the augmented ones (as in StyleGAN2-ADA); this
+            # also keeps the double backward out of grid_sample, whose second derivative torch does not implement
+            real_r1 = aug(real.detach()).detach().requires_grad_(True)
+            penalty = r1_penalty(d(real_r1), real_r1)
             r1_loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
             r1_stats = self._backward("R1", r1_loss, self.d_optimizer, d, penalty.detach().mean())
             self.d_optimizer.step()

@@ -98,8 +98,10 @@ class AnomalyCalibration(nn.Module):
         return {n: float(w) for n, w in zip(SCORE_NAMES, self.weights) if float(w) != 0.0}
 
     def normalise(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """[B, K] z-scores of the components (names of :data:`SCORE_NAMES`; absent ones count 0)."""
-        cols = [components[n].float() if n in components else None for n in SCORE_NAMES]
+        """[B, K] z-scores of the components (names of :data:`SCORE_NAMES`; absent ones count 0), on the device of
+        this module's buffers whatever device the components are on."""
+        device = self.score_mean.device
+        cols = [components[n].float().to(device) if n in components else None for n in SCORE_NAMES]
         ref = next(c for c in cols if c is not None)
         stacked = torch.stack([torch.zeros_like(ref) if c is None else c for c in cols], dim=1)
         return (stacked - self.score_mean) / self.score_std
@@ -144,7 +146,8 @@ def fit_scores(
             v = components[name].detach().float().cpu()[normal]
             calibration.score_mean[i] = v.mean()
             calibration.score_std[i] = v.std().clamp_min(1e-8)
-    z = calibration.normalise({k: v.detach().cpu() for k, v in components.items()})
+    # the search runs on the CPU whatever device the calibration's buffers are on (a detector moved to CUDA)
+    z = calibration.normalise({k: v.detach() for k, v in components.items()}).cpu()
     labelled = bool((labels_t == 1).any())
     report: dict[str, Any] = {"num_normal": int(normal.sum()), "num_abnormal": int((~normal).sum())}
     if labelled:
@@ -160,13 +163,14 @@ def fit_scores(
             if auc > best + 1e-12:
                 best, best_w = auc, full
         calibration.weights.copy_(best_w)
-        combined = z @ calibration.weights
+        combined = z @ best_w
         f1, threshold = compute_f1_max_threshold(combined, labels_t)
         calibration.image_threshold.fill_(threshold)
         report.update({"weights_from": "validation AUROC", "auroc": best, "f1_max": f1, "threshold_from": "F1 max"})
     else:
-        calibration.weights.copy_(torch.tensor([DEFAULT_WEIGHTS.get(n, 0.0) for n in SCORE_NAMES]))
-        combined = z @ calibration.weights
+        weights = torch.tensor([DEFAULT_WEIGHTS.get(n, 0.0) for n in SCORE_NAMES])
+        calibration.weights.copy_(weights)
+        combined = z @ weights
         calibration.image_threshold.fill_(_quantile(combined[normal], 1 - fpr))
         report.update({"weights_from": "defaults (no abnormal data)", "threshold_from": f"FPR {fpr} on normals"})
     report["weights"] = calibration.weight_dict()
