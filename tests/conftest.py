@@ -17,3 +17,31 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report the reliability counts that passing tests record with ``record_property`` (works under xdist too):
+    kill -9 faults injected and survived (tests/test_crash_resume.py) and bad-input kinds (tests/test_bad_inputs.py)."""
+    totals = {"faults_injected": 0, "faults_survived": 0, "faults_mid_save": 0}
+    kinds: set[str] = set()
+    cases = 0
+    for report in terminalreporter.stats.get("passed", []):
+        if getattr(report, "when", "call") != "call":
+            continue
+        for name, value in getattr(report, "user_properties", ()):
+            if name in totals:
+                totals[name] += int(value)
+            elif name == "bad_input_kind":
+                kinds.add(str(value))
+                cases += 1
+    if totals["faults_injected"] or kinds:
+        terminalreporter.write_sep("-", "reliability")
+    if totals["faults_injected"]:
+        terminalreporter.write_line(
+            f"kill -9 faults injected: {totals['faults_injected']}, survived: {totals['faults_survived']} "
+            f"({totals['faults_mid_save']} hit a checkpoint save)"
+        )
+    if kinds:
+        terminalreporter.write_line(
+            f"bad-input kinds handled: {len(kinds)} ({cases} cases): {', '.join(sorted(kinds))}"
+        )

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,13 +121,30 @@ def find_image_files(folder: str | os.PathLike, what: str = "image") -> list[Ima
     return found
 
 
+class _UnusableFile(Exception):
+    """An input that cannot be used (unreadable, truncated, no finite pixel, constant): skipped with a warning."""
+
+
 def _read(file: ImageFile) -> np.ndarray:
-    """The file as a float32 array of spatial dims (channels averaged), through MONAI's ``LoadImage``."""
+    """The file as a float32 array of spatial dims (channels averaged), through MONAI's ``LoadImage``; NaN and inf
+    become the minimum of the finite values (with a warning). Unusable files raise OSError, RuntimeError (MONAI's
+    readers) or ``_UnusableFile``."""
     from monai.transforms import LoadImage
 
     reader = {"image": "PILReader", "nifti": "NibabelReader", "dicom": "PydicomReader"}[file.kind]
-    array = np.asarray(LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(str(file.path)))
+    try:
+        array = np.asarray(LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(str(file.path)))
+    except (EOFError, zlib.error) as e:  # a truncated or corrupt .nii.gz: gzip raises these, not OSError
+        raise _UnusableFile(f"truncated or corrupt file ({type(e).__name__}: {e})") from e
     array = array.astype(np.float32).mean(axis=0)
+    finite = np.isfinite(array)
+    if not finite.all():
+        if not finite.any():
+            raise _UnusableFile("no finite value (every pixel is NaN or inf)")
+        warnings.warn(
+            f"{file.relative}: {int((~finite).sum())} NaN or inf pixel(s) set to the image minimum", stacklevel=2
+        )
+        array = np.where(finite, array, array[finite].min())
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or min(array.shape) < 2:
@@ -209,6 +227,8 @@ def _store(
     if file.kind == "image" and array.min() >= 0 and array.max() <= 255:
         window = (0.0, 255.0)  # 8-bit images keep their grey levels
     records = []
+    if array.ndim == 2 and np.ptp(array) == 0:
+        raise _UnusableFile("constant image (every pixel has the same value): nothing to learn from or score")
     if array.ndim == 2:
         slices = [(None, array.T, None if mask is None else mask.T)]  # MONAI's (W, H) -> (H, W)
     else:
@@ -275,6 +295,11 @@ def prepare_image_folder(
     ``min_foreground`` of the pixels above 5% of the volume's intensity window) are skipped. Intensities become
     8 bits (8-bit PNG/JPEG as they are; otherwise the minimum to 0 and the 99.5th percentile to 255, per volume),
     and the longest side at most ``max_size``.
+
+    Odd files: other files (text, CSV, hidden files) are ignored. Unreadable inputs (0 bytes, truncated or corrupt
+    PNG/JPEG/NIfTI, images beyond Pillow's decompression-bomb limit, which are refused before decoding, constant 2D
+    images, no finite pixel) are skipped with one warning naming them, and listed with the reason under
+    ``info.skipped`` of the datalist. NaN and inf pixels are set to the image's finite minimum, with a warning.
 
     Groups: the slices of one volume form one group, so a volume never spans two splits; 2D images are grouped by
     thumbnail correlation (near-duplicates, see :func:`group_near_duplicates`). The split and the synthetic
@@ -355,7 +380,7 @@ def prepare_image_folder(
             for file in tqdm(files, desc=cls, disable=not progress):
                 try:
                     records += _store(file, cls, int(cls == "abnormal"), matched.get(file.relative), staging, settings)
-                except (OSError, RuntimeError) as e:  # unreadable file: MONAI's readers raise these
+                except (OSError, RuntimeError, _UnusableFile) as e:  # MONAI's readers raise OSError, RuntimeError
                     skipped.append({"file": f"{cls}/{file.relative}", "reason": f"{type(e).__name__}: {e}"})
                 except ValueError as e:
                     raise ValueError(f"{cls} input {file.relative}: {e}") from e
@@ -363,7 +388,11 @@ def prepare_image_folder(
                 raise ValueError(f"no readable {cls} image in {normal_dir if cls == 'normal' else abnormal_dir}.")
         if skipped:
             names = ", ".join(s["file"] for s in skipped[:5])
-            warnings.warn(f"skipped {len(skipped)} unreadable file(s): {names}", stacklevel=2)
+            warnings.warn(
+                f"skipped {len(skipped)} unusable file(s) (unreadable, truncated, too large or constant; reasons in "
+                f"the datalist's info.skipped): {names}",
+                stacklevel=2,
+            )
         volumes = len({r.volume for r in records if r.volume is not None})
         info = {
             "source": {

@@ -4,6 +4,8 @@ trains data-parallel over the ranks of an initialised ``torch.distributed`` proc
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -107,8 +109,13 @@ class KimgTrainer(Trainer):
                     f"the training data loader yields no batch: {n} images with "
                     f"batch_size={train_data_loader.batch_size} and drop_last=True."
                 )
-        if total_kimg is not None and total_kimg <= 0:
-            raise ValueError(f"total_kimg must be positive, got {total_kimg}.")
+        if total_kimg is not None and not (
+            isinstance(total_kimg, numbers.Real)
+            and not isinstance(total_kimg, bool)
+            and math.isfinite(total_kimg)
+            and total_kimg > 0
+        ):
+            raise ValueError(f"total_kimg must be positive (thousands of images), got {total_kimg!r}.")
         # MONAI's own amp path builds a CUDA GradScaler; bfloat16 autocast needs none, so amp is handled here.
         super().__init__(
             device=device,
@@ -242,7 +249,7 @@ class KimgTrainer(Trainer):
 
     def _get_real_images(self, batchdata: Any) -> torch.Tensor:
         """The batch's images on the device as float32, refused with a clear error if their shape does not match
-        the model or they hold NaN or inf."""
+        the model, they are not floating point (e.g. raw uint8 pixels) or they hold NaN or inf."""
         if isinstance(batchdata, dict):
             if self.image_key not in batchdata:
                 raise KeyError(f"batch has no key {self.image_key!r}; keys: {sorted(map(str, batchdata))}.")
@@ -255,6 +262,11 @@ class KimgTrainer(Trainer):
             raise TypeError(f"expected a batch of images as a tensor, got {type(images).__name__}.")
         images = images.as_tensor() if hasattr(images, "as_tensor") else images
         check_image_batch(images, self.img_channels, self.resolution, f"{type(self).__name__} (training data)")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__} (training data) expects floating-point images in [-1, 1], got {images.dtype}: "
+                f"scale them in the data pipeline, e.g. with monai_hqanogan.transforms.gan_image_transforms."
+            )
         images = images.to(self.state.device, dtype=torch.float32, non_blocking=self.non_blocking, **self.to_kwargs)
         return ensure_finite(images, "training batch", f"at iteration {self.state.iteration}")
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_hqanogan.engines.distributed import any_rank, check_same_on_all_ranks, distributed_world
@@ -38,7 +40,8 @@ class TrainingCheckpointHandler:
     At ``STARTED``: if ``save_dir`` holds checkpoints and ``resume`` is True, the newest is loaded (with
     ``weights_only=True``) into ``save_dict``; if ``resume`` is False the run refuses to start rather than mix
     with or overwrite the earlier run. A newest file that cannot be loaded gives a clear error naming it and
-    the previous usable checkpoint; nothing is deleted.
+    the previous usable checkpoint; nothing is deleted but the temporary files that a process killed while saving
+    left behind (``.{prefix}_iteration={n}.pt.*.tmp.pt``, never a complete checkpoint).
 
     Saving at epoch ends makes resumption exact: N steps straight equal N/2 steps, save, resume, N/2 steps,
     provided N/2 is a whole number of epochs (the data order of a new epoch depends only on the restored RNG).
@@ -63,6 +66,10 @@ class TrainingCheckpointHandler:
         map_location: ``torch.load`` map location when resuming (default: the engine's device).
         save_on_exception: also save when the run stops on an exception. Off by default: the last periodic
             checkpoint is the last known-good state.
+        keep_optimizer_settings: when resuming, keep the optimisers' hyperparameters (learning rate, betas, ...) as
+            constructed instead of as saved, so that a resumed run follows the current configuration (a learning
+            rate lowered after a divergence takes effect); their state (Adam's moments, steps) is restored. With
+            an unchanged configuration resuming stays exact.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class TrainingCheckpointHandler:
         file_prefix: str = "checkpoint",
         map_location: Any = None,
         save_on_exception: bool = False,
+        keep_optimizer_settings: bool = True,
     ) -> None:
         if n_saved < 1:
             raise ValueError(f"n_saved must be >= 1, got {n_saved}.")
@@ -85,6 +93,7 @@ class TrainingCheckpointHandler:
         self.save_interval, self.n_saved, self.resume = save_interval, n_saved, resume
         self.file_prefix, self.map_location = file_prefix, map_location
         self.save_on_exception = save_on_exception
+        self.keep_optimizer_settings = keep_optimizer_settings
         self.logger = logging.getLogger(self.__class__.__name__)
         self.last_saved_iteration: int | None = None
         self.resumed_from: Path | None = None
@@ -122,7 +131,21 @@ class TrainingCheckpointHandler:
             raise TypeError("save_dict is None and the engine has no checkpoint_dict(): pass save_dict explicitly.")
         return engine.checkpoint_dict()
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary files that an interrupted save left in ``save_dir`` (the process was killed between
+        creating the file and renaming it); returns them. A complete checkpoint is never a temporary file."""
+        if not self.save_dir.is_dir():
+            return []
+        pattern = re.compile(rf"^\.{re.escape(self.file_prefix)}_iteration=\d+\.pt\..+\.tmp\.pt$")
+        stale = [p for p in self.save_dir.iterdir() if pattern.match(p.name) and p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+            self.logger.info(f"removed {path.name}, left by an interrupted save")
+        return stale
+
     def resume_or_check(self, engine: Engine) -> None:
+        if not self._distributed(engine) or distributed_world()[0] == 0:
+            self.remove_stale_temporaries()
         found = list_checkpoints(self.save_dir, self.file_prefix)
         if self._distributed(engine):
             newest = found[-1][0] if found else -1
@@ -165,12 +188,29 @@ class TrainingCheckpointHandler:
         if missing:
             raise CheckpointError(f"checkpoint {str(source)!r} lacks {missing}; it holds {sorted(checkpoint)}.")
         for name in sorted(objects, key=lambda k: objects[k] is engine):
+            target = objects[name]
+            configured = None
+            if self.keep_optimizer_settings and isinstance(target, torch.optim.Optimizer):
+                configured = [{k: v for k, v in group.items() if k != "params"} for group in target.param_groups]
             try:
-                objects[name].load_state_dict(checkpoint[name])
+                target.load_state_dict(checkpoint[name])
             except (RuntimeError, KeyError, ValueError) as e:
                 raise CheckpointError(
                     f"checkpoint {str(source)!r}: '{name}' does not fit the current model or settings: {e}"
                 ) from e
+            if configured is not None:
+                self._keep_settings(name, target, configured)
+
+    def _keep_settings(self, name: str, optimizer: torch.optim.Optimizer, configured: list[dict[str, Any]]) -> None:
+        changed = []
+        for group, settings in zip(optimizer.param_groups, configured):
+            for key, value in settings.items():
+                saved = group.get(key)
+                if not _same(saved, value):
+                    changed.append(f"{key} {value} (checkpoint: {saved})")
+                group[key] = value
+        if changed and distributed_world()[0] == 0:
+            self.logger.info(f"{name}: the configured {', '.join(changed)} replaces the checkpoint's")
 
     def save(self, engine: Engine) -> Path | None:
         """Write the checkpoint of the current iteration (rank 0 only when distributed; collective there) and drop
@@ -208,3 +248,13 @@ class TrainingCheckpointHandler:
             old.unlink(missing_ok=True)
         self.logger.info(f"saved {path}")
         return path
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two optimiser hyperparameters (floats, tuples, bools or tensors) are equal."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        try:
+            return bool(torch.equal(torch.as_tensor(a).double(), torch.as_tensor(b).double()))
+        except (TypeError, RuntimeError, ValueError):
+            return False
+    return bool(a == b)

@@ -61,8 +61,17 @@ class WPlusGaussian(nn.Module):
             raise ValueError("codes hold NaN or inf values.")
         for layer in range(codes.shape[1]):
             cov, shrink = ledoit_wolf_covariance(codes[:, layer])
-            self.precision[layer] = torch.linalg.inv(cov).to(self.precision.dtype)
-            self.mean[layer] = codes[:, layer].mean(dim=0).to(self.mean.dtype)
+            try:
+                if float(torch.trace(cov)) <= 0:
+                    raise torch.linalg.LinAlgError("zero variance")
+                self.precision[layer] = torch.linalg.inv(cov).to(self.precision)
+            except torch.linalg.LinAlgError as err:
+                raise ValueError(
+                    f"the W+ codes of the {codes.shape[0]} normal images do not vary in layer {layer} (their "
+                    "covariance is singular): the encoder maps every image to the same code, so it is untrained or "
+                    "collapsed. Train the encoder (EncoderTrainer, the bundle's train_encoder.json) before calibrating."
+                ) from err
+            self.mean[layer] = codes[:, layer].mean(dim=0).to(self.mean)
             self.shrinkage[layer] = shrink
         self.fitted.fill_(True)
         return self

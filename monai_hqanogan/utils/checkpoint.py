@@ -97,13 +97,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, ... for bad files
+        detail = str(e)
+        hint = ""
+        if path.suffix.lower() == ".pkl" or any(name in detail for name in ("dnnlib", "torch_utils")):
+            hint = (
+                " It looks like an NVlabs StyleGAN2-ADA pickle: monai_hqanogan offers no importer for those, because "
+                "unpickling them runs code; convert the weights to a state dict in a trusted environment."
+            )
         raise CheckpointError(
             f"checkpoint {str(path)!r} could not be loaded: it is truncated, corrupt, or holds objects other than "
-            f"tensors and plain data (refused for safety). Underlying error: {type(e).__name__}: {e}"
+            f"tensors and plain data, which are refused for safety (nothing in the file was run).{hint} "
+            f"Underlying error: {type(e).__name__}: {_first_reason(detail)}"
         ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict of state dicts.")
     return obj
+
+
+def _first_reason(message: str) -> str:
+    """The informative part of torch's load error (for refused pickles: what it refused), without the advice to
+    load with ``weights_only=False``."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    if "WeightsUnpickler error:" in message:
+        message = message.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0]
+    return next((line.strip() for line in message.splitlines() if line.strip()), "")
 
 
 def list_checkpoints(directory: str | os.PathLike, prefix: str = "checkpoint") -> list[tuple[int, Path]]:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from monai_hqanogan.utils.checkpoint import atomic_output
+
 __all__ = ["make_image_grid", "save_image_grid"]
 
 
@@ -49,7 +51,9 @@ def save_image_grid(
     scale: int = 1,
     padding: int = 1,
 ) -> Path:
-    """Save a grid of ``images`` [N, C, H, W] as an 8-bit PNG, enlarged ``scale`` times (nearest neighbour)."""
+    """Save a grid of ``images`` [N, C, H, W] as an 8-bit PNG, enlarged ``scale`` times (nearest neighbour).
+
+    Written atomically (temporary file, then rename): a killed process never leaves a truncated PNG."""
     grid = make_image_grid(images, nrow=nrow, value_range=value_range, padding=padding)
     arr = (grid.numpy() * 255 + 0.5).astype(np.uint8)
     arr = arr[0] if arr.shape[0] == 1 else arr[:3].transpose(1, 2, 0)
@@ -57,6 +61,6 @@ def save_image_grid(
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    with atomic_output(path) as tmp:
+        img.save(tmp, format="PNG")
     return path

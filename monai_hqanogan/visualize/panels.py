@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from monai_hqanogan.utils.checkpoint import atomic_output  # noqa: E402
+
 __all__ = ["plot_detection_panels", "plot_roc_curves", "plot_score_histogram", "save_figure", "figure_to_image"]
 
 
@@ -130,11 +132,14 @@ def plot_score_histogram(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` (PNG, PDF, SVG by extension) and close it."""
+    """Save ``fig`` (PNG, PDF, SVG by extension) and close it. Written atomically (temporary file, then rename): a
+    killed process never leaves a truncated picture."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

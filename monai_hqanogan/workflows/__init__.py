@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from .checks import (
+    MAX_SLICE_PIXELS,
+    as_bool,
+    check_overrides,
+    check_settings,
+    datalist_items,
+    load_settings,
+    read_json_object,
+    verify_image_file,
+)
 from .evaluate import evaluate_detector, machine_description
 from .inference import (
     IMAGE_SUFFIXES,
@@ -14,8 +24,10 @@ from .inference import (
 from .stages import (
     calibrate_detector,
     check_datalist,
+    check_model_file,
     check_writable,
     export_detector,
+    load_model_file,
     load_split,
     load_stage,
     mask_transforms,

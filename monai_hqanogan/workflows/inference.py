@@ -21,14 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor, load_decathlon_datalist
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import MapTransform, Resize, SpatialPad
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from monai_hqanogan.networks.nets.stylegan2 import check_resolution
+from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.workflows.checks import IMAGE_SUFFIXES, MAX_SLICE_PIXELS, datalist_items, verify_image_file
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -41,9 +43,6 @@ __all__ = [
     "AnomalyPanelSaver",
     "list_inference_inputs",
 ]
-
-#: file endings read as images (a folder of ``.dcm`` files is read as one DICOM series)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".nrrd", ".mha")
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +59,13 @@ def _like_input(values: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _batch_names(inputs: torch.Tensor) -> list[str]:
+    """The file name of each item of a batch (from MetaTensor meta data), "" where unknown."""
+    names = getattr(inputs, "meta", {}).get("filename_or_obj", "") if isinstance(inputs, MetaTensor) else ""
+    names = list(names) if isinstance(names, (list, tuple)) else [names] * int(inputs.shape[0])
+    return [str(n) for n in names] + [""] * (int(inputs.shape[0]) - len(names))
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
@@ -72,28 +78,26 @@ def list_inference_inputs(
 
     Args:
         path: an image file; a folder of images (PNG, JPEG, NIfTI, ...; a sub-folder of ``.dcm`` files is one DICOM
-            series); or a MONAI datalist JSON file (``datalist_key`` is read, paths relative to ``base_dir`` or to
-            the JSON's folder).
+            series; other files and hidden files are ignored); or a MONAI datalist JSON file (``datalist_key`` is
+            read, paths relative to ``base_dir`` or to the JSON's folder). 2D images and 3D volumes may be mixed.
         datalist_key: the list to read from a datalist JSON.
         base_dir: base folder of the datalist's relative paths (default: the JSON's folder).
 
     Raises:
         FileNotFoundError: when ``path`` or a listed file does not exist.
-        ValueError: when a folder holds no image, a datalist has no ``datalist_key``, or a file is empty or has a
-            dimension of size 0 (a volume without slices).
+        ValueError: when a folder holds no image, a datalist is not JSON or has no ``datalist_key``, or a file is
+            empty, truncated, not an image, too large (:data:`MAX_SLICE_PIXELS`) or has a dimension of size 0.
+        ImportError: for DICOM without pydicom.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"inference input {str(path)!r} does not exist; give an image, a folder or a datalist.")
     if path.is_file() and _suffix(path) == ".json":
-        text = json.loads(path.read_text())
-        if datalist_key not in text:
-            raise ValueError(f"datalist {str(path)!r} has no list {datalist_key!r}; it has {sorted(text)}.")
-        items = load_decathlon_datalist(path, data_list_key=datalist_key, base_dir=base_dir or path.parent)
+        items = datalist_items(path, datalist_key, base_dir=base_dir)
     elif path.is_file():
         items = [{"image": str(path)}]
     else:
-        entries = sorted(path.iterdir())
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
         files = [p for p in entries if p.is_file() and _suffix(p) in IMAGE_SUFFIXES and _suffix(p) != ".dcm"]
         series = [p for p in entries if p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir())]
         if any(_suffix(p) == ".dcm" for p in entries) and not files and not series:
@@ -102,24 +106,8 @@ def list_inference_inputs(
         if not items:
             raise ValueError(f"folder {str(path)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
     for item in items:
-        _check_readable(Path(item["image"]))
+        verify_image_file(item["image"], "image listed for inference")
     return items
-
-
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"image {str(path)!r} listed for inference does not exist.")
-    if path.is_file() and path.stat().st_size == 0:
-        raise ValueError(f"image {str(path)!r} is an empty file.")
-    if path.is_file() and _suffix(path) in (".nii", ".nii.gz"):
-        import nibabel as nib
-
-        try:
-            shape = nib.load(str(path)).shape  # header only
-        except Exception as err:
-            raise ValueError(f"image {str(path)!r} is not a readable NIfTI file: {err}") from err
-        if len(shape) < 2 or any(s == 0 for s in shape):
-            raise ValueError(f"image {str(path)!r} has shape {shape}: no 2D slice to score.")
 
 
 class SliceAnomalyInferer(Inferer):
@@ -130,7 +118,8 @@ class SliceAnomalyInferer(Inferer):
     stretched into noise), the longest side resized to ``resolution`` keeping the aspect ratio, scaled to
     [-1, 1] and the short side padded with -1. The anomaly map is cropped back and resized to the slice's own
     size. Constant slices (outside the body) are not scored: their map is 0 and they are left out of the
-    volume's score, which is the maximum slice score.
+    volume's score, which is the maximum slice score. Images holding NaN or inf, constant images and slices larger
+    than ``max_slice_pixels`` are refused with an error naming the file.
 
     Returns a dict per batch: ``pred`` (anomaly map on the input grid, a ``MetaTensor`` with the input's meta
     data), ``pred_label`` (uint8 map, 1 where the map reaches the calibrated pixel threshold), ``pred_score`` [B],
@@ -143,10 +132,16 @@ class SliceAnomalyInferer(Inferer):
         upper_percentile: intensity percentile mapped to 1 (as in :func:`gan_image_transforms`).
         slice_axis: spatial axis of 3D volumes along which 2D slices are taken (default the last).
         batch_size: slices per detector call.
+        max_slice_pixels: the largest 2D image or volume slice accepted (memory stays bounded).
     """
 
     def __init__(
-        self, resolution: int, upper_percentile: float = 99.5, slice_axis: int = -1, batch_size: int = 32
+        self,
+        resolution: int,
+        upper_percentile: float = 99.5,
+        slice_axis: int = -1,
+        batch_size: int = 32,
+        max_slice_pixels: int = MAX_SLICE_PIXELS,
     ) -> None:
         super().__init__()
         check_resolution(resolution)
@@ -154,6 +149,7 @@ class SliceAnomalyInferer(Inferer):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.resolution, self.upper_percentile = resolution, upper_percentile
         self.slice_axis, self.batch_size = slice_axis, batch_size
+        self.max_slice_pixels = max_slice_pixels
         self._resize = Resize(spatial_size=resolution, size_mode="longest", mode="bilinear", anti_aliasing=True)
         self._pad = SpatialPad((resolution, resolution), mode="constant", value=-1.0)
 
@@ -195,7 +191,8 @@ class SliceAnomalyInferer(Inferer):
             raise ValueError(
                 f"expected a batch of 2D images [B, C, H, W] or volumes [B, C, H, W, D], got {tuple(inputs.shape)}."
             )
-        records = [self._one(inputs[b], detector) for b in range(inputs.shape[0])]
+        names = _batch_names(inputs)
+        records = [self._one(inputs[b], detector, names[b]) for b in range(inputs.shape[0])]
         maps = torch.stack([r["map"] for r in records])
         pixel_thr = float(detector.calibration.pixel_threshold)
         image_thr = float(detector.calibration.image_threshold)
@@ -213,19 +210,29 @@ class SliceAnomalyInferer(Inferer):
             "panel": torch.stack([r["panel"] for r in records]),
         }
 
-    def _one(self, image: torch.Tensor, detector: nn.Module) -> dict[str, Any]:
+    def _one(self, image: torch.Tensor, detector: nn.Module, name: str = "") -> dict[str, Any]:
         """One image [C, H, W] or volume [C, H, W, D] -> its map on the input grid and its scores."""
         image = _plain(image)
-        grey = image.float().mean(dim=0, keepdim=True)  # one channel, as ToSingleChannel
-        volume = grey.ndim == 4
+        what = f"image {name!r}" if name else "image"
+        volume = image.ndim == 4
+        spatial = list(image.shape[1:])
+        axis = self.slice_axis % 3 + 1 if volume else 0
         if volume:
-            axis = self.slice_axis % 3 + 1
+            del spatial[axis - 1]
+        if math.prod(spatial) > self.max_slice_pixels:
+            raise ValueError(
+                f"{what} of shape {tuple(image.shape)} has slices of more than {self.max_slice_pixels} pixels: too "
+                "large to score safely; downsample it first (or raise max_slice_pixels)."
+            )
+        ensure_finite(image, what, advice="fix the file or replace them before inference.")
+        grey = image.float().mean(dim=0, keepdim=True)  # one channel, as ToSingleChannel
+        if volume:
             slices = grey.movedim(axis, 1)[0].unsqueeze(1)  # [S, 1, H', W']
         else:
             slices = grey.unsqueeze(0)  # [1, 1, H, W]
         num, (height, width) = slices.shape[0], slices.shape[-2:]
         if num == 0 or height == 0 or width == 0:
-            raise ValueError(f"image of shape {tuple(image.shape)} has no 2D slice to score.")
+            raise ValueError(f"{what} of shape {tuple(image.shape)} has no 2D slice to score.")
         lo, hi = self._range(grey)
         if volume:
             ranges = [(lo, hi)] * num
@@ -234,7 +241,7 @@ class SliceAnomalyInferer(Inferer):
             ranges = [(lo, hi)]
             valid = [hi > lo]
         if not any(valid):
-            raise ValueError(f"image of shape {tuple(image.shape)} is constant: there is nothing to score.")
+            raise ValueError(f"{what} of shape {tuple(image.shape)} is constant: there is nothing to score.")
         device = next(detector.parameters()).device
         maps = torch.zeros(num, 1, height, width)
         scores = torch.full((num,), float("nan"))

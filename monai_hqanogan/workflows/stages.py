@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import DataLoader, Dataset, load_decathlon_datalist
+from monai.data import DataLoader, Dataset
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -32,6 +32,7 @@ from torch import nn
 from monai_hqanogan.transforms.dictionary import ToSingleChanneld
 from monai_hqanogan.transforms.presets import gan_image_transforms
 from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_atomic, write_text_atomic
+from monai_hqanogan.workflows.checks import datalist_items, read_json_object, verify_image_file
 
 __all__ = [
     "check_writable",
@@ -43,11 +44,11 @@ __all__ = [
     "calibrate_detector",
     "export_detector",
     "require_file",
+    "check_model_file",
+    "load_model_file",
 ]
 
 logger = logging.getLogger(__name__)
-
-_RASTER = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def check_writable(folder: str | os.PathLike) -> Path:
@@ -62,31 +63,6 @@ def check_writable(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def _verify_image(path: Path) -> None:
-    name = path.name.lower()
-    if not path.exists():
-        raise FileNotFoundError(f"file {str(path)!r} listed in the datalist does not exist.")
-    if path.is_file() and path.stat().st_size == 0:
-        raise ValueError(f"file {str(path)!r} listed in the datalist is empty.")
-    if name.endswith(_RASTER):
-        from PIL import Image
-
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except Exception as err:
-            raise ValueError(f"image {str(path)!r} cannot be read: {err}") from err
-    elif name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        try:
-            shape = nib.load(str(path)).shape
-        except Exception as err:
-            raise ValueError(f"image {str(path)!r} is not a readable NIfTI file: {err}") from err
-        if any(s == 0 for s in shape):
-            raise ValueError(f"image {str(path)!r} has shape {shape}: no slice.")
-
-
 def check_datalist(
     datalist: str | os.PathLike,
     keys: Sequence[str] = ("training",),
@@ -96,11 +72,16 @@ def check_datalist(
 ) -> dict[str, list[dict[str, Any]]]:
     """Load the ``keys`` lists of a MONAI datalist and check every listed file before training starts.
 
+    Every listed image and mask must exist, be non-empty, have an image ending (:data:`IMAGE_SUFFIXES`) and be 2D
+    (a NIfTI volume with more than one slice is refused: slice it with ``python -m monai_hqanogan.data.prepare``);
+    headers are read. With ``verify_images`` every file is also decoded completely (truncated PNG/JPEG/NIfTI files
+    are refused, and 2D NIfTI images with NaN or inf), one at a time, so memory stays bounded.
+
     Args:
         datalist: the datalist JSON (as written by ``python -m monai_hqanogan.data.prepare``).
         keys: lists that must be present and non-empty.
         base_dir: base of relative paths (default: the datalist's folder).
-        verify_images: also open every PNG/JPEG (``PIL.Image.verify``) and read every NIfTI header.
+        verify_images: also decode every file.
         min_items: fewest items each list must hold.
 
     Returns:
@@ -108,7 +89,9 @@ def check_datalist(
 
     Raises:
         FileNotFoundError: the datalist or a listed file is missing (the message says how to prepare the data).
-        ValueError: a list is missing or too short, or a file is empty or unreadable.
+        ValueError: the datalist is not a JSON object of lists of ``{"image": path}`` items, a list is missing or
+            too short, or a file is empty, unreadable, truncated, not an image or a 3D volume.
+        ImportError: a DICOM file is listed and pydicom is not installed.
     """
     path = Path(datalist).expanduser()
     if not path.is_file():
@@ -118,28 +101,20 @@ def check_datalist(
             "'--dataset_dir' at a folder prepared from your own images "
             "('python -m monai_hqanogan.data.prepare folder --help')."
         )
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"datalist {str(path)!r} is not valid JSON: {err}") from err
+    content = read_json_object(path)
     out = {}
     for key in keys:
-        if key not in content:
-            raise ValueError(f"datalist {str(path)!r} has no list {key!r}; it has {sorted(content)}.")
-        items = load_decathlon_datalist(path, data_list_key=key, base_dir=base_dir or path.parent)
+        items = datalist_items(path, key, base_dir=base_dir, content=content)
         if len(items) < min_items:
             raise ValueError(f"datalist {str(path)!r} list {key!r} holds {len(items)} items; need >= {min_items}.")
         for item in items:
             for field in ("image", "mask"):
                 if field in item:
-                    (_verify_image if verify_images else _exists)(Path(item[field]))
+                    verify_image_file(
+                        item[field], f"{field} listed in the datalist", spatial_2d=True, decode=verify_images
+                    )
         out[key] = items
     return out
-
-
-def _exists(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"file {str(path)!r} listed in the datalist does not exist.")
 
 
 # ---------------------------------------------------------------------- stage weights
@@ -149,6 +124,16 @@ def save_stage(path: str | os.PathLike, **modules: nn.Module) -> Path:
     path = save_checkpoint_atomic(state, path)
     logger.info(f"saved {', '.join(modules)} -> {path}")
     return path
+
+
+def _load_state(module: nn.Module, state: Mapping[str, Any], name: str, path: str | os.PathLike) -> None:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{name} in {str(path)!r} does not fit the configured network (was it trained with other settings, "
+            f"e.g. another resolution or channel count?): {str(err).splitlines()[0]}"
+        ) from err
 
 
 def load_stage(path: str | os.PathLike, produced_by: str = "the previous step", **modules: nn.Module) -> None:
@@ -163,13 +148,7 @@ def load_stage(path: str | os.PathLike, produced_by: str = "the previous step", 
     for name, module in modules.items():
         if name not in state:
             raise CheckpointError(f"{str(path)!r} holds {sorted(state)}, not {name!r}.")
-        try:
-            module.load_state_dict(state[name])
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{name} in {str(path)!r} does not fit the configured network (was it trained with other settings, "
-                f"e.g. another resolution or channel count?): {str(err).splitlines()[0]}"
-            ) from err
+        _load_state(module, state[name], name, path)
 
 
 # ---------------------------------------------------------------------- data
@@ -314,3 +293,24 @@ def require_file(path: str | os.PathLike, produced_by: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: run {produced_by} first (same settings).")
     return path
+
+
+def check_model_file(path: str | os.PathLike, produced_by: str) -> Path:
+    """``path`` if it exists and loads with ``weights_only=True`` (tensors and plain data only, so a file that would
+    run code is refused before anything else reads it); a FileNotFoundError naming ``produced_by`` or a
+    :class:`CheckpointError` naming the file otherwise."""
+    path = require_file(path, produced_by)
+    load_checkpoint(path)
+    return path
+
+
+def load_model_file(network: nn.Module, path: str | os.PathLike, produced_by: str) -> nn.Module:
+    """Load the state dict in ``path`` (``weights_only=True``) into ``network`` strictly; returns ``network``.
+
+    Raises:
+        FileNotFoundError: ``path`` is missing (the message names ``produced_by``).
+        CheckpointError: the file is unreadable, refused for safety, or does not fit ``network``.
+    """
+    path = require_file(path, produced_by)
+    _load_state(network, load_checkpoint(path), "the model", path)
+    return network

@@ -95,9 +95,21 @@ class HQAnoGANDetector(nn.Module):
         return model_fingerprint(*nets)
 
     def check_input(self, image: torch.Tensor) -> None:
-        """Raise a ValueError naming the problem unless ``image`` is [B, C, R, R] with finite values."""
+        """Raise a ValueError naming the problem unless ``image`` is a floating-point [B, C, R, R] tensor with
+        finite values."""
         check_image_batch(image, self.img_channels, self.resolution, "HQAnoGANDetector")
+        if not image.is_floating_point():
+            raise ValueError(
+                f"HQAnoGANDetector expects floating-point images in [-1, 1], got {image.dtype}: scale them first, e.g. "
+                f"with monai_hqanogan.transforms.gan_image_transforms({self.resolution})."
+            )
         ensure_finite(image, "input", advice="fix or drop them before scoring.")
+
+    def prepare_input(self, image: torch.Tensor) -> torch.Tensor:
+        """:meth:`check_input`, then ``image`` on the networks' device and in their dtype (float32 by default)."""
+        self.check_input(image)
+        weight = next(self.generator.parameters())
+        return image.to(device=weight.device, dtype=weight.dtype)
 
     def _refine(self, image: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
         """``refine_steps`` Adam steps on W+ minimising the pixel L2 to ``image`` (plus the feature loss if any)."""
@@ -147,7 +159,7 @@ class HQAnoGANDetector(nn.Module):
     def score_components(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every raw score of :data:`SCORE_NAMES` per image, plus ``ws``, ``reconstruction``, ``anomaly_map`` and
         ``foreground``."""
-        self.check_input(image)
+        image = self.prepare_input(image)
         ws, rec = self.reconstruct(image)
         fg = self.foreground(image)
         error = (image - rec).abs().mean(dim=1, keepdim=True)
@@ -172,6 +184,7 @@ class HQAnoGANDetector(nn.Module):
         constant images, whose scores mean little), ``components`` (the raw scores) and the thresholds."""
         if not bool(self.calibration.calibrated):
             raise RuntimeError("the detector is not calibrated: call calibrate(...) or load a calibration file first.")
+        image = self.prepare_input(image)
         comps = self.score_components(image)
         raw = {k: comps[k] for k in SCORE_NAMES}
         score = self.calibration.combine(raw)

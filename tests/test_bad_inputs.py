@@ -1,0 +1,675 @@
+"""Bad input at every entry point users hit: ``python -m monai_hqanogan.data.prepare folder``, ``check_datalist``,
+``HQAnoGANDetector.detect``, ``SliceAnomalyInferer``, the trainers and the bundle configs.
+
+Each case gets a clear error (the exception type and message are asserted; never a traceback from inside torch) or
+the documented handling (skipped with a warning, ignored, set to the minimum, scored), and a failing run leaves the
+output of an earlier run byte-identical. Each passing case records its kind (``record_property``); the kinds are
+counted in the terminal summary (see ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import math
+import re
+import resource
+import shutil
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from monai_hqanogan.data import make_ellipse_images
+from monai_hqanogan.data.prepare import main as prepare_main
+from monai_hqanogan.engines import EncoderTrainer, StyleGAN2Trainer, stylegan2_adam
+from monai_hqanogan.handlers import TrainingCheckpointHandler
+from monai_hqanogan.networks.nets import PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
+from monai_hqanogan.utils import list_checkpoints, load_checkpoint
+from monai_hqanogan.workflows import (
+    SliceAnomalyInferer,
+    check_datalist,
+    check_settings,
+    export_detector,
+    list_inference_inputs,
+)
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def grey(seed: int = 0, height: int = 24, width: int = 20) -> np.ndarray:
+    """A uint8 [H, W] ellipse image."""
+    image = make_ellipse_images(1, max(height, width), seed=seed)[0, 0, :height, :width].numpy()
+    return ((image + 1) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+def encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def nifti_bytes(array: np.ndarray, path: Path) -> bytes:
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(path))
+    return path.read_bytes()
+
+
+def bomb_png(side: int = 40000) -> bytes:
+    """A valid PNG header claiming ``side`` x ``side`` pixels (1.6 GB decoded) with almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def chain(err: BaseException) -> list[BaseException]:
+    out = []
+    while err is not None and len(out) < 20:
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def assert_clear(err: BaseException, kind: type, pattern: str) -> None:
+    """``err`` or one of its causes (MONAI's bundle runner wraps errors) is a ``kind`` matching ``pattern``."""
+    found = [e for e in chain(err) if isinstance(e, kind) and re.search(pattern, str(e), re.S)]
+    assert found, f"no {kind.__name__} matching {pattern!r} in {[f'{type(e).__name__}: {e}' for e in chain(err)]}"
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("normal")
+    for i in range(8):
+        Image.fromarray(grey(i)).save(folder / f"n{i}.png")
+    return folder
+
+
+def with_extra(good_folder: Path, tmp_path: Path, files: dict[str, bytes]) -> Path:
+    folder = tmp_path / "normal"
+    shutil.copytree(good_folder, folder)
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def prepare(folder: Path, out: Path, *extra: str) -> int:
+    return prepare_main(
+        ["folder", "--normal", str(folder), "--output", str(out), "--max-size", "32", "--no-progress", *extra]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- prepare CLI
+def _cut_volume(tmp: Path) -> bytes:
+    data = nifti_bytes(np.random.rand(24, 20, 6) * 100, tmp / "v.nii.gz")
+    return data[: len(data) // 2]  # the header is intact, the data end too early
+
+
+SKIPPED = {  # kind: (file name, its content, the recorded reason)
+    "zero_byte_file": ("empty.png", lambda tmp: b"", "cannot identify|empty|truncated"),
+    "truncated_png": ("cut.png", lambda tmp: encoded(grey(), "PNG")[:-60], "runcated"),
+    "truncated_jpeg": ("cut.jpg", lambda tmp: encoded(grey(), "JPEG")[:200], "runcated"),
+    "truncated_nifti": ("cut.nii.gz", _cut_volume, "truncated or corrupt"),
+    "huge_image": ("huge.png", lambda tmp: bomb_png(), "exceeds limit|decompression bomb|DecompressionBomb"),
+    "constant_image": ("flat.png", lambda tmp: encoded(np.full((24, 20), 90, np.uint8), "PNG"), "constant image"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SKIPPED))
+def test_prepare_skips_an_unusable_file_with_a_warning(kind, good_folder, tmp_path, record_property):
+    name, make, reason = SKIPPED[kind]
+    folder = with_extra(good_folder, tmp_path, {name: make(tmp_path)})
+    rss = maxrss_mb()
+    with pytest.warns(UserWarning, match=f"skipped 1 unusable file.*normal/{name}"):
+        assert prepare(folder, tmp_path / "out") == 0
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    (skipped,) = datalist["info"]["skipped"]
+    assert skipped["file"] == f"normal/{name}"
+    assert re.search(reason, skipped["reason"]), skipped["reason"]
+    sources = {i["source"] for k in ("training", "validation", "test") for i in datalist[k]}
+    assert sources == {f"n{i}.png" for i in range(8)}
+    if kind == "huge_image":  # refused from its header: the 1.6 GB image was never decoded
+        assert maxrss_mb() - rss < 400
+    record_property("bad_input_kind", SAME_KIND.get(kind, kind))
+
+
+def test_prepare_ignores_files_that_are_not_images(good_folder, tmp_path, record_property):
+    junk = {"notes.txt": b"scan notes", "table.csv": b"a,b\n1,2\n", ".DS_Store": b"\0\1", "Thumbs.db": b"\0" * 64}
+    folder = with_extra(good_folder, tmp_path, {**junk, "README": b"no suffix", "sub/scan.json": b"{}"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a warning: these are simply not images
+        assert prepare(folder, tmp_path / "out") == 0
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    sources = {i["source"] for k in ("training", "validation", "test") for i in datalist[k]}
+    assert sources == {f"n{i}.png" for i in range(8)} and datalist["info"]["skipped"] == []
+    record_property("bad_input_kind", "non_image_files")
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+def test_prepare_sets_nan_and_inf_to_the_minimum_with_a_warning(kind, good_folder, tmp_path, record_property):
+    image = grey(20).astype(np.float32)
+    image[3:5, 4:6] = float(kind)
+    folder = with_extra(good_folder, tmp_path, {"odd.nii.gz": nifti_bytes(image, tmp_path / "odd.nii.gz")})
+    with pytest.warns(UserWarning, match="odd.nii.gz: 4 NaN or inf pixel"):
+        assert prepare(folder, tmp_path / "out") == 0
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    (item,) = [i for k in ("training", "validation", "test") for i in datalist[k] if i["source"] == "odd.nii.gz"]
+    stored = np.asarray(Image.open(tmp_path / "out" / item["image"]))
+    assert stored.max() - stored.min() > 100  # the image kept its contrast (NaN would have zeroed it)
+    record_property("bad_input_kind", kind)
+
+
+@pytest.fixture(scope="module")
+def earlier_output(good_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    assert prepare(good_folder, out) == 0
+    return out
+
+
+REFUSED_FOLDERS = {
+    "wrong_dimensions": ({"line.png": encoded(np.full((1, 30), 90, np.uint8), "PNG")}, "line.png: expected a 2D image"),
+    "dicom_without_pydicom": ({"series/1.dcm": b"DICM" * 10}, "pip install pydicom"),
+    "empty_folder": (None, "holds no PNG, JPEG, NIfTI"),
+}
+
+
+@pytest.mark.parametrize("kind", list(REFUSED_FOLDERS))
+def test_prepare_refuses_with_a_clear_error_and_keeps_the_earlier_output(
+    kind, good_folder, earlier_output, tmp_path, capsys, monkeypatch, record_property
+):
+    files, message = REFUSED_FOLDERS[kind]
+    if files is None:
+        folder = tmp_path / "normal"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no images here")
+    else:
+        folder = with_extra(good_folder, tmp_path, files)
+    real_find_spec = importlib.util.find_spec  # the error must not depend on whether pydicom happens to be installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "pydicom" else real_find_spec(n, *a))
+    before = snapshot(earlier_output)
+    capsys.readouterr()
+    assert prepare(folder, earlier_output, "--overwrite") == 1  # it would replace the earlier output on success
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert snapshot(earlier_output) == before
+    record_property("bad_input_kind", kind)
+
+
+def test_paths_with_spaces_and_non_ascii_characters(good_folder, tmp_path, record_property):
+    folder = tmp_path / "Ärztin scans" / "脑 MRT 1"
+    folder.mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(grey(i)).save(folder / f"scan ü {i}.png")
+    out = tmp_path / "out put é"
+    assert prepare(folder, out) == 0
+    items = check_datalist(out / "datalist.json", ["training", "validation", "test"])  # every file decodes
+    assert {Path(i["image"]).suffix for k in items for i in items[k]} == {".png"}
+    sources = json.loads((out / "datalist.json").read_text(encoding="utf-8"))["training"]
+    assert all(s["source"].startswith("scan ü ") for s in sources)
+    assert len(list_inference_inputs(folder)) == 8
+    record_property("bad_input_kind", "non_ascii_paths_with_spaces")
+
+
+# ---------------------------------------------------------------------------------------------------- datalists
+def _images(root: Path) -> None:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grey(1)).save(root / "images" / "good.png")
+
+
+def _listing(root: Path, *names: str) -> Path:
+    path = root / "datalist.json"
+    path.write_text(json.dumps({"training": [{"image": "images/good.png"}] + [{"image": n} for n in names]}))
+    return path
+
+
+def _file(root: Path, name: str, data: bytes) -> Path:
+    (root / name).write_bytes(data)
+    return _listing(root, name)
+
+
+def _nan_nifti(root: Path) -> Path:
+    image = grey(2).astype(np.float32)
+    image[0, 0] = np.nan
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "nan.nii.gz"))
+    return _listing(root, "nan.nii.gz")
+
+
+def _cut_nifti(root: Path) -> Path:
+    data = nifti_bytes(grey(3)[..., None], root / "cut.nii.gz")
+    return _file(root, "cut.nii.gz", data[: len(data) // 2])
+
+
+def _volume(root: Path) -> Path:
+    nib.save(nib.Nifti1Image(np.random.rand(24, 20, 5).astype(np.float32), np.eye(4)), str(root / "vol.nii.gz"))
+    return _listing(root, "vol.nii.gz")
+
+
+def _text(root: Path, text: str) -> Path:
+    (root / "datalist.json").write_text(text)
+    return root / "datalist.json"
+
+
+def _raw(root: Path, data: bytes) -> Path:
+    (root / "datalist.json").write_bytes(data)
+    return root / "datalist.json"
+
+
+TRUNCATED = "cannot be read: it is truncated"
+#: variants counted as one kind
+SAME_KIND = {
+    "datalist_not_utf8": "datalist_not_json",
+    "datalist_item_not_object": "datalist_wrong_structure",
+    "datalist_image_not_a_path": "datalist_wrong_structure",
+    "settings_not_a_dict": "override_wrong_type",
+    "partial_settings_override": "override_wrong_type",
+}
+DATALISTS = {  # kind: (make the datalist in the folder, the error, its message)
+    "datalist_not_json": (lambda r: _raw(r, b"{training: [images/good.png"), ValueError, "is not valid JSON"),
+    "datalist_not_utf8": (lambda r: _raw(r, b"\xff\xfe\x00{"), ValueError, "not UTF-8"),
+    "datalist_wrong_structure": (lambda r: _raw(r, b'[{"image": "a.png"}]'), ValueError, "holds a JSON list"),
+    "datalist_item_not_object": (lambda r: _raw(r, b'{"training": ["a.png"]}'), ValueError, "expected an object"),
+    "datalist_image_not_a_path": (lambda r: _raw(r, b'{"training": [{"image": 5}]}'), ValueError, "a file path"),
+    "missing_file": (lambda r: _listing(r, "images/gone.png"), FileNotFoundError, "gone.png' does not exist"),
+    "zero_byte_file": (lambda r: _file(r, "empty.png", b""), ValueError, r"empty.png' is empty \(0 bytes\)"),
+    "truncated_png": (lambda r: _file(r, "cut.png", encoded(grey(), "PNG")[:-60]), ValueError, TRUNCATED),
+    "truncated_jpeg": (lambda r: _file(r, "cut.jpg", encoded(grey(), "JPEG")[:300]), ValueError, TRUNCATED),
+    "truncated_nifti": (_cut_nifti, ValueError, "cut.nii.gz' is truncated"),
+    "mixed_2d_3d": (_volume, ValueError, r"vol.nii.gz' is a 3D volume \(shape \(24, 20, 5\)\)"),
+    "non_image_files": (lambda r: _file(r, "notes.txt", b"hello"), ValueError, "notes.txt' is not an image file"),
+    "nan": (_nan_nifti, ValueError, "nan.nii.gz' holds 1 NaN or inf pixels"),
+    "dicom_without_pydicom": (lambda r: _file(r, "x.dcm", b"DICM"), ImportError, "pip install pydicom"),
+    "huge_image": (lambda r: _file(r, "huge.png", bomb_png()), ValueError, "huge.png' is too large to load safely"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DATALISTS))
+def test_check_datalist_names_the_problem(kind, tmp_path, monkeypatch, record_property):
+    make, error, message = DATALISTS[kind]
+    _images(tmp_path)
+    datalist = make(tmp_path)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "pydicom" else real_find_spec(n, *a))
+    rss = maxrss_mb()
+    with pytest.raises(error, match=message):
+        check_datalist(datalist, ["training"])
+    assert maxrss_mb() - rss < 400
+    record_property("bad_input_kind", SAME_KIND.get(kind, kind))
+
+
+# ---------------------------------------------------------------------------------------------------- detector, inferer
+@pytest.fixture(scope="module")
+def detector():
+    """A calibrated detector built from the bundle's inference config with the tiny settings."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
+    torch.manual_seed(0)
+    det = parser.get_parsed_content("network_def")
+    with torch.no_grad():  # make the untrained encoder's codes depend on the image
+        for head in det.encoder.heads:
+            head.linear.weight.normal_()
+    normal = make_ellipse_images(16, 16, seed=1)
+    det.calibrate(normal[:8], normal[8:])
+    return det.eval()
+
+
+def _with(value: float, index: int, shape=(2, 1, 16, 16)) -> torch.Tensor:
+    x = torch.rand(*shape)
+    x.view(-1)[index * (x.numel() // shape[0]) + 5] = value
+    return x
+
+
+NON_FINITE = "of the batch contain NaN or inf"
+BAD_BATCHES = {  # kind: (the batch, the message)
+    "wrong_dimensions": (lambda: torch.rand(1, 16, 16), r"expects images of shape \[batch, 1, 16, 16\]"),
+    "wrong_dimensions_5d": (lambda: torch.rand(1, 1, 16, 16, 4), "expects images of shape"),
+    "wrong_channels": (lambda: torch.rand(2, 3, 16, 16), r"got \(2, 3, 16, 16\)"),
+    "wrong_size": (lambda: torch.rand(2, 1, 32, 32), r"got \(2, 1, 32, 32\)"),
+    "nan": (lambda: _with(float("nan"), 1), r"images \[1\] " + NON_FINITE),
+    "inf": (lambda: _with(float("inf"), 0), r"images \[0\] " + NON_FINITE),
+    "integer_dtype": (lambda: torch.zeros(2, 1, 16, 16, dtype=torch.uint8), r"floating-point.*got torch.uint8"),
+    "non_tensor_input": (lambda: np.zeros((2, 1, 16, 16), np.float32), "got ndarray"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_BATCHES))
+def test_detect_names_the_problem(detector, kind, record_property):
+    make, message = BAD_BATCHES[kind]
+    with pytest.raises(ValueError, match=message):
+        detector.detect(make())
+    record_property("bad_input_kind", kind.replace("_5d", ""))
+
+
+def test_detect_marks_constant_images_invalid_and_accepts_other_float_types(detector, record_property):
+    """Documented handling: a constant image is scored but flagged ``valid=False``; float64 or float16 input is cast."""
+    images = torch.stack([torch.full((1, 16, 16), -1.0), make_ellipse_images(1, 16, seed=5)[0]])
+    record = detector.detect(images)
+    assert record["valid"].tolist() == [False, True] and torch.isfinite(record["pred_score"]).all()
+    for dtype in (torch.float64, torch.float16):
+        assert torch.isfinite(detector.detect(images.to(dtype))["pred_score"]).all()
+    record_property("bad_input_kind", "constant_image")
+
+
+INFERER_ERRORS = {  # kind: (the input batch, inferer options, the message)
+    "wrong_dimensions": (lambda: torch.rand(1, 20, 24), {}, "expected a batch of 2D images"),
+    "nan": (lambda: _with(float("nan"), 0, (1, 1, 20, 24, 3)), {}, "contain NaN or inf"),
+    "inf": (lambda: _with(float("-inf"), 0, (1, 1, 20, 24)), {}, "contain NaN or inf"),
+    "constant_image": (lambda: torch.full((1, 1, 20, 24), 7.0), {}, "is constant: there is nothing to score"),
+    "empty_volume": (lambda: torch.rand(1, 1, 20, 24, 0), {}, "has no 2D slice to score"),
+    "huge_image": (lambda: torch.rand(1, 1, 40, 40), {"max_slice_pixels": 1000}, "more than 1000 pixels: too large"),
+}
+
+
+@pytest.mark.parametrize("kind", list(INFERER_ERRORS))
+def test_slice_inferer_names_the_problem(detector, kind, record_property):
+    make, options, message = INFERER_ERRORS[kind]
+    with pytest.raises(ValueError, match=message):
+        SliceAnomalyInferer(resolution=16, **options)(make(), detector)
+    record_property("bad_input_kind", kind)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    height=st.integers(2, 64),
+    width=st.integers(2, 64),
+    depth=st.one_of(st.none(), st.integers(1, 4)),
+    scale=st.floats(1e-3, 1e4),
+    integer=st.booleans(),
+)
+def test_slice_inferer_maps_any_2d_or_3d_shape_back_onto_its_grid(
+    detector, height, width, depth, scale, integer, record_property
+):
+    """Documented handling: any 2D image or 3D volume (both may be in one datalist), non-square, at any intensity
+    scale or integer type, is scored slice by slice and its map comes back on the input's own grid."""
+    shape = (1, 1, height, width) + (() if depth is None else (depth,))
+    image = torch.rand(*shape) * scale
+    image[:, :, 0, 0], image[:, :, -1, -1] = 0.0, scale  # no constant slice
+    if integer:
+        image = (image * max(1.0, 10 / scale)).round().to(torch.int32)
+    out = SliceAnomalyInferer(resolution=16)(image, detector)
+    assert out["pred"].shape == image.shape and torch.isfinite(out["pred"]).all()
+    assert torch.isfinite(out["pred_score"]).all() and out["slice_scores"].shape == (1, depth or 1)
+    record_property("bad_input_kind", "non_square_image")
+
+
+# ---------------------------------------------------------------------------------------------------- trainers
+def _generator_trainer(data: torch.Tensor, **kwargs) -> StyleGAN2Trainer:
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(resolution=8, z_dim=8, w_dim=8, mapping_layers=1, channel_base=32, channel_max=8)
+    d = StyleGAN2Discriminator(resolution=8, channel_base=32, channel_max=8)
+    loader = DataLoader(TensorDataset(data), batch_size=4)
+    opts = (stylegan2_adam(g.parameters()), stylegan2_adam(d.parameters()))
+    return StyleGAN2Trainer("cpu", kwargs.pop("max_epochs", 2), loader, g, d, *opts, **kwargs)
+
+
+def _encoder_trainer(data: torch.Tensor, **kwargs) -> EncoderTrainer:
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(resolution=8, z_dim=8, w_dim=8, mapping_layers=1, channel_base=32, channel_max=8)
+    e = PSPEncoder(resolution=8, w_dim=8, num_ws=g.num_ws, base_channels=8, max_channels=8)
+    loader = DataLoader(TensorDataset(data), batch_size=4)
+    opt = torch.optim.Adam(e.parameters(), lr=1e-3)
+    return EncoderTrainer("cpu", kwargs.pop("max_epochs", 2), loader, e, g, opt, feature_weight=0.0, **kwargs)
+
+
+TRAINERS = {"generator": _generator_trainer, "encoder": _encoder_trainer}
+
+
+@pytest.fixture(scope="module")
+def earlier_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """One epoch of each trainer on good data: the earlier run whose checkpoints a bad run must not touch."""
+    out = {}
+    for name, make in TRAINERS.items():
+        folder = tmp_path_factory.mktemp(f"{name}_checkpoints")
+        trainer = make(make_ellipse_images(8, 8, seed=1), max_epochs=1)
+        TrainingCheckpointHandler(save_dir=folder).attach(trainer)
+        trainer.run()
+        out[name] = folder
+    return out
+
+
+def _bad(kind: str) -> torch.Tensor:
+    data = make_ellipse_images(8, 8, seed=2)
+    if kind == "nan":
+        data[1, 0, 3, 3] = float("nan")
+    elif kind == "inf":
+        data[2, 0, 1, 1] = float("-inf")
+    elif kind == "wrong_dimensions":
+        data = data[..., None].expand(-1, -1, -1, -1, 3).contiguous()
+    elif kind == "wrong_channels":
+        data = data.repeat(1, 3, 1, 1)
+    elif kind == "wrong_size":
+        data = make_ellipse_images(8, 16, seed=2)
+    elif kind == "integer_dtype":
+        data = ((data + 1) * 127.5).to(torch.uint8)
+    return data
+
+
+TRAINER_ERRORS = {
+    "nan": "images \\[1\\] of the batch contain NaN or inf; refusing to train",
+    "inf": "images \\[2\\] of the batch contain NaN or inf; refusing to train",
+    "wrong_dimensions": r"expects images of shape \[batch, 1, 8, 8\].*got \(4, 1, 8, 8, 3\)",
+    "wrong_channels": r"got \(4, 3, 8, 8\)",
+    "wrong_size": r"got \(4, 1, 16, 16\)",
+    "integer_dtype": "floating-point images in \\[-1, 1\\], got torch.uint8",
+}
+
+
+@pytest.mark.parametrize("kind", list(TRAINER_ERRORS))
+@pytest.mark.parametrize("trainer", list(TRAINERS))
+def test_trainers_refuse_bad_batches_and_keep_the_earlier_checkpoints(
+    trainer, kind, earlier_checkpoints, record_property
+):
+    folder = earlier_checkpoints[trainer]
+    before = snapshot(folder)
+    engine = TRAINERS[trainer](_bad(kind))
+    TrainingCheckpointHandler(save_dir=folder).attach(engine)  # resumes from the earlier run, then meets the batch
+    with pytest.raises(ValueError, match=TRAINER_ERRORS[kind]):
+        engine.run()
+    assert engine.state.iteration == 3  # the first iteration after the resumed two: it stopped at the bad batch
+    trained = engine.generator if trainer == "generator" else engine.encoder
+    saved = load_checkpoint(list_checkpoints(folder)[-1][1])[trainer]
+    assert all(torch.equal(t, saved[k]) for k, t in trained.state_dict().items())  # no step on the bad batch
+    assert snapshot(folder) == before
+    record_property("bad_input_kind", kind)
+
+
+@pytest.mark.parametrize("trainer", list(TRAINERS))
+def test_trainers_refuse_an_empty_dataset_and_a_wrong_total_kimg(trainer, record_property):
+    with pytest.raises(ValueError, match="the training dataset is empty"):
+        TRAINERS[trainer](torch.zeros(0, 1, 8, 8))
+    for bad in ("abc", -1, float("nan"), True):
+        with pytest.raises(ValueError, match="total_kimg must be positive"):
+            TRAINERS[trainer](make_ellipse_images(8, 8), total_kimg=bad)
+    record_property("bad_input_kind", "empty_dataset")
+    record_property("bad_input_kind", "override_wrong_type")
+
+
+# ---------------------------------------------------------------------------------------------------- bundle configs
+@pytest.fixture(scope="module")
+def bundle_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bundle_data")
+    make_tiny_dataset(root)
+    return root
+
+
+def _earlier_run(root: Path) -> Path:
+    """A run folder of an earlier run: a checkpoint, stage files, a report."""
+    runs = root / "runs"
+    (runs / "generator" / "checkpoints").mkdir(parents=True)
+    torch.save({"trainer": {"iteration": 4}}, runs / "generator" / "checkpoints" / "checkpoint_iteration=4.pt")
+    torch.save({"generator": {}}, runs / "generator.pt")
+    (runs / "evaluation").mkdir()
+    (runs / "evaluation" / "report.md").write_text("# earlier report\n")
+    return runs
+
+
+def _workflow(config: str, **overrides) -> ConfigWorkflow:
+    kind = "train" if config.startswith("train") else "infer"
+    return ConfigWorkflow(
+        config_file=str(BUNDLE / "configs" / config), workflow_type=kind, bundle_root=str(BUNDLE), **overrides
+    )
+
+
+POWER_OF_TWO = "resolution must be a power of two between 8 and 1024, got "
+BUNDLE_ERRORS = {  # kind: [(overrides, the message)]
+    "override_wrong_type": [
+        ({"settings": {**TINY_SETTINGS, "resolution": "16"}}, POWER_OF_TWO + "'16'"),
+        ({"settings": {**TINY_SETTINGS, "amp": "yes"}}, "amp must be true or false, got 'yes'"),
+        ({"settings": {**TINY_SETTINGS, "generator_lr": "fast"}}, "generator_lr must be a positive number, got 'fast'"),
+        ({"batch_size": "four"}, "batch_size must be a positive integer, got 'four'"),
+        ({"resolution": 12}, POWER_OF_TWO + "12"),
+        ({"total_kimg": "abc"}, "total_kimg must be a positive number, got 'abc'"),
+        ({"seed": "zero"}, "seed must be an integer >= 0, got 'zero'"),
+    ],
+    "partial_settings_override": [({"settings": {"resolution": 16}}, r"settings lack \['z_dim'")],
+    "settings_not_a_dict": [({"settings": "tiny"}, "settings must be a dict")],
+    "unknown_setting": [({"setting": "huge", "settings": None}, r"unknown setting 'huge'.*has \['demo', 'full'\]")],
+}
+
+
+@pytest.mark.parametrize(
+    "kind, case", [(k, i) for k, cases in BUNDLE_ERRORS.items() for i in range(len(cases))], ids=lambda v: str(v)
+)
+def test_bundle_overrides_of_the_wrong_type_fail_before_any_work(kind, case, bundle_data, tmp_path, record_property):
+    override, message = BUNDLE_ERRORS[kind][case]
+    runs = _earlier_run(tmp_path)
+    before = snapshot(runs)
+    overrides = {**tiny_overrides(bundle_data, runs), **override}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    logging.disable(logging.WARNING)
+    try:
+        with pytest.raises(Exception) as info:
+            w = _workflow("train_generator.json", **overrides)
+            w.initialize()
+            w.run()
+    finally:
+        logging.disable(logging.NOTSET)
+    assert_clear(info.value, ValueError, message)
+    assert snapshot(runs) == before
+    record_property("bad_input_kind", SAME_KIND.get(kind, kind))
+
+
+def test_check_settings_accepts_the_shipped_settings_and_json_booleans():
+    shipped = json.loads((BUNDLE / "configs" / "settings.json").read_text())
+    for name in shipped:
+        assert check_settings(shipped[name])["resolution"] in (32, 128)
+    # what --settings '{"amp": false, ...}' becomes through MONAI's command line
+    assert check_settings({**TINY_SETTINGS, "amp": "false"})
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [("datalist_not_json", "datalist.json' is not valid JSON"), ("mixed_2d_3d", "is a 3D volume")],
+)
+def test_bundle_training_refuses_a_bad_datalist_and_keeps_the_earlier_run(
+    kind, message, bundle_data, tmp_path, record_property
+):
+    data = tmp_path / "data"
+    shutil.copytree(bundle_data, data)
+    if kind == "datalist_not_json":
+        (data / "datalist.json").write_text("not json at all")
+    else:
+        nib.save(nib.Nifti1Image(np.random.rand(24, 20, 4).astype(np.float32), np.eye(4)), str(data / "vol.nii.gz"))
+        datalist = json.loads((data / "datalist.json").read_text())
+        datalist["training"].append({"image": "vol.nii.gz", "label": 0})
+        (data / "datalist.json").write_text(json.dumps(datalist))
+    runs = _earlier_run(tmp_path)
+    before = snapshot(runs)
+    with pytest.raises(Exception) as info:
+        w = _workflow("train_generator.json", **tiny_overrides(data, runs))
+        w.initialize()
+        w.run()
+    assert_clear(info.value, ValueError, message)
+    assert snapshot(runs) == before
+    record_property("bad_input_kind", kind)
+
+
+@pytest.fixture(scope="module")
+def bundle_model(detector, bundle_data, tmp_path_factory) -> Path:
+    """A run folder whose ``models/model.pt`` is the tiny calibrated detector, as calibrate.json writes it."""
+    runs = tmp_path_factory.mktemp("bundle_runs")
+    export_detector(detector, runs / "models" / "model.pt")
+    return runs
+
+
+def _inference(bundle_data: Path, runs: Path, source: Path, out: Path) -> None:
+    logging.disable(logging.WARNING)
+    try:
+        w = _workflow("inference.json", **tiny_overrides(bundle_data, runs), input=str(source), output_dir=str(out))
+        w.initialize()
+        w.run()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("kind", ["nan", "datalist_not_json", "truncated_nifti"])
+def test_bundle_inference_refuses_bad_input_and_keeps_the_earlier_output(
+    kind, bundle_data, bundle_model, tmp_path, record_property
+):
+    out = tmp_path / "inference"
+    out.mkdir()
+    (out / "scores.json").write_text('{"images": 3}')
+    (out / "scores.csv").write_text("image,score\n")
+    before = snapshot(out)
+    if kind == "nan":
+        volume = np.random.rand(20, 24, 3).astype(np.float32)
+        volume[2, 2, 1] = np.nan
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "nan volume é.nii.gz"))
+        source, message = tmp_path / "nan volume é.nii.gz", "nan volume é.nii.gz'.*contain NaN or inf"
+    elif kind == "datalist_not_json":
+        source, message = tmp_path / "list.json", "list.json' is not valid JSON"
+        source.write_text("[oops")
+    else:
+        data = nifti_bytes(np.random.rand(20, 24, 3), tmp_path / "v.nii.gz")
+        source, message = tmp_path / "cut.nii.gz", "cut.nii.gz' is truncated"
+        source.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception) as info:
+        _inference(bundle_data, bundle_model, source, out)
+    assert_clear(info.value, ValueError, message)
+    assert snapshot(out) == before
+    record_property("bad_input_kind", kind)
+
+
+def test_bundle_inference_scores_2d_images_and_3d_volumes_of_one_datalist(
+    bundle_data, bundle_model, tmp_path, record_property
+):
+    """Documented handling of a datalist that mixes 2D images and 3D volumes: each is scored in its own geometry."""
+    volume = np.zeros((20, 24, 3), dtype=np.float32)
+    volume[4:16, 6:18, :] = 50.0 + np.random.rand(12, 12, 3).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "vol.nii.gz"))
+    shutil.copy(bundle_data / "images" / "normal_20.png", tmp_path / "slice.png")
+    datalist = tmp_path / "mixed.json"
+    datalist.write_text(json.dumps({"test": [{"image": "slice.png"}, {"image": "vol.nii.gz"}]}))
+    _inference(bundle_data, bundle_model, datalist, tmp_path / "out")
+    rows = {Path(r["image"]).name: r for r in json.loads((tmp_path / "out" / "scores.json").read_text())["rows"]}
+    assert set(rows) == {"slice.png", "vol.nii.gz"} and all(math.isfinite(r["score"]) for r in rows.values())
+    assert len(rows["vol.nii.gz"]["slice_scores"]) == 3 and rows["slice.png"]["slice_scores"] is None
+    assert nib.load(str(tmp_path / "out" / "vol_anomaly_map.nii.gz")).shape[:3] == (20, 24, 3)
+    record_property("bad_input_kind", "mixed_2d_3d")
