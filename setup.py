@@ -33,8 +33,21 @@ setup(
         "fire",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "scikit-learn"],
-        "dev": ["pytest>=7", "pytest-xdist", "ruff", "scikit-learn"],
+        "test": ["pytest>=7", "pytest-xdist", "scikit-learn", "hypothesis"],
+        "dev": [
+            "pytest>=7",
+            "pytest-xdist",
+            "ruff",
+            "scikit-learn",
+            "hypothesis",
+            # the tutorials (tutorials/NN_*.py, jupytext percent format): tests/test_tutorials.py turns each into a
+            # notebook and executes it in a fresh Jupyter kernel (nbclient + ipykernel) in the small setting, and
+            # tutorials/build_notebooks.py regenerates the committed .ipynb files with their outputs
+            "jupytext",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
