@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from monai_hqanogan.workflows.main_job import STAGES, bundle_command, main, run_main_job
+from monai_hqanogan.workflows.main_job import STAGES, bundle_command, main, merge_timings, run_main_job
 from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset
 
 
@@ -23,7 +23,19 @@ def test_main_job_runs_every_step_and_writes_the_report(tmp_path, capsys):
     assert set(report["metrics"]["test"]) == {"HQ-AnoGAN", "mean intensity", "PCA", "autoencoder"}
     assert (runs / "models" / "model.pt").is_file()
     timings = json.loads((runs / "main_job.json").read_text())
-    assert set(timings["seconds"]) == set(STAGES) | {"total"}
+    assert set(timings["seconds"]) == set(STAGES) | {"total", "last_run"}
+
+
+def test_a_run_of_some_stages_keeps_the_other_steps_times(tmp_path):
+    (tmp_path / "main_job.json").write_text(
+        json.dumps({"setting": "demo", "seconds": {"train_generator": 100.0, "evaluate": 9.0, "total": 109.0}})
+    )
+    merged = merge_timings(tmp_path, "demo", {"evaluate": 7.5, "total": 8.0})
+    assert merged["seconds"] == {"train_generator": 100.0, "evaluate": 7.5, "total": 107.5, "last_run": 8.0}
+    # another setting's file, or an unreadable one, is not merged
+    assert merge_timings(tmp_path, "full", {"evaluate": 7.5, "total": 8.0})["seconds"]["total"] == 7.5
+    (tmp_path / "main_job.json").write_text("{broken")
+    assert merge_timings(tmp_path, "demo", {"evaluate": 7.5, "total": 8.0})["seconds"]["total"] == 7.5
 
 
 def test_bundle_command_names_the_config_and_the_bundle(tmp_path):

@@ -18,7 +18,7 @@ from torch import nn
 
 from monai_hqanogan.evaluation import write_evaluation_report
 from monai_hqanogan.utils.checkpoint import write_text_atomic
-from monai_hqanogan.workflows.stages import _plain, check_datalist, check_writable, load_split
+from monai_hqanogan.workflows.stages import check_datalist, check_writable, json_ready, load_split
 
 __all__ = ["evaluate_detector", "machine_description"]
 
@@ -158,13 +158,13 @@ def evaluate_detector(
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "resolution": resolution,
         "counts": counts,
-        "calibration": _plain(detector.calibration.info),
+        "calibration": json_ready(detector.calibration.info),
         "timings": timings,
         **dict(info or {}),
     }
     full_info["timings"]["evaluation total s"] = round(time.perf_counter() - start, 1)
     paths = write_evaluation_report(
-        output_dir, results, title="HQ-AnoGAN brain MRI evaluation", info=json.loads(json.dumps(_plain(full_info)))
+        output_dir, results, title="HQ-AnoGAN brain MRI evaluation", info=json.loads(json.dumps(json_ready(full_info)))
     )
     if figures:
         markdown = paths["markdown"].read_text()

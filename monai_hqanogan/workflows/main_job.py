@@ -19,10 +19,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from monai_hqanogan.utils.checkpoint import write_text_atomic
 
-__all__ = ["STAGES", "bundle_command", "main", "run_main_job"]
+__all__ = ["STAGES", "bundle_command", "main", "merge_timings", "run_main_job"]
 
 #: the steps of the main job, in order: name -> config file
 STAGES = {
@@ -126,12 +127,30 @@ def run_main_job(
                 "run the same command again: training resumes from its last checkpoint."
             )
     timings["total"] = round(time.perf_counter() - start, 1)
-    write_text_atomic(run_dir / "main_job.json", json.dumps({"setting": setting, "seconds": timings}, indent=1))
+    write_text_atomic(run_dir / "main_job.json", json.dumps(merge_timings(run_dir, setting, timings), indent=1))
     report = run_dir / "evaluation" / "report.md"
     print(f"\n[main job] done in {timings['total'] / 60:.1f} min: {timings}", flush=True)
     if report.is_file():
         print(f"[main job] report: {report}", flush=True)
     return timings
+
+
+def merge_timings(run_dir: Path, setting: str, timings: dict[str, float]) -> dict[str, Any]:
+    """This run's step timings merged into those ``runs/<setting>/main_job.json`` already holds (a run of some
+    ``--stages`` keeps the other steps' times); ``total`` becomes the sum over the steps, ``last_run`` this run's wall
+    time."""
+    steps: dict[str, float] = {}
+    previous = run_dir / "main_job.json"
+    if previous.is_file():
+        try:
+            content = json.loads(previous.read_text())
+        except json.JSONDecodeError:
+            content = {}
+        if isinstance(content, dict) and content.get("setting") == setting and isinstance(content.get("seconds"), dict):
+            steps = {k: v for k, v in content["seconds"].items() if k not in ("total", "last_run")}
+    steps.update({k: v for k, v in timings.items() if k != "total"})
+    seconds = {**steps, "total": round(sum(steps.values()), 1), "last_run": timings["total"]}
+    return {"setting": setting, "seconds": seconds}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ __all__ = [
     "calibrate_detector",
     "export_detector",
     "require_file",
+    "json_ready",
     "check_model_file",
     "load_model_file",
 ]
@@ -264,8 +265,8 @@ def calibrate_detector(
     report["seconds"] = round(time.perf_counter() - start, 1)
     export_detector(detector, model_file)
     if report_file is not None:
-        write_text_atomic(report_file, json.dumps(_plain(report), indent=1))
-    logger.info(f"calibrated: {json.dumps(_plain(report))}")
+        write_text_atomic(report_file, json.dumps(json_ready(report), indent=1))
+    logger.info(f"calibrated: {json.dumps(json_ready(report))}")
     return report
 
 
@@ -276,14 +277,14 @@ def export_detector(detector: nn.Module, model_file: str | os.PathLike) -> Path:
     return path
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-friendly copy: tensors to lists/floats, tuples to lists."""
     if isinstance(value, torch.Tensor):
         return value.tolist() if value.numel() > 1 else float(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
