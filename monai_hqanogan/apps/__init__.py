@@ -1,0 +1,1 @@
+"""Applications built on the toolkit: a MONAI Label app (``monai_hqanogan.apps.monailabel``, needs monailabel)."""
