@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,7 +72,10 @@ def served(tmp_path_factory):
     model = root / "runs" / "models" / "model.pt"
     clean, sick, mask = _volumes(root / "studies")
     port = _free_port()
-    app = Path(__file__).resolve().parents[1] / "monai_hqanogan" / "apps" / "monailabel"
+    # MONAI Label writes logs/, model/, bin/ and lib/ into its app folder: serve a copy of the app's main.py
+    app = root / "app"
+    app.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "monai_hqanogan" / "apps" / "monailabel" / "main.py", app)
     # what the `monailabel` script runs, with this interpreter (the script calls whatever `python` is first on PATH)
     command = [
         sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(root / "studies"),
