@@ -55,6 +55,10 @@ def _volumes(folder: Path) -> tuple[Path, Path, np.ndarray]:
     affine = np.diag([0.9, 0.9, 2.5, 1.0])
     affine[:3, 3] = [-10.0, 5.0, 3.0]
     folder.mkdir(parents=True, exist_ok=True)
+    # a 2D image too: the lesioned middle slice, not square, as an 8-bit PNG (rows x columns = 20 x 14)
+    from PIL import Image
+
+    Image.fromarray(lesioned[:, 3:17, 1].clip(0, 255).astype(np.uint8)).save(folder / "slice2d.png")
     paths = folder / "clean.nii.gz", folder / "lesion.nii.gz"
     for path, volume in zip(paths, (clean, lesioned)):
         nib.save(nib.Nifti1Image(volume, affine), str(path))
@@ -167,3 +171,16 @@ def test_infer_returns_a_label_on_the_input_grid_that_marks_the_lesion(served, t
     assert sick_heat[mask].mean() > clean_heat[mask].mean(), (sick_heat[mask].mean(), clean_heat[mask].mean())
     assert sick[mask].sum() > clean[mask].sum(), (sick[mask].sum(), clean[mask].sum())
     assert result["anomaly_score"] > clean_result["anomaly_score"]
+
+
+def test_infer_on_a_2d_image_returns_a_label_of_its_size(served, tmp_path):
+    from PIL import Image
+
+    request = urllib.request.Request(f"{served['url']}/infer/{MODEL}?image=slice2d&output=image", method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        (tmp_path / "label.png").write_bytes(response.read())
+    label = np.asarray(Image.open(tmp_path / "label.png"))
+    assert label.shape == (SIZE, 14)  # rows x columns of the input PNG
+    assert set(np.unique(label)) <= {0, 1}
+    disc = served["mask"][:, 3:17, 1]
+    assert label[disc].sum() > 0  # the bright disc is marked where it is in the image (not transposed)
