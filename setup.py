@@ -82,6 +82,8 @@ setup(
             "google-auth",
             "itk",
             "psutil",
+            "pyyaml",
+            "einops",
         ],
     },
     classifiers=[
