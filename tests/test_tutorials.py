@@ -26,15 +26,17 @@ SOURCES = build.notebook_sources()
 
 
 def _text(notebook) -> str:
-    """Everything the code cells printed (stdout, stderr and plain-text results)."""
+    """Everything the code cells printed (stdout, stderr and plain-text results). Stream outputs are joined as they
+    are: the kernel may cut one printed line into several stream outputs, and a separator would break it."""
     parts = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             if output.output_type == "stream":
                 parts.append(output.text)
             elif "text/plain" in output.get("data", {}):
-                parts.append(output.data["text/plain"])
-    return "\n".join(parts)
+                parts.append(output.data["text/plain"] + "\n")
+        parts.append("\n")
+    return "".join(parts)
 
 
 def _pictures(notebook) -> int:
