@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from monai_hqanogan.data import TOY_SHAPES, make_ellipse_images, make_toy_lesion_set
+
 # with pytest-xdist each worker takes one core: two intra-op threads per worker would oversubscribe the CPU
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
@@ -17,6 +19,22 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: the image size of the shared toy fixtures below (the baseline tests use it)
+TOY_SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def train_images(single_thread):
+    """256 normal 16 px toy images (ellipses of the toy shapes) to fit the reference baselines on."""
+    return make_ellipse_images(256, TOY_SIZE, seed=10, **TOY_SHAPES)
+
+
+@pytest.fixture(scope="module")
+def toy_set():
+    """(images, labels, masks) at 16 px: 32 normal toy images, then 32 with a lesion."""
+    return make_toy_lesion_set(32, TOY_SIZE, seed=3)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -16,22 +16,11 @@ from monai_hqanogan.baselines import (
     PCABaseline,
     ReferenceBaseline,
 )
-from monai_hqanogan.data import TOY_SHAPES, make_ellipse_images, make_toy_lesion_set
+from monai_hqanogan.data import make_ellipse_images
 from monai_hqanogan.metrics import compute_image_auroc, compute_pixel_auroc
 
-SIZE = 16
+SIZE = 16  # the size of conftest.py's train_images and toy_set
 TINY_AE = {"image_size": SIZE, "levels": 2, "base_channels": 8, "max_channels": 16, "latent_dim": 16}
-
-
-@pytest.fixture(scope="module")
-def train_images(single_thread):
-    return make_ellipse_images(256, SIZE, seed=10, **TOY_SHAPES)
-
-
-@pytest.fixture(scope="module")
-def toy_set():
-    """(images, labels, masks): 32 normal toy images, then 32 with a lesion."""
-    return make_toy_lesion_set(32, SIZE, seed=3)
 
 
 @pytest.fixture(scope="module")

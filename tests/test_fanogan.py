@@ -15,25 +15,13 @@ from monai_hqanogan.baselines.fanogan import (
     FAnoGANGenerator,
     wgan_gradient_penalty,
 )
-from monai_hqanogan.data import TOY_SHAPES, make_ellipse_images, make_toy_lesion_set
 from monai_hqanogan.metrics import compute_image_auroc, compute_pixel_auroc
 
-SIZE = 16
+SIZE = 16  # the size of conftest.py's train_images and toy_set
 TINY = {"image_size": SIZE, "z_dim": 16, "base_channels": 8, "max_channels": 16}
 #: the short fit behind the detection tests: about 4 s on one core (lr raised for so few steps)
 SHORT_FIT = {"gan_iterations": 120, "encoder_iterations": 200, "batch_size": 16, "lr": 1e-3, "encoder_lr": 2e-3}
 QUICK_FIT = {"gan_iterations": 3, "encoder_iterations": 3, "batch_size": 8, "progress": False}
-
-
-@pytest.fixture(scope="module")
-def train_images(single_thread):
-    return make_ellipse_images(256, SIZE, seed=10, **TOY_SHAPES)
-
-
-@pytest.fixture(scope="module")
-def toy_set():
-    """(images, labels, masks): 32 normal toy images, then 32 with a lesion."""
-    return make_toy_lesion_set(32, SIZE, seed=3)
 
 
 @pytest.fixture(scope="module")
