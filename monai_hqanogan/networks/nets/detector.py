@@ -159,7 +159,10 @@ class HQAnoGANDetector(nn.Module):
     def score_components(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every raw score of :data:`SCORE_NAMES` per image, plus ``ws``, ``reconstruction``, ``anomaly_map`` and
         ``foreground``."""
-        image = self.prepare_input(image)
+        return self._components(self.prepare_input(image))
+
+    def _components(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`score_components` of an image batch already through :meth:`prepare_input`."""
         ws, rec = self.reconstruct(image)
         fg = self.foreground(image)
         error = (image - rec).abs().mean(dim=1, keepdim=True)
@@ -185,7 +188,7 @@ class HQAnoGANDetector(nn.Module):
         if not bool(self.calibration.calibrated):
             raise RuntimeError("the detector is not calibrated: call calibrate(...) or load a calibration file first.")
         image = self.prepare_input(image)
-        comps = self.score_components(image)
+        comps = self._components(image)
         raw = {k: comps[k] for k in SCORE_NAMES}
         score = self.calibration.combine(raw)
         return {
