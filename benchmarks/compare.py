@@ -240,7 +240,7 @@ def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "ada
         "generator_kimg": g_kimg, "generator_s": g_s, "encoder_kimg": e_kimg, "encoder_s": e_s,
         "ada_p": float(gan.ada.p),
     }  # fmt: skip
-    return {"detector": det.to(device), "train_s": time.perf_counter() - start, "training": training}
+    return {"detector": det, "train_s": time.perf_counter() - start, "training": training}
 
 
 def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[str, ...]) -> dict[str, Any]:
