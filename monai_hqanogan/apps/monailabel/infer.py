@@ -5,7 +5,8 @@ detector needs the bundle's slice-by-slice inferer (2D images and 3D volumes, th
 slice, the map back on the input grid) and returns two outputs: the label map (``anomaly`` = 1 where the heat map
 reaches the calibrated pixel threshold) for the viewer, and the heat map itself, which this task saves as NIfTI
 next to the studies (``<studies>/anomaly_heatmaps/<image id>.nii.gz``) and names in the result JSON with the image
-score. Weights load with ``weights_only=True`` (MONAI Label's default loader unpickles arbitrary objects).
+score. Weights load through the bundle's ``load_model_file`` (``weights_only=True``; MONAI Label's default
+loader unpickles arbitrary objects).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_hqanogan.utils import load_checkpoint
+from monai_hqanogan.workflows import load_model_file
 
 __all__ = ["HQAnoGANInferTask"]
 
@@ -113,8 +114,7 @@ class HQAnoGANInferTask(BasicInferTask):
         if self._detector is not None and self._detector[1] == str(device) and self._detector[2] == stamp:
             return self._detector[0]
         net = self.parser.get_parsed_content("network_def", instantiate=True)
-        net.load_state_dict(load_checkpoint(path))
-        net = net.to(device).eval()
+        net = load_model_file(net, path, "the bundle's calibrate.json").to(device).eval()
         self._detector = (net, str(device), stamp)
         return net
 
