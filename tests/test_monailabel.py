@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -117,14 +118,13 @@ def served(tmp_path_factory):
         log.close()
 
 
-def _infer(url: str, image: str, out: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """POST /infer/<model>?image=<id>&output=all: the label file and the result JSON (multipart answer)."""
+def _infer(url: str, image: str, out: Path, params: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """POST /infer/<model>?image=<id>&output=all with the request options in the form field ``params`` (where
+    MONAI Label reads them): the label file and the result JSON (multipart answer)."""
     import nibabel as nib
 
-    request = urllib.request.Request(
-        f"{url}/infer/{MODEL}?image={image}&output=all", data=b'{"device": "cpu"}', method="POST",
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    form = urllib.parse.urlencode({"params": json.dumps({"device": "cpu", **(params or {})})}).encode()
+    request = urllib.request.Request(f"{url}/infer/{MODEL}?image={image}&output=all", data=form, method="POST")
     with urllib.request.urlopen(request, timeout=120) as response:
         body, ctype = response.read(), response.headers["Content-Type"]
     boundary = ctype.split("boundary=")[1].encode()
@@ -184,3 +184,16 @@ def test_infer_on_a_2d_image_returns_a_label_of_its_size(served, tmp_path):
     assert set(np.unique(label)) <= {0, 1}
     disc = served["mask"][:, 3:17, 1]
     assert label[disc].sum() > 0  # the bright disc is marked where it is in the image (not transposed)
+
+
+def test_a_request_sets_its_own_pixel_threshold(served, tmp_path):
+    """The request's ``pixel_threshold`` replaces the calibrated one: lower labels more voxels, higher fewer; the image
+    score does not change. (Options sent any other way, e.g. as a JSON body, never reach the task.)"""
+    _, _, calibrated = _infer(served["url"], "lesion", tmp_path / "calibrated.nii.gz")
+    level = calibrated["pixel_threshold"]
+    low, _, low_result = _infer(served["url"], "lesion", tmp_path / "low.nii.gz", {"pixel_threshold": level / 2})
+    high, _, high_result = _infer(served["url"], "lesion", tmp_path / "high.nii.gz", {"pixel_threshold": level * 2})
+    assert low_result["pixel_threshold"] == pytest.approx(level / 2)
+    assert high_result["pixel_threshold"] == pytest.approx(level * 2)
+    assert low.sum() == low_result["anomalous_voxels"] > calibrated["anomalous_voxels"] > high.sum()
+    assert low_result["anomaly_score"] == pytest.approx(calibrated["anomaly_score"])
