@@ -251,7 +251,10 @@ show(fig)
 # `main.py` (an installed package's folder may be read-only, and the repository stays clean).
 
 # %%
+if "stop_server" in globals():  # this cell ran before in this kernel: stop that server first
+    stop_server()  # noqa: F821 (defined below, on the first run)
 APP = WORK / "app"
+shutil.rmtree(APP, ignore_errors=True)
 APP.mkdir()
 shutil.copy(REPO / "monai_hqanogan" / "apps" / "monailabel" / "main.py", APP)
 with socket.socket() as s:  # a free port on this machine
