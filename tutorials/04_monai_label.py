@@ -446,7 +446,8 @@ draw_slices(labels[0.5], f"pixel threshold {calibrated * 0.5:.3f} (half the cali
 # 4. for the heat map, load `<studies>/anomaly_heatmaps/<image id>.nii.gz` (*Add Data*) and show it as the
 #    foreground volume with a colour lookup table.
 #
-# OHIF (through MONAI Label's DICOMweb support) works the same way with DICOM studies.
+# OHIF connects the same way for DICOM studies, through MONAI Label's DICOMweb support (not tried here: this app
+# is tested with NIfTI volumes and PNG images only).
 #
 # ## 7. Stop the server
 
