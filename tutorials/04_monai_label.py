@@ -436,7 +436,8 @@ draw_slices(labels[0.5], f"pixel threshold {calibrated * 0.5:.3f} (half the cali
 # ## 6. In 3D Slicer
 #
 # With the server running on a folder of your studies (for example `--studies /path/to/nifti_volumes`, and the host
-# `0.0.0.0` to reach it from another machine):
+# `0.0.0.0` to reach it from another machine); these steps follow MONAI Label's documentation of its Slicer plugin
+# (the tests drive the server over HTTP, not Slicer):
 #
 # 1. install the *MONAILabel* extension (Extensions Manager), restart Slicer and open the *MONAI Label* module;
 # 2. enter the server address (`http://127.0.0.1:8000` by default) and press the refresh button: the model
