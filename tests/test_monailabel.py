@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import importlib.util
 import json
 import os
@@ -126,17 +128,14 @@ def _infer(url: str, image: str, out: Path, params: dict | None = None) -> tuple
     form = urllib.parse.urlencode({"params": json.dumps({"device": "cpu", **(params or {})})}).encode()
     request = urllib.request.Request(f"{url}/infer/{MODEL}?image={image}&output=all", data=form, method="POST")
     with urllib.request.urlopen(request, timeout=120) as response:
-        body, ctype = response.read(), response.headers["Content-Type"]
-    boundary = ctype.split("boundary=")[1].encode()
-    parts = [p for p in body.split(b"--" + boundary) if p.strip(b"\r\n-")]
+        head = f"Content-Type: {response.headers['Content-Type']}\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + response.read())
     result, label_bytes = None, None
-    for part in parts:
-        head, _, payload = part.partition(b"\r\n\r\n")
-        payload = payload.rstrip(b"\r\n")
-        if b"application/json" in head:
-            result = json.loads(payload)
+    for part in message.iter_parts():  # the standard library's MIME parser: binary parts come back byte for byte
+        if part.get_content_type() == "application/json":
+            result = json.loads(part.get_content())
         else:
-            label_bytes = payload
+            label_bytes = part.get_payload(decode=True)
     out.write_bytes(label_bytes)
     img = nib.load(str(out))
     return np.asarray(img.dataobj), img.affine, result
