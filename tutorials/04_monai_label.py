@@ -331,6 +331,10 @@ print("studies:", sorted(get_json("/datastore/?output=all")["objects"]))
 # ```bash
 # curl -s -X POST "http://127.0.0.1:8000/infer/hqanogan_anomaly?image=head_volume&output=image" -o label.nii.gz
 # ```
+#
+# MONAI Label's own Python client, `monailabel.client.MONAILabelClient(URL).infer(model, image_id, params)`, sends
+# the same request; it imports the `cgi` module, which Python 3.13 removed, so the cell below speaks HTTP with the
+# standard library instead (`urllib` for the request, `email` for the multipart answer).
 
 
 # %%
