@@ -143,14 +143,27 @@ def test_noise_mode_none_gives_noise_free_reconstructions():
         make_detector(noise_mode="random")
 
 
-def test_pixel_threshold_from_validation_masks_maximises_dice():
+def test_pixel_threshold_from_synthetic_lesion_masks_maximises_dice():
     det = make_detector()
     normal = make_ellipse_images(12, RES, seed=1)
     lesioned, masks = add_synthetic_lesions(make_ellipse_images(12, RES, seed=2), seed=3)
     images = torch.cat([normal, lesioned])
     all_masks = torch.cat([torch.zeros_like(masks), masks])
-    report = det.calibrate(normal, images, torch.cat([torch.zeros(12), torch.ones(12)]), val_masks=all_masks)
-    assert report["pixel_threshold_from"].startswith("Dice max")
+    labels = torch.cat([torch.zeros(12), torch.ones(12)])
+    # normal-only: real lesion masks of the validation images choose nothing
+    with pytest.raises(ValueError, match="choose nothing under protocol 'normal-only'"):
+        det.calibrate(normal, images, labels, val_masks=all_masks)
+    # the opt-in protocol takes them
+    report = det.calibrate(normal, images, labels, val_masks=all_masks, protocol="labelled-validation")
+    assert report["pixel_threshold_from"].startswith("Dice max") and report["protocol"] == "labelled-validation"
+    threshold = float(det.calibration.pixel_threshold)
+    # normal-only: the same images given as the synthetic-lesion selection set set the same pixel threshold
+    report = det.calibrate(
+        normal, normal[:6], selection_images=images, selection_labels=labels, selection_masks=all_masks
+    )
+    assert report["pixel_threshold_from"].endswith("(synthetic lesions)") and report["protocol"] == "normal-only"
+    assert float(det.calibration.pixel_threshold) == pytest.approx(threshold)
+    assert report["weights_from"].startswith("synthetic-lesion AUROC on 24")
     maps = det(images)
     best = (
         2

@@ -65,10 +65,11 @@ def _components(n_normal: int, n_abnormal: int, informative: str, seed: int = 0)
     return comps, labels
 
 
-def test_fit_scores_with_labels_picks_the_informative_score_and_the_f1_threshold():
+def test_labelled_validation_picks_the_informative_score_and_the_f1_threshold():
     comps, labels = _components(50, 50, "latent_cycle")
     cal = AnomalyCalibration(num_ws=2, w_dim=3)
-    report = fit_scores(cal, comps, labels)
+    report = fit_scores(cal, comps, labels, protocol="labelled-validation")
+    assert report["protocol"] == "labelled-validation" and report["weights_from"] == "labelled validation AUROC"
     assert report["weights"] == {"latent_cycle": 1.0}
     assert report["auroc"] > 0.97 and report["auroc_per_score"]["residual"] < 0.8
     combined = cal.combine(comps)
@@ -76,6 +77,41 @@ def test_fit_scores_with_labels_picks_the_informative_score_and_the_f1_threshold
     assert float((predicted == labels.bool()).float().mean()) > 0.95
     normal = comps["residual"][:50]
     assert float(cal.score_mean[0]) == pytest.approx(float(normal.mean()), rel=1e-5)
+
+
+def test_normal_only_ignores_abnormal_labels_weights_and_threshold_unchanged():
+    # the same normal validation images, once alone and once with labelled "tumours" added that a label-tuned search
+    # would use (only latent_cycle separates them): the normal-only weights and threshold must not move
+    comps, labels = _components(60, 40, "latent_cycle", seed=3)
+    selection, selection_labels = _components(30, 30, "map_max", seed=4)
+    normals_only = {k: v[:60] for k, v in comps.items()}
+    reports, thresholds, weights = [], [], []
+    for c, lab in ((normals_only, None), (comps, labels)):
+        cal = AnomalyCalibration(num_ws=2, w_dim=3)
+        reports.append(fit_scores(cal, c, lab, selection=selection, selection_labels=selection_labels))
+        thresholds.append(float(cal.image_threshold))
+        weights.append(cal.weights.clone())
+    assert thresholds[0] == thresholds[1] and torch.equal(weights[0], weights[1])
+    assert reports[1]["protocol"] == "normal-only" and reports[1]["ignored_abnormal"] == 40
+    # the weights follow the synthetic-lesion selection set, not the real labels
+    assert reports[1]["weights"] == {"map_max": 1.0} and reports[1]["weights_from"].startswith("synthetic-lesion")
+    assert reports[1]["threshold_from"].startswith("FPR 0.05 on 60 normal")
+    # the opt-in protocol does use the labels, and chooses differently
+    cal = AnomalyCalibration(num_ws=2, w_dim=3)
+    labelled = fit_scores(cal, comps, labels, protocol="labelled-validation")
+    assert labelled["weights"].get("latent_cycle", 0) >= 0.5 and "map_max" not in labelled["weights"]
+    assert labelled["auroc"] > 0.99 and float(cal.image_threshold) != thresholds[1]
+
+
+def test_fit_scores_refuses_unknown_protocols_and_labelled_validation_without_abnormal_images():
+    comps, _ = _components(20, 0, "residual")
+    cal = AnomalyCalibration(num_ws=2, w_dim=3)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        fit_scores(cal, comps, None, protocol="label-tuned")
+    with pytest.raises(ValueError, match="needs abnormal validation images"):
+        fit_scores(cal, comps, None, protocol="labelled-validation")
+    with pytest.raises(ValueError, match="selection_labels"):
+        fit_scores(cal, comps, None, selection=comps)
 
 
 def test_fit_scores_without_labels_uses_default_weights_and_the_fpr_quantile():
@@ -94,7 +130,7 @@ def test_calibration_file_round_trip_and_refusals(tmp_path):
     cal = AnomalyCalibration(num_ws=2, w_dim=3)
     with pytest.raises(ValueError, match="uncalibrated"):
         save_calibration(cal, tmp_path / "c.pt")
-    fit_scores(cal, comps, labels)
+    fit_scores(cal, comps, labels, protocol="labelled-validation")
     cal.density.fit(torch.randn(30, 2, 3))
     cal.fingerprint, cal.info = "abc123", {"note": "test"}
     cal.calibrated.fill_(True)

@@ -38,9 +38,13 @@ def toy_detector() -> HQAnoGANDetector:
     )  # fmt: skip
     enc.run()
     detector = HQAnoGANDetector(e, gan.generator_ema, d)
-    val_images, val_labels, _ = make_toy_lesion_set(64, seed=10)
-    report = detector.calibrate(train[:256], val_images, val_labels)
-    assert report["num_abnormal"] == 64 and report["weights_from"] == "validation AUROC"
+    # normal-only: normal validation images plus synthetic lesions (the toy's lesions are pasted, so they may choose)
+    val_images, val_labels, val_masks = make_toy_lesion_set(64, seed=10)
+    report = detector.calibrate(
+        train[:256], val_images[val_labels == 0], selection_images=val_images, selection_labels=val_labels,
+        selection_masks=val_masks,
+    )  # fmt: skip
+    assert report["protocol"] == "normal-only" and report["weights_from"].startswith("synthetic-lesion AUROC on 128")
     return detector
 
 

@@ -7,6 +7,17 @@ from .calibration import (
     fit_scores,
     load_calibration,
     save_calibration,
-    simplex_grid,
 )
 from .latent_density import WPlusGaussian, ledoit_wolf_covariance
+from .selection import (
+    FAMILY_NAMES,
+    PROTOCOLS,
+    ScoreSelection,
+    check_protocol,
+    combine_with,
+    fit_image_threshold,
+    foreground_mask,
+    reconstruction_scores,
+    select_weights,
+    simplex_grid,
+)

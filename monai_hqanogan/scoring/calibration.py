@@ -3,11 +3,14 @@
 The paper (Sato et al., Int J CARS 2023, https://doi.org/10.1007/s11548-023-03031-9) computes the anomaly score
 from the intermediate latent variables with "an optimal anomaly score calculation method" whose formula is not
 public. So the toolkit computes the plausible candidates (see :data:`SCORE_NAMES`), normalises each by its mean and
-standard deviation on normal validation images, and combines them with weights chosen on validation data:
+standard deviation on normal validation images, and combines them with weights chosen under a named protocol
+(:mod:`monai_hqanogan.scoring.selection`, DESIGN.md section 4a):
 
-- with labelled validation data (normal and abnormal), the weights on a grid over the simplex that give the best
-  image AUROC, and the threshold at the F1 maximum;
-- with normal images only, :data:`DEFAULT_WEIGHTS`, and the threshold at a chosen false-positive rate.
+- ``normal-only`` (the default): no real abnormal image is used. The weights on a grid over the simplex that give the
+  best image AUROC on normal images with synthetic lesions pasted in (or :data:`DEFAULT_WEIGHTS` without such a
+  set), and the threshold at a stated false-positive rate on the normal validation images;
+- ``labelled-validation`` (opt-in): the weights with the best AUROC on labelled validation images (normal and real
+  abnormal), and the threshold at their F1 maximum.
 
 Everything lands in an :class:`AnomalyCalibration` module (buffers only) with the fingerprint of the networks it
 was made for; :func:`save_calibration` / :func:`load_calibration` write and check it.
@@ -15,18 +18,17 @@ was made for; :func:`save_calibration` / :func:`load_calibration` write and chec
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from monai_hqanogan.metrics import compute_f1_max_threshold, compute_image_auroc
+from monai_hqanogan.metrics import compute_f1_max_threshold
 from monai_hqanogan.scoring.latent_density import WPlusGaussian
+from monai_hqanogan.scoring.selection import check_protocol, fit_image_threshold, select_weights, simplex_grid
 from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_atomic
 
 __all__ = [
@@ -49,18 +51,6 @@ SCORE_NAMES = ("residual", "map_max", "feature", "latent_cycle", "mahalanobis", 
 #: weights used when no abnormal validation data are given: residual + feature as in f-AnoGAN (kappa = 1), plus the
 #: latent density, the part that is specific to HQ-AnoGAN's latent-space scoring
 DEFAULT_WEIGHTS = {"residual": 1 / 3, "feature": 1 / 3, "mahalanobis": 1 / 3}
-
-
-def simplex_grid(num: int, step: float) -> list[tuple[float, ...]]:
-    """All weight vectors of length ``num`` with entries in multiples of ``step`` summing to 1."""
-    parts = round(1 / step)
-    if parts < 1 or abs(parts * step - 1) > 1e-9:
-        raise ValueError(f"step must divide 1, got {step}.")
-    grid = []
-    for cuts in itertools.combinations(range(parts + num - 1), num - 1):  # stars and bars
-        bounds = (-1, *cuts, parts + num - 1)
-        grid.append(tuple((bounds[i + 1] - bounds[i] - 1) / parts for i in range(num)))
-    return grid
 
 
 class AnomalyCalibration(nn.Module):
@@ -111,10 +101,6 @@ class AnomalyCalibration(nn.Module):
         return self.normalise(components) @ self.weights
 
 
-def _quantile(values: torch.Tensor, q: float) -> float:
-    return float(np.quantile(values.detach().double().cpu().numpy(), q))
-
-
 def fit_scores(
     calibration: AnomalyCalibration,
     components: Mapping[str, torch.Tensor],
@@ -122,17 +108,35 @@ def fit_scores(
     fpr: float = 0.05,
     weight_step: float = 0.25,
     candidates: Sequence[str] = SCORE_NAMES,
+    protocol: str = "normal-only",
+    selection: Mapping[str, torch.Tensor] | None = None,
+    selection_labels: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Fit normalisation, weights and image threshold from validation score components; returns a report.
+
+    Under every protocol each score is normalised by its mean and standard deviation on the normal validation
+    images, and the weights are chosen by :func:`~monai_hqanogan.scoring.selection.select_weights` (the same rule
+    the benchmark applies to every other method):
+
+    - ``"normal-only"`` (default): abnormal validation images are ignored (counted in the report, never scored
+      against). The weights give the best AUROC on ``selection`` (normal images with synthetic lesions), or are
+      :data:`DEFAULT_WEIGHTS` without a selection set; the threshold is the ``1 - fpr`` quantile of the normal
+      validation images' combined score.
+    - ``"labelled-validation"`` (opt-in): the weights give the best AUROC on the labelled validation images and the
+      threshold is at their F1 maximum. Needs abnormal validation images.
 
     Args:
         calibration: the calibration to fill in (its W+ Gaussian must already be fitted for ``mahalanobis``).
         components: name -> [N] raw scores of the validation images.
         labels: [N] 1 for abnormal, 0 for normal; None when all are normal.
-        fpr: false-positive rate on normals that fixes the threshold when there are no abnormal images.
+        fpr: false-positive rate on normal validation images that fixes the ``normal-only`` threshold.
         weight_step: grid step of the weight search.
         candidates: the scores the weight search may use.
+        protocol: ``"normal-only"`` or ``"labelled-validation"``.
+        selection: name -> [M] raw scores of the synthetic-lesion selection set (``normal-only`` only).
+        selection_labels: [M] 1 where a synthetic lesion was pasted, 0 otherwise.
     """
+    check_protocol(protocol)
     n = len(next(iter(components.values())))
     labels_t = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).long().cpu()
     normal = labels_t == 0
@@ -141,39 +145,44 @@ def fit_scores(
     missing = [c for c in candidates if c not in components]
     if missing:
         raise ValueError(f"components lack the candidate scores {missing}.")
+    raw = {k: torch.as_tensor(v).detach().float().cpu() for k, v in components.items()}
+    normal_comps = {k: v[normal] for k, v in raw.items()}
     for i, name in enumerate(SCORE_NAMES):
-        if name in components:
-            v = components[name].detach().float().cpu()[normal]
-            calibration.score_mean[i] = v.mean()
-            calibration.score_std[i] = v.std().clamp_min(1e-8)
-    # the search runs on the CPU whatever device the calibration's buffers are on (a detector moved to CUDA)
-    z = calibration.normalise({k: v.detach() for k, v in components.items()}).cpu()
-    labelled = bool((labels_t == 1).any())
-    report: dict[str, Any] = {"num_normal": int(normal.sum()), "num_abnormal": int((~normal).sum())}
-    if labelled:
-        report["auroc_per_score"] = {
-            name: compute_image_auroc(z[:, SCORE_NAMES.index(name)], labels_t) for name in candidates
-        }
-        idx = [SCORE_NAMES.index(c) for c in candidates]
-        best, best_w = -1.0, None
-        for w in simplex_grid(len(idx), weight_step):
-            full = torch.zeros(len(SCORE_NAMES))
-            full[idx] = torch.tensor(w)
-            auc = compute_image_auroc(z @ full, labels_t)
-            if auc > best + 1e-12:
-                best, best_w = auc, full
-        calibration.weights.copy_(best_w)
-        combined = z @ best_w
-        f1, threshold = compute_f1_max_threshold(combined, labels_t)
-        calibration.image_threshold.fill_(threshold)
-        report.update({"weights_from": "validation AUROC", "auroc": best, "f1_max": f1, "threshold_from": "F1 max"})
+        if name in raw:
+            calibration.score_mean[i] = normal_comps[name].mean()
+            calibration.score_std[i] = normal_comps[name].std().clamp_min(1e-8)
+    report: dict[str, Any] = {"protocol": protocol, "num_normal": int(normal.sum())}
+    if protocol == "labelled-validation":
+        if not bool((labels_t == 1).any()):
+            raise ValueError(
+                "protocol 'labelled-validation' needs abnormal validation images (label 1); use 'normal-only' "
+                "with normal images only."
+            )
+        chosen = select_weights(normal_comps, candidates, raw, labels_t, weight_step)
+        report.update({"num_abnormal": int((~normal).sum()), "weights_from": "labelled validation AUROC"})
+        report["auroc"] = chosen["selection_auroc"]
     else:
-        weights = torch.tensor([DEFAULT_WEIGHTS.get(n, 0.0) for n in SCORE_NAMES])
-        calibration.weights.copy_(weights)
-        combined = z @ weights
-        calibration.image_threshold.fill_(_quantile(combined[normal], 1 - fpr))
-        report.update({"weights_from": "defaults (no abnormal data)", "threshold_from": f"FPR {fpr} on normals"})
-    report["weights"] = calibration.weight_dict()
+        report["ignored_abnormal"] = int((~normal).sum())
+        if selection is not None:
+            if selection_labels is None:
+                raise ValueError("selection scores need selection_labels (1 where a synthetic lesion was pasted).")
+            sel = {k: torch.as_tensor(v).detach().float().cpu() for k, v in selection.items()}
+            chosen = select_weights(normal_comps, candidates, sel, selection_labels, weight_step)
+            report["weights_from"] = f"synthetic-lesion AUROC on {len(selection_labels)} selection images"
+            report["selection_auroc"] = chosen["selection_auroc"]
+        else:
+            fallback = {k: v for k, v in DEFAULT_WEIGHTS.items() if k in candidates}
+            chosen = select_weights(normal_comps, candidates, fallback=fallback or DEFAULT_WEIGHTS)
+            report["weights_from"] = "defaults (no selection set)"
+    if "auroc_per_score" in chosen:
+        report["auroc_per_score"] = chosen["auroc_per_score"]
+    calibration.weights.copy_(torch.tensor([chosen["weights"].get(name, 0.0) for name in SCORE_NAMES]))
+    combined = calibration.combine({k: v for k, v in raw.items() if k in SCORE_NAMES}).cpu()
+    threshold, source = fit_image_threshold(combined, labels_t, protocol, fpr)
+    calibration.image_threshold.fill_(threshold)
+    report.update({"threshold_from": source, "weights": calibration.weight_dict()})
+    if protocol == "labelled-validation":
+        report["f1_max"] = compute_f1_max_threshold(combined, labels_t)[0]
     report["image_threshold"] = float(calibration.image_threshold)
     return report
 

@@ -22,6 +22,7 @@ from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
 from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator, check_image_batch
 from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
 from monai_hqanogan.scoring.calibration import SCORE_NAMES, AnomalyCalibration, fit_scores
+from monai_hqanogan.scoring.selection import check_protocol, foreground_mask, reconstruction_scores
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import model_fingerprint
 
@@ -135,19 +136,17 @@ class HQAnoGANDetector(nn.Module):
 
     def foreground(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] float mask of the body: input above ``foreground_threshold``, dilated by 2 pixels."""
-        if self.foreground_threshold is None:
-            return torch.ones_like(image[:, :1])
-        mask = (image.amax(dim=1, keepdim=True) > self.foreground_threshold).float()
-        return F.max_pool2d(mask, kernel_size=5, stride=1, padding=2)
+        return foreground_mask(image, self.foreground_threshold)
+
+    def residual_scores(self, image: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The score family every reconstruction method gets (``residual``, ``map_max``, ``anomaly_map``,
+        ``foreground``; :func:`~monai_hqanogan.scoring.reconstruction_scores`) with this detector's smoothing and
+        foreground rule."""
+        return reconstruction_scores(image, reconstruction, self.smoothing, self.foreground_threshold)
 
     def residual_map(self, image: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] anomaly map: |x - x'| averaged over channels, smoothed, background zeroed."""
-        error = (image - reconstruction).abs().mean(dim=1, keepdim=True)
-        return self._smoothed_map(error, self.foreground(image))
-
-    def _smoothed_map(self, error: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-        amap = self.smoothing(error) if self.smoothing is not None else error
-        return amap * foreground
+        return self.residual_scores(image, reconstruction)["anomaly_map"]
 
     # ------------------------------------------------------------------ inference
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -164,20 +163,20 @@ class HQAnoGANDetector(nn.Module):
     def _components(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`score_components` of an image batch already through :meth:`prepare_input`."""
         ws, rec = self.reconstruct(image)
-        fg = self.foreground(image)
-        error = (image - rec).abs().mean(dim=1, keepdim=True)
-        residual = (error * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp_min(1)
-        amap = self._smoothed_map(error, fg)
+        family = self.residual_scores(image, rec)
+        residual = family["residual"]
         no_d = self.discriminator is None
         out: dict[str, torch.Tensor] = {
             "residual": residual,
-            "map_max": amap.flatten(1).amax(dim=1),
+            "map_max": family["map_max"],
             "feature": torch.zeros_like(residual) if no_d else self._feature_distance(rec, image),
             "latent_cycle": (self.encoder(rec) - ws).square().sum(-1).mean(-1),
             "mahalanobis": self.calibration.density(ws),
             "w_avg_distance": (ws - self.generator.w_avg).norm(dim=-1).mean(-1),
         }
-        out.update({"ws": ws, "reconstruction": rec, "anomaly_map": amap, "foreground": fg})
+        out.update(
+            {"ws": ws, "reconstruction": rec, "anomaly_map": family["anomaly_map"], "foreground": family["foreground"]}
+        )
         return out
 
     @torch.no_grad()
@@ -240,27 +239,80 @@ class HQAnoGANDetector(nn.Module):
         pixel_fpr: float = 0.01,
         weight_step: float = 0.25,
         batch_size: int = 32,
+        protocol: str = "normal-only",
+        selection_images: torch.Tensor | None = None,
+        selection_labels: torch.Tensor | None = None,
+        selection_masks: torch.Tensor | None = None,
     ) -> dict[str, Any]:
-        """Fit the scorer and thresholds; returns a report (also kept in ``calibration.info``).
+        """Fit the scorer and thresholds under a named protocol; returns a report (also kept in
+        ``calibration.info``).
+
+        Under ``"normal-only"`` (the default, DESIGN.md section 4a) no real abnormal image influences anything:
+        abnormal validation images are dropped before scoring, the weights are chosen on the synthetic-lesion
+        ``selection_*`` set (or are :data:`~monai_hqanogan.scoring.DEFAULT_WEIGHTS` without one), the image threshold
+        sits at ``fpr`` on the normal validation images and the pixel threshold at the Dice maximum of the synthetic
+        lesions (or at ``pixel_fpr`` of normal pixels). Under ``"labelled-validation"`` (opt-in) the weights give
+        the best AUROC on the labelled validation images, the threshold is at their F1 maximum, and ``val_masks``
+        (if given) set the pixel threshold.
+
+        Example::
+
+            report = detector.calibrate(train_images, val_images, selection_images=synthetic_images,
+                                        selection_labels=synthetic_labels, selection_masks=synthetic_masks)
+            record = detector.detect(test_images)
 
         Args:
             fit_images: normal images (e.g. the training set) for the W+ Gaussian of the ``mahalanobis`` score.
             val_images: validation images, normal or mixed.
             val_labels: 1 abnormal / 0 normal per validation image (None: all normal).
-            val_masks: ground-truth lesion masks [N, 1, H, W] of the validation images, to choose the pixel
-                threshold by Dice (None: the ``1 - pixel_fpr`` quantile of normal images' map values).
-            fpr: false-positive rate on normals that fixes the image threshold when there are no abnormal images.
+            val_masks: ground-truth lesion masks [N, 1, H, W] of the validation images (``labelled-validation``).
+            fpr: false-positive rate on normal validation images that fixes the ``normal-only`` image threshold.
             pixel_fpr: false-positive rate on normal pixels that fixes the pixel threshold without masks.
             weight_step: grid step of the weight search.
             batch_size: images per forward pass.
+            protocol: ``"normal-only"`` or ``"labelled-validation"``.
+            selection_images: normal images, some with synthetic lesions pasted in (``normal-only``).
+            selection_labels: 1 where a lesion was pasted, 0 otherwise.
+            selection_masks: the pasted lesions' masks [M, 1, H, W], for the pixel threshold.
         """
+        check_protocol(protocol)
+        if selection_images is not None and selection_labels is None:
+            raise ValueError("selection_images need selection_labels (1 where a synthetic lesion was pasted).")
+        if protocol == "normal-only" and val_masks is not None:
+            raise ValueError(
+                "val_masks are real lesion masks, which choose nothing under protocol 'normal-only': give synthetic "
+                "lesions as selection_images / selection_labels / selection_masks, or use protocol "
+                "'labelled-validation'."
+            )
         self.eval()
         cal = self.calibration
+        if protocol == "normal-only" and val_labels is not None:
+            keep = torch.as_tensor(val_labels).long().cpu() == 0
+            ignored = int((~keep).sum())
+            val_images, val_labels = val_images[keep.to(val_images.device)], None
+        else:
+            ignored = 0
         fit = self._batched(fit_images, batch_size)
         cal.density.fit(fit["ws"])
         comps = self._batched(val_images, batch_size)
-        report = fit_scores(cal, {k: comps[k] for k in SCORE_NAMES}, val_labels, fpr=fpr, weight_step=weight_step)
-        report.update(self._fit_pixel_threshold(comps, val_labels, val_masks, pixel_fpr))
+        selection = None if selection_images is None else self._batched(selection_images, batch_size)
+        report = fit_scores(
+            cal,
+            {k: comps[k] for k in SCORE_NAMES},
+            val_labels,
+            fpr=fpr,
+            weight_step=weight_step,
+            protocol=protocol,
+            selection=None if selection is None else {k: selection[k] for k in SCORE_NAMES},
+            selection_labels=selection_labels,
+        )
+        if protocol == "normal-only":
+            report["ignored_abnormal"] = ignored
+        if selection is not None and selection_masks is not None:
+            report.update(self._fit_pixel_threshold(selection, selection_labels, selection_masks, pixel_fpr))
+            report["pixel_threshold_from"] += " (synthetic lesions)"
+        else:
+            report.update(self._fit_pixel_threshold(comps, val_labels, val_masks, pixel_fpr))
         cal.fingerprint = self.fingerprint()
         cal.info = report
         cal.calibrated.fill_(True)
