@@ -59,6 +59,8 @@ def make_tiny_dataset(root: Path, height: int = 24, width: int = 20) -> Path:
             continue
         _save_png(crop(normal[i]), root / "images" / f"normal_{i}.png")
         lists[split].append({"image": f"images/normal_{i}.png", "label": 0, "group": i})
+        if split != "training":  # as prepare does: the synthetic-lesion sets hold normal slices too
+            lists[f"localisation_{split}"].append({"image": f"images/normal_{i}.png", "label": 0, "group": i})
     for j in range(8):
         split = "validation" if j < 4 else "test"
         _save_png(crop(lesioned[j]), root / "images" / f"lesion_{j}.png")

@@ -550,7 +550,9 @@ BUNDLE_ERRORS = {  # kind: [(overrides, the message)]
     ],
     "partial_settings_override": [({"settings": {"resolution": 16}}, r"settings lack \['z_dim'")],
     "settings_not_a_dict": [({"settings": "tiny"}, "settings must be a dict")],
-    "unknown_setting": [({"setting": "huge", "settings": None}, r"unknown setting 'huge'.*has \['demo', 'full'\]")],
+    "unknown_setting": [
+        ({"setting": "huge", "settings": None}, r"unknown setting 'huge'.*has \['cpu', 'demo', 'full', 'gpu'\]")
+    ],
 }
 
 

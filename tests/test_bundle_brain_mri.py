@@ -77,11 +77,30 @@ def test_training_writes_checkpoints_stage_files_and_pictures(trained):
 
 def test_calibration_is_saved_in_the_model_file(trained):
     report = json.loads((trained["runs"] / "calibration" / "calibration.json").read_text())
-    assert report["counts"] == {"fit": 16, "validation": 8, "validation_abnormal": 4}
+    # normal-only: the 4 abnormal validation images are never read; the synthetic lesions choose the weights
+    assert report["counts"] == {"fit": 16, "validation": 4, "validation_abnormal": 0, "selection": 8}
+    assert report["protocol"] == "normal-only" and report["ignored_abnormal"] == 4
+    assert report["weights_from"].startswith("synthetic-lesion AUROC on 8")
+    assert report["threshold_from"].startswith("FPR 0.05 on 4 normal")
     assert "Dice" in report["pixel_threshold_from"]
     state = load_checkpoint(trained["runs"] / "models" / "model.pt")
     assert bool(state["calibration.calibrated"])
     assert float(state["calibration.pixel_threshold"]) == pytest.approx(report["pixel_threshold"])
+
+
+def test_labelled_validation_calibration_is_opt_in_and_unknown_protocols_are_refused(trained, tmp_path):
+    extra = {"model_file": str(tmp_path / "model.pt"), "output_dir": str(tmp_path / "calibration")}
+    w = workflow(
+        "calibrate.json", "infer", **tiny_overrides(trained["data"], trained["runs"]), protocol="labelled-validation",
+        **extra,
+    )  # fmt: skip
+    w.run()
+    report = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
+    assert report["protocol"] == "labelled-validation" and report["weights_from"] == "labelled validation AUROC"
+    assert report["counts"]["validation_abnormal"] == 4 and report["threshold_from"].startswith("F1 max on 8")
+    with pytest.raises(Exception) as info:
+        workflow("calibrate.json", "infer", **tiny_overrides(trained["data"], trained["runs"]), protocol="tuned")
+    assert "unknown protocol 'tuned'" in "".join(str(e) for e in _chain(info.value))
 
 
 def test_rerun_resumes_and_extends_training(trained, tmp_path):
@@ -235,10 +254,33 @@ def test_metadata_has_the_keys_monai_requires():
     assert meta["required_packages_version"]["monai-hqanogan"] == monai_hqanogan.__version__
 
 
+def test_metadata_shapes_follow_the_shipped_setting():
+    from monai_hqanogan.workflows import SHIPPED_SETTING
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    resolution = json.loads((CONFIGS / "settings.json").read_text())[SHIPPED_SETTING]["resolution"]
+    for name in ("network_data_format", "encoder_data_format"):
+        assert meta[name]["inputs"]["image"]["spatial_shape"] == [resolution, resolution]
+    for name in ("network_data_format", "generator_data_format"):
+        assert meta[name]["outputs"]["pred"]["spatial_shape"] == [resolution, resolution]
+    # inference and evaluation default to the shipped setting and read models/model.pt
+    for config in ("inference.json", "evaluate.json"):
+        w = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="infer", bundle_root=str(BUNDLE))
+        assert w.parser.get_parsed_content("setting") == SHIPPED_SETTING
+        assert Path(w.parser.get_parsed_content("model_file")) == BUNDLE / "models" / "model.pt"
+        # any other run folder reads its own weights, never the shipped ones
+        w = ConfigWorkflow(
+            config_file=str(CONFIGS / config), workflow_type="infer", bundle_root=str(BUNDLE), run_dir="/tmp/elsewhere"
+        )
+        assert w.parser.get_parsed_content("model_file") == "/tmp/elsewhere/models/model.pt"
+    w = ConfigWorkflow(config_file=str(CONFIGS / "calibrate.json"), workflow_type="infer", bundle_root=str(BUNDLE))
+    assert "runs" in Path(w.parser.get_parsed_content("model_file")).parts  # calibration never writes into models/
+
+
 def test_one_override_switches_demo_to_full():
     settings = json.loads((CONFIGS / "settings.json").read_text())
-    assert set(settings["demo"]) == set(settings["full"])
-    for name, expected in (("demo", 32), ("full", 128)):
+    assert set(settings["demo"]) == set(settings["full"]) == set(settings["cpu"])
+    for name, expected in (("demo", 32), ("cpu", 32), ("full", 128)):
         w = ConfigWorkflow(
             config_file=str(CONFIGS / "train_generator.json"),
             workflow_type="train",

@@ -2,4 +2,12 @@
 
 from __future__ import annotations
 
+from .protocol import (
+    FAMILY_FOREGROUND,
+    FAMILY_SMOOTHING,
+    family_scores,
+    method_components,
+    select_method_scores,
+    selection_summary,
+)
 from .report import DEFAULT_MAX_PIXELS, evaluate_detection, write_evaluation_report

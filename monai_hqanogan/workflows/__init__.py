@@ -22,6 +22,7 @@ from .inference import (
     list_inference_inputs,
 )
 from .stages import (
+    SHIPPED_SETTING,
     calibrate_detector,
     check_datalist,
     check_model_file,
@@ -31,6 +32,8 @@ from .stages import (
     load_split,
     load_stage,
     mask_transforms,
+    model_dir,
     require_file,
+    round_networks_to_half,
     save_stage,
 )

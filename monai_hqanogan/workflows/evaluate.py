@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_hqanogan.evaluation import write_evaluation_report
+from monai_hqanogan.evaluation import (
+    method_components,
+    select_method_scores,
+    selection_summary,
+    write_evaluation_report,
+)
+from monai_hqanogan.scoring import check_protocol
 from monai_hqanogan.utils.checkpoint import write_text_atomic
 from monai_hqanogan.workflows.stages import check_datalist, check_writable, json_ready, load_split
 
@@ -80,12 +86,20 @@ def evaluate_detector(
     panel_rows: int = 6,
     info: Mapping[str, Any] | None = None,
     base_dir: str | os.PathLike | None = None,
+    protocol: str = "normal-only",
+    val_key: str = "validation",
+    selection_key: str | None = "localisation_validation",
 ) -> dict[str, Path]:
     """Score a calibrated detector and the reference baselines on the test split and the synthetic-lesion set.
 
     Every baseline is fitted on the same normal training images the GAN saw (``fit_key``) and scored on the same
-    images as the detector, so the report compares like with like. The detector is scored with its calibrated
-    score and map; pixel metrics use its calibrated pixel threshold for the Dice, baselines their Dice-max.
+    images as the detector, so the report compares like with like: a baseline that reconstructs gets the detector's
+    score family (mean foreground residual, maximum of the smoothed foreground map, critic features where it has a
+    critic; :func:`~monai_hqanogan.evaluation.method_components`), and the member or weighted sum is chosen by the
+    same rule as the detector's calibration under ``protocol`` (:func:`~monai_hqanogan.evaluation.
+    select_method_scores`): on the synthetic lesions of ``selection_key`` under ``normal-only``, on the labelled
+    ``val_key`` list under ``labelled-validation``. The detector is scored with its calibrated score and map;
+    pixel metrics use its calibrated pixel threshold for the Dice, baselines their Dice-max.
 
     Args:
         detector: a calibrated :class:`HQAnoGANDetector`.
@@ -104,14 +118,25 @@ def evaluate_detector(
         panel_rows: rows of the detection panel figures.
         info: extra facts for the report (setting, command, training times, ...).
         base_dir: base of the datalist's relative paths.
+        protocol: ``"normal-only"`` (default) or ``"labelled-validation"``, for the baselines' score selection; the
+            report names it next to the detector's calibration protocol.
+        val_key: the validation list (its normal images normalise every baseline's scores).
+        selection_key: the synthetic-lesion validation list the ``normal-only`` selection uses.
 
     Returns:
         the written files (``json``, ``markdown``, figures).
     """
     start = time.perf_counter()
+    check_protocol(protocol)
+    if protocol == "normal-only" and baselines and not selection_key:
+        raise ValueError(
+            "protocol 'normal-only' selects the baselines' scores on synthetic lesions: give selection_key."
+        )
     output_dir = check_writable(output_dir)
     device = torch.device(device)
     keys = [fit_key, test_key] + ([localisation_key] if localisation_key else [])
+    if baselines:
+        keys += [val_key] + ([selection_key] if protocol == "normal-only" else [])
     check_datalist(datalist, keys, base_dir=base_dir, verify_images=False)
     if not bool(detector.calibration.calibrated):
         raise RuntimeError("the detector is not calibrated: run calibrate.json first.")
@@ -134,13 +159,30 @@ def evaluate_detector(
             "pixel_threshold": float(detector.calibration.pixel_threshold),
         }
     timings[f"{method_name} scoring s"] = round(time.perf_counter() - t0, 1)
+    selections: dict[str, Any] = {}
+    if baselines:
+        normal_only = protocol == "normal-only"
+        keep = (lambda item: int(item.get("label", 0)) == 0) if normal_only else None
+        val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=keep)
+        synthetic = load_split(datalist, selection_key, resolution, base_dir=base_dir) if normal_only else None
     for bname, baseline in (baselines or {}).items():
         t0 = time.perf_counter()
         baseline.fit(fit["images"], **dict((baseline_fit_kwargs or {}).get(bname, {})))
+        val_comps, _, _, candidates = method_components(baseline, val["images"])
+        syn_comps = None if synthetic is None else method_components(baseline, synthetic["images"])[0]
+        selection = select_method_scores(
+            candidates,
+            val_comps,
+            val["labels"],
+            protocol,
+            syn_comps,
+            None if synthetic is None else synthetic["labels"],
+        )
+        selections[bname] = selection_summary(selection)
         for name, split in sets.items():
-            maps = baseline.anomaly_map(split["images"])
+            comps, maps, _, _ = method_components(baseline, split["images"])
             results[name][bname] = {
-                "scores": baseline.score(split["images"]),
+                "scores": selection.combine(comps),
                 "labels": split["labels"],
                 "maps": maps,
                 "masks": split.get("masks") if maps is not None else None,
@@ -158,7 +200,9 @@ def evaluate_detector(
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "resolution": resolution,
         "counts": counts,
+        "protocol": protocol,
         "calibration": json_ready(detector.calibration.info),
+        "baseline_scores": selections,
         "timings": timings,
         **dict(info or {}),
     }

