@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.handlers import CheckpointLoader
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -216,6 +217,31 @@ def test_total_kimg_stops_training_and_a_finished_run_does_nothing_more(tmp_path
     TrainingCheckpointHandler(save_dir=tmp_path).attach(again)
     again.run()
     assert again.state.iteration == 5 and [n for n, _ in list_checkpoints(tmp_path)] == [4, 5]  # no new file
+
+
+def test_max_seconds_stops_cleanly_and_the_run_resumes(tmp_path, monkeypatch):
+    import monai_hqanogan.engines.base as base
+
+    clock = [0.0]
+    monkeypatch.setattr(base.time, "perf_counter", lambda: clock[0])
+
+    def tick(engine):  # every iteration takes 10 "seconds"
+        clock[0] += 10.0
+
+    trainer = make_trainer(max_epochs=100, total_kimg=0.08, max_seconds=25.0)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, tick)
+    TrainingCheckpointHandler(save_dir=tmp_path).attach(trainer)
+    trainer.run()
+    # checked before each batch: 0, 10, 20 s start an iteration, 30 s does not
+    assert trainer.state.iteration == 3 and trainer.stopped_by == "max_seconds"
+    assert [n for n, _ in list_checkpoints(tmp_path)][-1] == 3  # saved at the stop, as at any end of a run
+    again = make_trainer(max_epochs=100, total_kimg=0.08, max_seconds=1000.0)
+    TrainingCheckpointHandler(save_dir=tmp_path).attach(again)
+    again.run()
+    assert again.state.iteration == 10 and again.nimg == 80 and again.stopped_by == "total_kimg"
+    for bad in (-1.0, float("nan"), "60", True):
+        with pytest.raises(ValueError, match="max_seconds"):
+            make_trainer(max_seconds=bad)
 
 
 @pytest.mark.parametrize("mode", ["off", "fixed"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -66,6 +67,10 @@ class KimgTrainer(Trainer):
         img_channels: channels every batch must have.
         resolution: height and width every batch must have.
         total_kimg: stop after this many thousand images (None: run ``max_epochs``).
+        max_seconds: a wall-clock budget for this run, checked before each batch: training stops cleanly (the
+            checkpoint handlers save as at any end of a run, and running again resumes) once this many seconds have
+            passed since the run started (None: no limit). Counted per run, not across resumes; ``stopped_by`` then
+            says ``"max_seconds"``. With data parallelism the ranks stop together at the slowest rank's clock.
         image_key: key of the images when batches are dicts.
         amp: bfloat16 autocast on CUDA (no loss scaling needed); float32 elsewhere.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
@@ -90,6 +95,7 @@ class KimgTrainer(Trainer):
         img_channels: int,
         resolution: int,
         total_kimg: float | None = None,
+        max_seconds: float | None = None,
         image_key: str = "image",
         amp: bool = False,
         epoch_length: int | None = None,
@@ -116,6 +122,11 @@ class KimgTrainer(Trainer):
             and total_kimg > 0
         ):
             raise ValueError(f"total_kimg must be positive (thousands of images), got {total_kimg!r}.")
+        if max_seconds is not None and not (
+            isinstance(max_seconds, numbers.Real) and not isinstance(max_seconds, bool) and max_seconds >= 0
+            and not math.isnan(max_seconds)
+        ):  # fmt: skip
+            raise ValueError(f"max_seconds must be a number of seconds >= 0, got {max_seconds!r}.")
         # MONAI's own amp path builds a CUDA GradScaler; bfloat16 autocast needs none, so amp is handled here.
         super().__init__(
             device=device,
@@ -132,6 +143,9 @@ class KimgTrainer(Trainer):
         )
         self.img_channels, self.resolution = img_channels, resolution
         self.total_kimg = total_kimg
+        self.max_seconds = None if max_seconds is None else float(max_seconds)
+        self.stopped_by: str | None = None
+        self._run_started = time.perf_counter()
         self.image_key = image_key
         self.use_amp = bool(amp) and self.state.device.type == "cuda"
         self.nimg = 0
@@ -142,6 +156,7 @@ class KimgTrainer(Trainer):
         # checked before each batch is fetched: a run resumed at or past total_kimg does no extra iteration
         self.add_event_handler(Events.GET_BATCH_STARTED, self._stop_at_total_kimg)
         self.add_event_handler(Events.STARTED, self._mark_replicas_unsynced)
+        self.add_event_handler(Events.STARTED, self._start_clock)
         self.add_event_handler(Events.EPOCH_STARTED, self._sync_replicas)
         # MONAI's Workflow reshuffles a DistributedSampler given as the loader's sampler; one wrapped in a batch
         # sampler needs the same call, or every epoch would repeat the first epoch's order
@@ -240,8 +255,23 @@ class KimgTrainer(Trainer):
         """Thousands of training images seen so far."""
         return self.nimg / 1000.0
 
+    def _start_clock(self, engine: Trainer) -> None:
+        self._run_started = time.perf_counter()
+        self.stopped_by = None
+
     def _stop_at_total_kimg(self, engine: Trainer) -> None:
         if self.total_kimg is not None and self.nimg >= self.total_kimg * 1000:
+            self.stopped_by = "total_kimg"
+            self.terminate()
+            return
+        if self.max_seconds is None:
+            return
+        over = torch.tensor(float(time.perf_counter() - self._run_started >= self.max_seconds))
+        if self.distributed:  # one rank's clock must not leave the others waiting in an all-reduce
+            over = over.to(self.state.device)
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        if bool(over):
+            self.stopped_by = "max_seconds"
             self.terminate()
 
     def _autocast(self) -> Any:

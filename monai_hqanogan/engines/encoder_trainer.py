@@ -63,6 +63,7 @@ class EncoderTrainer(KimgTrainer):
         noise_mode: the generator's per-pixel noise while reconstructing: ``"const"`` (its fixed noise images) or
             ``"none"``; use the same setting in the :class:`HQAnoGANDetector`.
         total_kimg: stop after this many thousand real images.
+        max_seconds: wall-clock budget of this run (see :class:`KimgTrainer`; None: no limit).
         image_key: key of the images when batches are dicts.
         amp: bfloat16 autocast on CUDA.
         epoch_length, non_blocking, prepare_batch, train_handlers, event_names, to_kwargs: as in MONAI's trainers.
@@ -97,6 +98,7 @@ class EncoderTrainer(KimgTrainer):
         synthetic_psi: float = 1.0,
         noise_mode: str = "const",
         total_kimg: float | None = None,
+        max_seconds: float | None = None,
         image_key: str = "image",
         amp: bool = False,
         epoch_length: int | None = None,
@@ -119,6 +121,7 @@ class EncoderTrainer(KimgTrainer):
             img_channels=encoder.img_channels,
             resolution=encoder.resolution,
             total_kimg=total_kimg,
+            max_seconds=max_seconds,
             image_key=image_key,
             amp=amp,
             epoch_length=epoch_length,

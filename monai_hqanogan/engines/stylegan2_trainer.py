@@ -107,6 +107,7 @@ class StyleGAN2Trainer(KimgTrainer):
         ema_kimg: half-life of the EMA of G in thousands of images; None gives ``batch_size * 10 / 32``.
         ema_rampup: ramp-up of the EMA half-life as a fraction of images seen (0.05); None disables it.
         total_kimg: stop after this many thousand real images (None: run ``max_epochs``).
+        max_seconds: wall-clock budget of this run (see :class:`KimgTrainer`; None: no limit).
         image_key: key of the images when batches are dicts.
         amp: bfloat16 autocast for the main G and D passes on CUDA (regularisation passes stay in float32).
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
@@ -150,6 +151,7 @@ class StyleGAN2Trainer(KimgTrainer):
         ema_kimg: float | None = None,
         ema_rampup: float | None = 0.05,
         total_kimg: float | None = None,
+        max_seconds: float | None = None,
         image_key: str = "image",
         amp: bool = False,
         epoch_length: int | None = None,
@@ -170,6 +172,7 @@ class StyleGAN2Trainer(KimgTrainer):
             img_channels=generator.img_channels,
             resolution=generator.resolution,
             total_kimg=total_kimg,
+            max_seconds=max_seconds,
             image_key=image_key,
             amp=amp,
             epoch_length=epoch_length,

@@ -279,8 +279,12 @@ SETTING_RULES = {
     **{k: (_non_negative_int, "an integer >= 0") for k in _COUNTS},
     **{k: (_positive_number, "a positive number") for k in _POSITIVE_NUMBERS},
     "amp": (lambda v: as_bool(v, None) is not None, "true or false"),
+    # optional wall-clock budgets (safety caps next to the kimg budgets) of the trainers, in seconds
+    "generator_seconds": (_positive_number, "a positive number of seconds"),
+    "encoder_seconds": (_positive_number, "a positive number of seconds"),
 }
 _OVERRIDE_ONLY = ("total_kimg", "seed")
+_OPTIONAL = ("generator_seconds", "encoder_seconds")
 
 
 def load_settings(bundle_root: str | os.PathLike, setting: str) -> dict[str, Any]:
@@ -314,7 +318,7 @@ def check_settings(settings: Any) -> dict[str, Any]:
             f"{str(settings)[:80]!r}; choose one with --setting NAME."
         )
     problems = []
-    missing = [k for k in SETTING_RULES if k not in settings and k not in _OVERRIDE_ONLY]
+    missing = [k for k in SETTING_RULES if k not in settings and k not in _OVERRIDE_ONLY + _OPTIONAL]
     if missing:
         problems.append(
             f"settings lack {missing} (--settings replaces the whole dict: give every entry of configs/settings.json, "
