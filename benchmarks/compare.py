@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import math
 import platform
@@ -40,10 +41,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
 from monai_hqanogan.engines import EncoderTrainer, StyleGAN2Trainer, stylegan2_adam
-from monai_hqanogan.evaluation import evaluate_detection
+from monai_hqanogan.evaluation import (
+    FAMILY_FOREGROUND,
+    FAMILY_SMOOTHING,
+    evaluate_detection,
+    family_scores,
+    method_components,
+    select_method_scores,
+)
+from monai_hqanogan.losses.encoder_losses import discriminator_feature_distance
 from monai_hqanogan.metrics import compute_image_auroc
 from monai_hqanogan.networks.nets import HQAnoGANDetector, PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
-from monai_hqanogan.scoring import SCORE_NAMES
+from monai_hqanogan.scoring import FAMILY_NAMES, PROTOCOLS, SCORE_NAMES, ScoreSelection
 from monai_hqanogan.utils import load_checkpoint, write_text_atomic
 from monai_hqanogan.workflows import load_split, machine_description
 
@@ -82,13 +91,18 @@ TINY_HQ = {
 TIMED_HQ = {
     **SETTINGS["full"], "resolution": 64, "batch_size": 64, "generator_kimg": 100_000, "encoder_kimg": 100_000,
 }  # fmt: skip
+#: the bundle's 'gpu' setting (one device call): HQ-AnoGAN's kimg with wall-clock caps, baselines capped alike
+GPU_HQ = SETTINGS["gpu"]
 BUDGETS = {
     "tiny": Budget(TINY_HQ, 8, 8, (8, 16), 5, 16, 1, 5.0, 2, 8, ganomaly_epochs=1),
-    "quick": Budget(SETTINGS["demo"], 1000, 500, (32, 128), 100, 120, 30, 60.0, 20, 100, ganomaly_epochs=20,
+    "quick": Budget(SETTINGS["demo"], 1000, 500, (32, 128), 100, 60, 30, 60.0, 20, 100, ganomaly_epochs=20,
                     ganomaly_seconds=120.0),
     "timed": Budget(TIMED_HQ, 10**6, 10**6, (64, 512), 500, 300, 10**6, 45.0, 50, 300, hq_generator_s=180.0,
                     hq_encoder_s=50.0, fanogan_seconds=50.0, ganomaly_epochs=1000, ganomaly_seconds=40.0),
     "full": Budget(SETTINGS["full"], 20000, 10000, (64, 512), 500, None, 300, 600.0, 50, None, ganomaly_epochs=200),
+    "gpu": Budget(GPU_HQ, 10**6, 10**6, (64, 512), 500, 200, 10**6, 40.0, 50, 200,
+                  hq_generator_s=GPU_HQ["generator_seconds"], hq_encoder_s=GPU_HQ["encoder_seconds"],
+                  fanogan_seconds=40.0, ganomaly_epochs=1000, ganomaly_seconds=30.0),
 }  # fmt: skip
 
 
@@ -165,22 +179,6 @@ def _loader(images: torch.Tensor, batch_size: int) -> DataLoader:
     return DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True)
 
 
-def _stop_after(trainer: Any, seconds: float | None) -> None:
-    """End ``trainer`` (an ignite engine) at the first batch that starts ``seconds`` after it was started."""
-    if seconds is None:
-        return
-    from ignite.engine import Events
-
-    start: list[float] = []
-    trainer.add_event_handler(Events.STARTED, lambda engine: start.append(time.perf_counter()))
-
-    def check(engine: Any) -> None:
-        if start and time.perf_counter() - start[0] >= seconds:
-            engine.terminate()
-
-    trainer.add_event_handler(Events.GET_BATCH_STARTED, check)
-
-
 def load_hqanogan(path: Path, budget: Budget, device: str, train_s: float) -> dict[str, Any]:
     """A detector the bundle already trained and calibrated (``runs/<setting>/models/model.pt``) with the budget's
     setting, instead of training it again; ``train_s`` is taken as given (e.g. from the main job's timings)."""
@@ -199,10 +197,13 @@ def load_hqanogan(path: Path, budget: Budget, device: str, train_s: float) -> di
     return {"detector": det.to(device), "train_s": train_s}
 
 
-def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "adaptive") -> dict[str, Any]:
-    """G and D (StyleGAN2-ADA), then E, then the bundle's calibration; returns the detector and the train time."""
+def train_hqanogan(
+    data: dict, budget: Budget, device: str, ada_mode: str = "adaptive", seed: int = 0
+) -> dict[str, Any]:
+    """G and D (StyleGAN2-ADA), then E, then the bundle's normal-only calibration; returns the detector and the train
+    time."""
     s = budget.hq
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     res = data["training"]["images"].shape[-1]
     g = StyleGAN2Generator(
         resolution=res, z_dim=s["z_dim"], w_dim=s["w_dim"], mapping_layers=s["mapping_layers"],
@@ -214,9 +215,8 @@ def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "ada
     gan = StyleGAN2Trainer(
         device, 1_000_000, loader, g, d, stylegan2_adam(g.parameters(), lr=s["generator_lr"], reg_interval=4),
         stylegan2_adam(d.parameters(), lr=s["generator_lr"], reg_interval=16), ada_mode=ada_mode,
-        total_kimg=s["generator_kimg"], amp=s["amp"],
+        total_kimg=s["generator_kimg"], amp=s["amp"], max_seconds=budget.hq_generator_s,
     )  # fmt: skip
-    _stop_after(gan, budget.hq_generator_s)
     gan.run()
     g_kimg, g_s = gan.kimg, time.perf_counter() - start
     e = PSPEncoder(
@@ -225,26 +225,39 @@ def train_hqanogan(data: dict, budget: Budget, device: str, ada_mode: str = "ada
     ).to(device)  # fmt: skip
     enc = EncoderTrainer(
         device, 1_000_000, loader, e, gan.generator_ema, torch.optim.Adam(e.parameters(), lr=s["encoder_lr"]),
-        discriminator=d, total_kimg=s["encoder_kimg"], amp=s["amp"],
+        discriminator=d, total_kimg=s["encoder_kimg"], amp=s["amp"], max_seconds=budget.hq_encoder_s,
     )  # fmt: skip
-    _stop_after(enc, budget.hq_encoder_s)
     t0 = time.perf_counter()
     enc.run()
     e_kimg, e_s = enc.kimg, time.perf_counter() - t0
     det = HQAnoGANDetector(e, gan.generator_ema, d, smoothing_sigma=max(1.0, res / 64), foreground_threshold=-0.9)
     det = det.to(device)  # its calibration buffers too
-    det.calibrate(data["training"]["images"][:2000], data["validation"]["images"], data["validation"]["labels"])
-    loc = data["localisation_validation"]
-    det.calibrate_pixel_threshold(loc["images"], loc["masks"])
+    calibrate_normal_only(det, data)
     training = {
         "generator_kimg": g_kimg, "generator_s": g_s, "encoder_kimg": e_kimg, "encoder_s": e_s,
-        "ada_p": float(gan.ada.p),
+        "ada_p": float(gan.ada.p), "generator_stopped_by": gan.stopped_by, "encoder_stopped_by": enc.stopped_by,
     }  # fmt: skip
     return {"detector": det, "train_s": time.perf_counter() - start, "training": training}
 
 
-def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[str, ...]) -> dict[str, Any]:
-    """Fit a ReferenceBaseline on the training normals and score every set."""
+def calibrate_normal_only(det: HQAnoGANDetector, data: dict) -> dict[str, Any]:
+    """The bundle's default calibration: normal validation images, synthetic lesions choose, no real abnormal image."""
+    val, loc = data["validation"], data["localisation_validation"]
+    return det.calibrate(
+        data["training"]["images"][:2000], val["images"][val["labels"] == 0], selection_images=loc["images"],
+        selection_labels=loc["labels"], selection_masks=loc["masks"],
+    )  # fmt: skip
+
+
+#: the sets every method scores: two to choose on (the protocols), two to report
+SCORED_SETS = ("validation", "localisation_validation", "test", "localisation_test")
+
+
+def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[str, ...] = SCORED_SETS,
+                  own_score: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Fit a ReferenceBaseline on the training normals and score every set: a method that reconstructs gets the
+    score family (``candidates``: residual, map_max, and feature where it has a critic); one that does not, or with
+    ``own_score`` (GANomaly as anomalib gives it), its own score as the only candidate ``score``."""
     start = time.perf_counter()
     method.fit(data["training"]["images"], **fit_kwargs)
     train_s = time.perf_counter() - start
@@ -253,11 +266,9 @@ def run_reference(method: nn.Module, fit_kwargs: dict, data: dict, sets: tuple[s
         out["fit_info"] = {k: v for k, v in method.fit_info.items() if isinstance(v, (int, float, str))}
     for key in sets:
         t0 = time.perf_counter()
-        scores = method.score(data[key]["images"])
-        maps = method.anomaly_map(data[key]["images"])
+        comps, maps, rec, out["candidates"] = method_components(method, data[key]["images"], own_score)
         seconds = time.perf_counter() - t0
-        rec = method.reconstruct(data[key]["images"]) if hasattr(method, "reconstruct") else None
-        out["sets"][key] = {"scores": scores, "maps": maps, "reconstructions": rec, "seconds": seconds}
+        out["sets"][key] = {"components": comps, "maps": maps, "reconstructions": rec, "seconds": seconds}
     return out
 
 
@@ -284,8 +295,10 @@ def compare(
     hq_model: Path | None = None,
     hq_train_s: float = float("nan"),
     skip: tuple[str, ...] = (),
+    seed: int = 0,
+    ablations: bool = True,
 ) -> dict:
-    sets = ("test", "localisation_test")
+    sets = SCORED_SETS
     res = data["training"]["images"].shape[-1]
     results: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
@@ -297,10 +310,13 @@ def compare(
         log(f"[compare] {name} ...")
         try:
             r = results[name] = fn()
+            r["selections"] = {protocol: select_scores(r, data, protocol) for protocol in PROTOCOLS}
             index = r.get("subset", {}).get("test")
             labels = data["test"]["labels"] if index is None else data["test"]["labels"][index]
-            auroc = compute_image_auroc(r["sets"]["test"]["scores"], labels)
-            log(f"[compare] {name}: trained in {r.get('train_s', 0):.0f} s; test image AUROC {auroc:.3f}")
+            sel = r["selections"]["normal-only"]
+            auroc = compute_image_auroc(sel.combine(r["sets"]["test"]["components"]), labels)
+            log(f"[compare] {name}: trained in {r.get('train_s', 0):.0f} s; normal-only test image AUROC {auroc:.3f} "
+                f"({sel.describe()})")  # fmt: skip
         except Exception as err:  # keep the row, say why
             notes[name] = f"not run: {type(err).__name__}: {err}"
             log(f"[compare] {name}: {notes[name]}\n{traceback.format_exc(limit=3)}")
@@ -309,17 +325,17 @@ def compare(
 
     def run_hq() -> dict[str, Any]:
         if hq_model is None:
-            hq.update(train_hqanogan(data, budget, device))
+            hq.update(train_hqanogan(data, budget, device, seed=seed))
         else:
             hq.update(load_hqanogan(hq_model, budget, device, hq_train_s))
         det = hq["detector"]
         out = {"train_s": hq["train_s"], "params": parameter_count(det.encoder, det.generator, det.discriminator)}
-        out["sets"] = {}
+        out.update({"sets": {}, "candidates": list(SCORE_NAMES)})
         for key in sets:
             t0 = time.perf_counter()
             rec = det.detect_all(data[key]["images"])
             out["sets"][key] = {
-                "scores": rec["pred_score"], "maps": rec["anomaly_map"], "reconstructions": rec["reconstruction"],
+                "maps": rec["anomaly_map"], "reconstructions": rec["reconstruction"],
                 "seconds": time.perf_counter() - t0, "components": {k: rec[k] for k in SCORE_NAMES},
             }  # fmt: skip
         out["pixel_threshold"] = float(det.calibration.pixel_threshold)
@@ -339,7 +355,7 @@ def compare(
             "encoder_iterations": budget.fanogan_encoder_iterations,
             "time_limit_s": budget.fanogan_seconds,
         }
-        return run_reference(method, {**kwargs, "device": device, "seed": 0}, data, sets)
+        return run_reference(method, {**kwargs, "device": device, "seed": seed}, data, sets)
 
     attempt("f-AnoGAN", run_fanogan)
 
@@ -353,15 +369,19 @@ def compare(
         scorer.fit(data["training"]["images"][:8])
         # no training of its own: it searches the latent space of HQ-AnoGAN's G, compared by D's features
         out: dict[str, Any] = {"train_s": 0.0, "params": parameter_count(det.generator, det.discriminator)}
-        out.update({"sets": {}, "subset": {}})
+        out.update({"sets": {}, "subset": {}, "candidates": list(FAMILY_NAMES)})
         for key in sets:
             index = _subset(data, key, budget.anogan_max_images)
             images = data[key]["images"][index]
             t0 = time.perf_counter()
             record = scorer.optimise(images.to(device))
+            rec = record["reconstruction"].to(device)
+            with torch.no_grad():  # the feature member as HQ-AnoGAN computes it, with the same D
+                feature = discriminator_feature_distance(det.discriminator, rec, images.to(device)).cpu()
+            comps = family_scores(images, rec.cpu(), feature)
             out["sets"][key] = {
-                "scores": record["score"].cpu(), "maps": record["map"].cpu(),
-                "reconstructions": record["reconstruction"].cpu(), "seconds": time.perf_counter() - t0,
+                "components": comps, "maps": comps.pop("anomaly_map"), "reconstructions": rec.cpu(),
+                "seconds": time.perf_counter() - t0,
             }  # fmt: skip
             out["subset"][key] = index
         return out
@@ -372,12 +392,13 @@ def compare(
         from monai_hqanogan.baselines.ganomaly import AnomalibGANomalyBaseline
 
         method = AnomalibGANomalyBaseline(image_size=res)
-        fit = {
-            "validation_images": data["validation"]["images"], "validation_labels": data["validation"]["labels"],
-            "epochs": budget.ganomaly_epochs, "time_limit_s": budget.ganomaly_seconds, "device": device, "seed": 0,
+        val = data["validation"]
+        fit = {  # normal-only: anomalib's validation sees the normal validation images only
+            "validation_images": val["images"][val["labels"] == 0], "epochs": budget.ganomaly_epochs,
+            "time_limit_s": budget.ganomaly_seconds, "device": device, "seed": seed,
             "batch_size": min(32, len(data["training"]["images"])),
         }  # fmt: skip
-        return run_reference(method, fit, data, sets)
+        return run_reference(method, fit, data, sets, own_score=True)
 
     attempt("GANomaly", run_ganomaly)
 
@@ -385,12 +406,23 @@ def compare(
 
     attempt("autoencoder", lambda: run_reference(
         ConvAutoencoderBaseline(image_size=res), {"epochs": budget.ae_epochs, "time_limit_s": budget.ae_seconds,
-                                                  "device": device, "seed": 0}, data, sets))  # fmt: skip
+                                                  "device": device, "seed": seed}, data, sets))  # fmt: skip
     attempt("PCA", lambda: run_reference(PCABaseline(), {}, data, sets))
     attempt("mean intensity", lambda: run_reference(MeanIntensityBaseline(), {}, data, sets))
 
-    ablations = hq_ablations(hq, data, budget, device, results.get("HQ-AnoGAN"), ablate_ada, log)
-    return {"results": results, "notes": notes, "ablations": ablations}
+    rows = hq_ablations(hq, data, budget, device, results.get("HQ-AnoGAN"), ablate_ada, log) if ablations else []
+    return {"results": results, "notes": notes, "ablations": rows, "hq_detector": hq.get("detector")}
+
+
+def select_scores(result: dict[str, Any], data: dict, protocol: str) -> ScoreSelection:
+    """:func:`monai_hqanogan.evaluation.select_method_scores` of one method's result (on its subsets, if any)."""
+
+    def part(key: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        index = result.get("subset", {}).get(key)
+        labels = data[key]["labels"] if index is None else data[key]["labels"][index]
+        return result["sets"][key]["components"], labels
+
+    return select_method_scores(result["candidates"], *part("validation"), protocol, *part("localisation_validation"))
 
 
 def hq_ablations(hq: dict, data: dict, budget: Budget, device: str, hq_result: dict | None, ablate_ada: bool,
@@ -405,8 +437,9 @@ def hq_ablations(hq: dict, data: dict, budget: Budget, device: str, hq_result: d
         rows.append(
             {"variant": f"score alone: {name}", "image AUROC": compute_image_auroc(comps[name], test["labels"])}
         )
-    rows.append({"variant": "calibrated combination", "image AUROC": compute_image_auroc(
-        hq_result["sets"]["test"]["scores"], test["labels"])})  # fmt: skip
+    for protocol, sel in hq_result["selections"].items():
+        rows.append({"variant": f"selected under {protocol}: {sel.describe()}",
+                     "image AUROC": compute_image_auroc(sel.combine(comps), test["labels"])})  # fmt: skip
     det = hq["detector"]
     index = _subset(data, "test", budget.refine_max_images)
     for steps in (0, budget.refine_steps):
@@ -414,44 +447,54 @@ def hq_ablations(hq: dict, data: dict, budget: Budget, device: str, hq_result: d
         t0 = time.perf_counter()
         rec = det.detect_all(test["images"][index])
         per_image = (time.perf_counter() - t0) / len(index) * 1000
+        score = hq_result["selections"]["normal-only"].combine(rec)
         rows.append({
-            "variant": f"latent refinement {steps} steps ({len(index)} test images)",
-            "image AUROC": compute_image_auroc(rec["pred_score"], test["labels"][index]), "ms per image": per_image,
+            "variant": f"latent refinement {steps} steps ({len(index)} test images, normal-only score)",
+            "image AUROC": compute_image_auroc(score, test["labels"][index]), "ms per image": per_image,
         })  # fmt: skip
     det.refine_steps = 0
     if ablate_ada:
         log("[compare] HQ-AnoGAN without ADA ...")
         off = train_hqanogan(data, budget, device, ada_mode="off")
         rec = off["detector"].detect_all(test["images"])
-        auroc = compute_image_auroc(rec["pred_score"], test["labels"])
+        auroc = compute_image_auroc(rec["pred_score"], test["labels"])  # its own normal-only calibration
         rows.append({"variant": "ADA off (G retrained)", "image AUROC": auroc, "train s": off["train_s"]})
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------------- report
-def metrics_table(data: dict, out: dict) -> dict[str, dict[str, dict[str, Any]]]:
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for key in ("test", "localisation_test"):
-        table[key] = {}
-        for name in METHODS:
-            r = out["results"].get(name)
-            if r is None:
-                table[key][name] = {"note": out["notes"].get(name, "not run")}
-                continue
-            s = r["sets"][key]
-            index = r.get("subset", {}).get(key)
-            labels = data[key]["labels"] if index is None else data[key]["labels"][index]
-            masks = data[key].get("masks")
-            if masks is not None and index is not None:
-                masks = masks[index]
-            threshold = r.get("pixel_threshold") if name == "HQ-AnoGAN" else None
-            m = evaluate_detection(s["scores"], labels, s["maps"], masks if s["maps"] is not None else None,
-                                   pixel_threshold=threshold)  # fmt: skip
-            m.update({
-                "train s": r["train_s"], "images/s": len(labels) / max(s["seconds"], 1e-9), "parameters": r["params"],
-                "images": len(labels),
-            })  # fmt: skip
-            table[key][name] = m
+def metrics_table(data: dict, out: dict) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """``{protocol: {set: {method: metrics}}}`` of one run: each method's selected score under each protocol (the
+    image metrics differ by protocol; the maps, and so the pixel metrics, do not), plus the score it used and the
+    false- and true-positive rates at the protocol's threshold."""
+    table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for protocol in PROTOCOLS:
+        table[protocol] = {}
+        for key in ("test", "localisation_test"):
+            table[protocol][key] = {}
+            for name in METHODS:
+                r = out["results"].get(name)
+                if r is None:
+                    table[protocol][key][name] = {"note": out["notes"].get(name, "not run")}
+                    continue
+                s, sel = r["sets"][key], r["selections"][protocol]
+                index = r.get("subset", {}).get(key)
+                labels = data[key]["labels"] if index is None else data[key]["labels"][index]
+                masks = data[key].get("masks")
+                if masks is not None and index is not None:
+                    masks = masks[index]
+                scores = sel.combine(s["components"])
+                threshold = r.get("pixel_threshold") if name == "HQ-AnoGAN" else None
+                m = evaluate_detection(scores, labels, s["maps"], masks if s["maps"] is not None else None,
+                                       pixel_threshold=threshold)  # fmt: skip
+                flagged = scores >= sel.report["image_threshold"]
+                m.update({
+                    "score": sel.describe(), "FPR at threshold": float(flagged[labels == 0].float().mean()),
+                    "TPR at threshold": float(flagged[labels == 1].float().mean()) if bool((labels == 1).any())
+                    else None, "train s": r["train_s"], "images/s": len(labels) / max(s["seconds"], 1e-9),
+                    "parameters": r["params"], "images": len(labels),
+                })  # fmt: skip
+                table[protocol][key][name] = m
     return table
 
 
@@ -463,72 +506,148 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def write_report(out_dir: Path, mode: str, data: dict, out: dict, args: argparse.Namespace, seconds: float) -> Path:
-    table = metrics_table(data, out)
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def aggregate_table(runs: list[dict[str, Any]], protocol: str) -> list[str]:
+    """Markdown rows: per method, mean ± sd over the runs of test image AUROC, F1-max, synthetic-lesion pixel
+    AUROC and AUPRO, the FPR and TPR at the protocol's threshold, and the scores each run chose."""
+    lines = [
+        "| method | test image AUROC | F1-max | FPR at threshold | TPR at threshold | lesion-set pixel AUROC | AUPRO "
+        "| runs | score chosen (runs) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in METHODS:
+        test = [r["table"][protocol]["test"].get(name, {}) for r in runs]
+        loc = [r["table"][protocol]["localisation_test"].get(name, {}) for r in runs]
+        done = [t for t in test if "note" not in t]
+        if not done:
+            note = next((t["note"] for t in test if "note" in t), "not run")
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a | n/a | n/a | 0 | {note[:120]} |")
+            continue
+        chosen: dict[str, int] = {}
+        for t in done:
+            chosen[t["score"]] = chosen.get(t["score"], 0) + 1
+        cells = [
+            _mean_sd([t.get("image_auroc") for t in done]), _mean_sd([t.get("f1_max") for t in done]),
+            _mean_sd([t.get("FPR at threshold") for t in done]), _mean_sd([t.get("TPR at threshold") for t in done]),
+            _mean_sd([t.get("pixel_auroc") for t in loc if "note" not in t]),
+            _mean_sd([t.get("aupro") for t in loc if "note" not in t]), str(len(done)),
+            "; ".join(f"{k} ({v})" for k, v in chosen.items()),
+        ]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def run_table(table: dict[str, Any], protocol: str, key: str) -> list[str]:
+    """Markdown rows of one run, one protocol, one set."""
+    cols = ["image AUROC", "F1-max", "pixel AUROC", "AUPRO", "Dice", "FPR at threshold", "TPR at threshold",
+            "train s", "images/s", "images", "score"]  # fmt: skip
+    keys = ["image_auroc", "f1_max", "pixel_auroc", "aupro", "dice", "FPR at threshold", "TPR at threshold",
+            "train s", "images/s", "images", "score"]  # fmt: skip
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1) + "---|"]
+    for name in METHODS:
+        m = table[protocol][key][name]
+        if "note" in m:
+            lines.append(f"| {name} | " + " | ".join(["n/a"] * len(cols)) + " |")
+            continue
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k), 1 if k in ("train s", "images/s") else 3)
+                                                  for k in keys) + " |")  # fmt: skip
+    return lines
+
+
+def run_record(data: dict, out: dict, split: str, seed: int) -> dict[str, Any]:
+    """One run's numbers for the report: both protocols' tables, notes, ablations, HQ-AnoGAN's training."""
+    return {
+        "split": split, "seed": seed, "resolution": data["training"]["images"].shape[-1],
+        "training_images": len(data["training"]["images"]), "table": plain(metrics_table(data, out)),
+        "notes": out["notes"], "ablations": plain(out["ablations"]),
+        "hq_training": out["results"].get("HQ-AnoGAN", {}).get("training"),
+    }  # fmt: skip
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready copy of nested metrics (tensors and numpy numbers to floats)."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def write_report(out_dir: Path, mode: str, runs: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
+                 figure_data: tuple[dict, dict] | None = None) -> Path:  # fmt: skip
+    """``<out>/<date>-<machine>-compare.md`` and ``.json``: the normal-only headline (mean ± sd over every split
+    and seed), the labelled-validation table beside it, then each run's tables, notes and ablations."""
     stem = f"{datetime.date.today().isoformat()}-{re.sub(r'[^a-z0-9]+', '-', platform.node().lower())}-compare"
+    if args.name:
+        stem += f"-{args.name}"
+    splits = sorted({r["split"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
     lines = [
         f"# Method comparison ({mode} mode)", "",
         f"- command: `{' '.join(['python'] + sys.argv)}`",
         f"- machine: {machine_description(args.device)}",
-        f"- data: {'synthetic toy set' if args.toy else (args.dataset_dir or getattr(args, 'data_cache', None))}; "
-        f"resolution {data['training']['images'].shape[-1]} px; training normals {len(data['training']['images'])}",
-        f"- wall time: {seconds / 60:.1f} min",
-    ]  # fmt: skip
-    trained = out["results"].get("HQ-AnoGAN", {}).get("training")
-    if trained:
-        lines.append(
-            f"- HQ-AnoGAN trained here: G {trained['generator_kimg']:.1f} kimg in {trained['generator_s']:.0f} s "
-            f"(ADA p at the end {trained['ada_p']:.3f}), E {trained['encoder_kimg']:.1f} kimg in "
-            f"{trained['encoder_s']:.0f} s"
-        )
-    lines += [
+        f"- data: {'synthetic toy set' if args.toy else ', '.join(splits)}; resolution {runs[0]['resolution']} px; "
+        f"training normals {runs[0]['training_images']}",
+        f"- runs: {len(runs)} ({len(splits)} split(s); training seeds {seeds}); "
+        + (f"wall time {seconds / 60:.1f} min" if math.isfinite(seconds) else "merged from earlier reports"),
         "",
-        "Every method: the same preprocessed images, trained on the same normal slices, scored on the same sets. "
-        "HQ-AnoGAN's Dice is at its calibrated pixel threshold; the others' is their Dice-max (optimistic for them). "
-        "AnoGAN optimises a latent per image against HQ-AnoGAN's generator (its train time is HQ-AnoGAN's) and may run "
-        "on a stratified subset (the images column says how many). Parameters count learned values (parameters and "
-        "floating-point buffers, e.g. PCA's components).", "",
+        "Protocols (DESIGN.md section 4a). **normal-only** (the headline): no real abnormal image trains, selects or "
+        "thresholds anything, for any method. Each method's scores are z-scored on the normal validation images; the "
+        "weights of its candidate scores (grid step 0.25) are those with the best AUROC on the synthetic-lesion "
+        "validation set (normal validation slices with lesions pasted in); the image threshold sits at 5% FPR on the "
+        "normal validation images. **labelled-validation** (secondary): the same rule, but the weights maximise AUROC "
+        "on the labelled validation list (normal and real tumour slices) and the threshold is at its F1 maximum.",
+        "",
+        "Score family, the same for every reconstruction method (HQ-AnoGAN, f-AnoGAN, AnoGAN, autoencoder, PCA): "
+        f"`residual` (mean |x - x'| over the foreground: pixels above {FAMILY_FOREGROUND} in [-1, 1], dilated 2 px), "
+        f"`map_max` (maximum of that map smoothed with a Gaussian of sigma {FAMILY_SMOOTHING} px) and `feature` (the "
+        "distance of the method's own discriminator or critic features, where it has one; AnoGAN uses HQ-AnoGAN's D). "
+        "HQ-AnoGAN may also weight its latent scores (`latent_cycle`, `mahalanobis`, `w_avg_distance`). GANomaly keeps "
+        "anomalib's own score; mean intensity is the trivial shortcut. AnoGAN runs on stratified subsets.",
+        "",
+        "## Normal-only (headline): mean ± sd over runs", "",
+        *aggregate_table(runs, "normal-only"), "",
+        "## Labelled-validation (secondary, label-tuned): mean ± sd over runs", "",
+        *aggregate_table(runs, "labelled-validation"), "",
     ]  # fmt: skip
-    cols = ["image AUROC", "F1-max", "pixel AUROC", "AUPRO", "Dice", "train s", "images/s", "parameters", "images"]
-    keys = ["image_auroc", "f1_max", "pixel_auroc", "aupro", "dice", "train s", "images/s", "parameters", "images"]
-    for key, title in (("test", "Test split (real anomalies, image labels)"),
-                       ("localisation_test", "Synthetic-lesion set (exact masks)")):  # fmt: skip
-        lines += [f"## {title}", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-        for name in METHODS:
-            m = table[key][name]
-            if "note" in m:
-                lines.append(f"| {name} | " + " | ".join(["n/a"] * len(cols)) + " |")
-                continue
-            cells = [_fmt(m.get(k), 1 if k in ("train s", "images/s") else 3) for k in keys]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    trained = {name: r["fit_info"] for name, r in out["results"].items() if r.get("fit_info")}
-    if trained:
-        lines += ["Training, as each method reports it:", ""]
-        lines += [
-            f"- {name}: " + ", ".join(f"{k} {_fmt(v, 1)}" for k, v in info.items()) for name, info in trained.items()
-        ]
-        lines.append("")
-    if out["notes"]:
-        lines += ["Not run:", ""] + [f"- **{k}**: {v}" for k, v in out["notes"].items()] + [""]
-    if out["ablations"]:
-        lines += [
-            "## HQ-AnoGAN ablations (test split)",
-            "",
-            "| variant | image AUROC | ms per image |",
-            "|---|---:|---:|",
-        ]
-        for row in out["ablations"]:
-            lines.append(f"| {row['variant']} | {_fmt(row['image AUROC'])} | {_fmt(row.get('ms per image'), 1)} |")
-        lines.append("")
-    figure = save_comparison_figure(out_dir / f"{stem}.png", data, out)
-    if figure is not None:
-        lines += [f"![the same test images across methods]({figure.name})", ""]
+    for run in runs:
+        lines += [f"## Run: split {run['split']}, training seed {run['seed']}", ""]
+        if run.get("hq_training"):
+            t = run["hq_training"]
+            lines += [
+                f"HQ-AnoGAN trained here: G {t['generator_kimg']:.1f} kimg in {t['generator_s']:.0f} s (ADA p at the "
+                f"end {t['ada_p']:.3f}), E {t['encoder_kimg']:.1f} kimg in {t['encoder_s']:.0f} s.", "",
+            ]  # fmt: skip
+        for protocol in PROTOCOLS:
+            for key, title in (("test", "test split (real tumours, image labels)"),
+                               ("localisation_test", "synthetic-lesion test set (exact masks)")):  # fmt: skip
+                lines += [f"**{protocol}, {title}**", "", *run_table(run["table"], protocol, key), ""]
+        if run["notes"]:
+            lines += ["Not run:", ""] + [f"- **{k}**: {v}" for k, v in run["notes"].items()] + [""]
+        if run["ablations"]:
+            lines += [
+                "HQ-AnoGAN ablations (test split):",
+                "",
+                "| variant | image AUROC | ms per image |",
+                "|---|---:|---:|",
+            ]
+            for row in run["ablations"]:
+                lines.append(f"| {row['variant']} | {_fmt(row['image AUROC'])} | {_fmt(row.get('ms per image'), 1)} |")
+            lines.append("")
+    if figure_data is not None and importlib.util.find_spec("matplotlib") is None:
+        lines += ["(No figure: matplotlib is not installed here.)", ""]
+    elif figure_data is not None:
+        figure = save_comparison_figure(out_dir / f"{stem}.png", *figure_data)
+        if figure is not None:
+            lines += [f"![the same test images across methods, first run]({figure.name})", ""]
     path = write_text_atomic(out_dir / f"{stem}.md", "\n".join(lines))
-    plain = json.loads(
-        json.dumps({"table": table, "ablations": out["ablations"], "notes": out["notes"]}, default=float)
-    )
-    write_text_atomic(out_dir / f"{stem}.json", json.dumps(plain, indent=1))
+    write_text_atomic(out_dir / f"{stem}.json", json.dumps(plain(runs), indent=1))
     return path
 
 
@@ -575,11 +694,16 @@ def save_comparison_figure(path: Path, data: dict, out: dict, num: int = 8) -> P
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(BUDGETS), default="quick")
-    parser.add_argument("--dataset_dir", type=Path, default=None, help="a prepared dataset (datalist.json)")
+    parser.add_argument(
+        "--dataset_dir", type=Path, nargs="+", default=None,
+        help="prepared dataset(s) (datalist.json); several = several splits (e.g. prepare br35h --seed 0 / 1)",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, each run on every split")
     parser.add_argument("--toy", action="store_true", help="synthetic ellipses instead of a dataset")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ablate-ada", action="store_true", help="also train HQ-AnoGAN's G without ADA")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="", help="a suffix for the report's file names")
     parser.add_argument("--hq_model", type=Path, default=None, help="a model.pt the bundle trained (same setting)")
     parser.add_argument("--hq_train_s", type=float, default=float("nan"), help="its training time, for the table")
     parser.add_argument(
@@ -590,9 +714,23 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--generator_s", type=float, default=None, help="override the mode's G training seconds")
     parser.add_argument("--encoder_s", type=float, default=None, help="override the mode's E training seconds")
     parser.add_argument("--skip", default="", help="comma-separated methods not to run, e.g. 'AnoGAN,GANomaly'")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None,
+        help="run nothing: combine the runs of earlier reports' .json files (e.g. seeds run in parallel)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.merge:
+        runs = [run for path in args.merge for run in json.loads(path.read_text())]
+        modes = {path.stem for path in args.merge}
+        path = write_report(args.out, args.mode, runs, args, float("nan"))
+        print(f"[compare] {len(runs)} run(s) from {sorted(modes)} -> {path}")
+        return path
     if not args.toy and args.dataset_dir is None and (args.data_cache is None or not args.data_cache.exists()):
         parser.error("give --dataset_dir (a folder prepared by monai_hqanogan.data.prepare), --data_cache or --toy")
+    if args.data_cache is not None and args.dataset_dir is not None and len(args.dataset_dir) > 1:
+        parser.error("--data_cache holds one split: give one --dataset_dir with it")
+    if args.hq_model is not None and (len(args.seeds) > 1 or len(args.dataset_dir or [None]) > 1):
+        parser.error("--hq_model is one trained detector: use it with one split and one seed")
     budget = BUDGETS[args.mode]
     if args.generator_s is not None or args.encoder_s is not None:
         budget = dataclasses.replace(
@@ -601,21 +739,32 @@ def main(argv: list[str] | None = None) -> Path:
         )  # fmt: skip
     resolution = budget.hq["resolution"]
     start = time.perf_counter()
-    data = toy_data(resolution) if args.toy else dataset_data(args.dataset_dir, resolution, args.data_cache)
-    if args.prepare_only:
-        print(f"[compare] {resolution} px splits written to {args.data_cache}")
-        return args.data_cache
-    out = compare(
-        data,
-        budget,
-        args.device,
-        ablate_ada=args.ablate_ada,
-        hq_model=args.hq_model,
-        hq_train_s=args.hq_train_s,
-        skip=tuple(name.strip() for name in args.skip.split(",") if name.strip()),
-    )
-    path = write_report(args.out, args.mode, data, out, args, time.perf_counter() - start)
-    print(f"[compare] report: {path}")
+    splits = [None] if args.toy or args.dataset_dir is None else list(args.dataset_dir)
+    datasets = []
+    for split in splits:
+        data = toy_data(resolution) if args.toy else dataset_data(split, resolution, args.data_cache)
+        if args.prepare_only:
+            print(f"[compare] {resolution} px splits written to {args.data_cache}")
+            return args.data_cache
+        datasets.append(("toy" if args.toy else str(split or args.data_cache), data))
+    runs: list[dict[str, Any]] = []
+    figure_data = None
+    path = None
+    # seeds outside, splits inside: a benchmark stopped early still covers every split
+    for seed in args.seeds:
+        for label, data in datasets:
+            print(f"[compare] run: split {label}, training seed {seed}", flush=True)
+            out = compare(
+                data, budget, args.device, ablate_ada=args.ablate_ada, hq_model=args.hq_model,
+                hq_train_s=args.hq_train_s, skip=tuple(name.strip() for name in args.skip.split(",") if name.strip()),
+                seed=seed, ablations=not runs,
+            )  # fmt: skip
+            runs.append(run_record(data, out, label, seed))
+            if figure_data is None:
+                figure_data = (data, out)
+            # written after every run, so a long benchmark that is stopped keeps what finished
+            path = write_report(args.out, args.mode, runs, args, time.perf_counter() - start, figure_data)
+            print(f"[compare] report after {len(runs)} run(s): {path}", flush=True)
     return path
 
 

@@ -22,7 +22,7 @@ def compare_module():
     return module
 
 
-def test_quick_comparison_writes_every_row(compare_module, tmp_path, single_thread):
+def test_quick_comparison_writes_both_protocols_for_every_row(compare_module, tmp_path, single_thread):
     cmp = compare_module
     budget = dataclasses.replace(
         cmp.BUDGETS["tiny"], hq={**cmp.BUDGETS["tiny"].hq, "generator_kimg": 0.016, "encoder_kimg": 0.016},
@@ -30,26 +30,83 @@ def test_quick_comparison_writes_every_row(compare_module, tmp_path, single_thre
         refine_steps=1, refine_max_images=6,
     )  # fmt: skip
     data = cmp.toy_data(16, n_train=32, n_test=8)
-    out = cmp.compare(data, budget, "cpu", log=lambda *a: None)
-    args = type("Args", (), {"device": "cpu", "toy": True, "dataset_dir": None})()
-    path = cmp.write_report(tmp_path, "tiny", data, out, args, seconds=1.0)
+    runs, out = [], None
+    for seed in (0, 1):
+        out = cmp.compare(data, budget, "cpu", log=lambda *a: None, seed=seed, ablations=seed == 0)
+        runs.append(cmp.run_record(data, out, "toy", seed))
+    args = type("Args", (), {"device": "cpu", "toy": True, "dataset_dir": None, "name": ""})()
+    path = cmp.write_report(tmp_path, "tiny", runs, args, seconds=1.0, figure_data=(data, out))
     text = path.read_text()
-    table = text.split("## Test split")[1].split("##")[0]
-    assert "| method | image AUROC |" in table
-    for name in cmp.METHODS:  # one row per method, run or not
-        assert f"| {name} |" in table, name
+    headline = text.split("## Normal-only (headline)")[1].split("##")[0]
+    secondary = text.split("## Labelled-validation (secondary")[1].split("##")[0]
+    assert text.index("## Normal-only (headline)") < text.index("## Labelled-validation")
     ran = [name for name in cmp.METHODS if name not in out["notes"]]
     assert {"HQ-AnoGAN", "f-AnoGAN", "AnoGAN", "autoencoder", "PCA", "mean intensity"} <= set(ran), out["notes"]
+    for table in (headline, secondary):
+        assert "| method | test image AUROC |" in table
+        for name in cmp.METHODS:  # one row per method, run or not
+            assert f"| {name} |" in table, name
+        for name in ran:  # mean ± sd over the two seeds, and the runs counted
+            row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+            assert " ± " in row and "| 2 |" in row, row
     # a method that could not run keeps its row and says why
     for name, why in out["notes"].items():
         assert f"**{name}**" in text and why in text
-    numbers = json.loads(path.with_suffix(".json").read_text())
-    assert 0 <= numbers["table"]["test"]["PCA"]["image_auroc"] <= 1
-    assert numbers["table"]["test"]["AnoGAN"]["images"] == 6  # the stratified subset
-    assert numbers["table"]["localisation_test"]["HQ-AnoGAN"]["pixel_auroc"] is not None
-    variants = [row["variant"] for row in numbers["ablations"]]
-    assert "calibrated combination" in variants and any(v.startswith("latent refinement 1") for v in variants)
+    runs_json = json.loads(path.with_suffix(".json").read_text())
+    assert [r["seed"] for r in runs_json] == [0, 1]
+    for protocol in ("normal-only", "labelled-validation"):
+        table = runs_json[0]["table"][protocol]
+        assert 0 <= table["test"]["PCA"]["image_auroc"] <= 1
+        assert table["test"]["AnoGAN"]["images"] == 6  # the stratified subset
+        assert table["localisation_test"]["HQ-AnoGAN"]["pixel_auroc"] is not None
+        # which member of the score family each method used is in the table
+        for name in ("autoencoder", "PCA", "AnoGAN"):
+            used = table["test"][name]["score"]
+            assert used and all(part.split()[-1] in ("residual", "map_max", "feature") for part in used.split(" + "))
+        assert table["test"]["autoencoder"]["score"].count("feature") == 0  # no critic, no feature member
+        assert table["test"]["mean intensity"]["score"] == "score"
+    variants = [row["variant"] for row in runs_json[0]["ablations"]]
+    assert any(v.startswith("selected under normal-only") for v in variants)
+    assert any(v.startswith("latent refinement 1") for v in variants)
+    assert runs_json[1]["ablations"] == []
     assert path.with_suffix(".png").stat().st_size > 1000
+
+
+def test_normal_only_selection_ignores_real_labels_and_labelled_validation_uses_them(compare_module):
+    import torch
+
+    cmp = compare_module
+    data = cmp.toy_data(16, n_train=8, n_test=20)
+    n = len(data["validation"]["labels"])
+    g = torch.Generator().manual_seed(0)
+    # residual separates the synthetic lesions of localisation_validation; map_max the "real" abnormal validation
+    # images; a normal-only choice must follow the first, a labelled one the second
+    loc_labels = data["localisation_validation"]["labels"].float()
+    val_labels = data["validation"]["labels"].float()
+    sets = {
+        "validation": {
+            "residual": torch.randn(n, generator=g), "map_max": torch.randn(n, generator=g) + 5 * val_labels,
+        },
+        "localisation_validation": {
+            "residual": torch.randn(n, generator=g) + 5 * loc_labels, "map_max": torch.randn(n, generator=g),
+        },
+    }  # fmt: skip
+    result = {"candidates": ["residual", "map_max"], "sets": {k: {"components": v} for k, v in sets.items()}}
+    normal_only = cmp.select_scores(result, data, "normal-only")
+    assert normal_only.weights == {"residual": 1.0}
+    assert normal_only.report["threshold_from"].startswith("FPR 0.05")
+    # relabelling the validation abnormal images as anything else changes nothing under normal-only...
+    flipped = {**data, "validation": {**data["validation"], "labels": 1 - data["validation"]["labels"]}}
+    sets["validation"] = {k: v[data["validation"]["labels"] == 0] for k, v in sets["validation"].items()}
+    flipped["validation"]["labels"] = torch.zeros(n // 2, dtype=torch.long)
+    again = cmp.select_scores(
+        {**result, "sets": {k: {"components": v} for k, v in sets.items()}}, flipped, "normal-only"
+    )
+    assert again.weights == normal_only.weights
+    assert again.report["image_threshold"] == pytest.approx(normal_only.report["image_threshold"])
+    # ...while the labelled protocol follows the real labels
+    labelled = cmp.select_scores(result, data, "labelled-validation")
+    assert labelled.weights == {"map_max": 1.0} and labelled.report["threshold_from"].startswith("F1 max")
 
 
 def test_data_cache_round_trip_and_resolution_check(compare_module, tmp_path):
