@@ -1,7 +1,8 @@
 """The MONAI Label app: ``monailabel start_server --app <this folder> --studies <folder> --conf bundle <bundle>``.
 
 ``--conf`` keys: ``bundle`` (the HQ-AnoGAN bundle folder, required), ``model`` (weights, default
-``<bundle>/models/model.pt``), ``setting`` (``demo`` or ``full``, default ``demo``), ``settings`` (a JSON object of
+``<bundle>/models/model.pt``, the shipped weights), ``setting`` (a name of the bundle's ``settings.json``, default
+the shipped weights' ``cpu``), ``settings`` (a JSON object of
 all settings, for weights trained with overrides), ``heatmaps`` (folder of the saved heat maps, default
 ``<studies>/anomaly_heatmaps``; ``none`` to save none).
 """
@@ -15,6 +16,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from monai_hqanogan.apps.monailabel.infer import HQAnoGANInferTask
+from monai_hqanogan.workflows import SHIPPED_SETTING
 
 #: the model name in MONAI Label's /info and /infer/<model>
 MODEL_NAME = "hqanogan_anomaly"
@@ -29,7 +31,7 @@ class HQAnoGANLabelApp(MONAILabelApp):
             raise ValueError("give the bundle: monailabel start_server ... --conf bundle <the HQ-AnoGAN bundle folder>")
         heatmaps = conf.get("heatmaps", os.path.join(studies, "anomaly_heatmaps"))
         self.task = HQAnoGANInferTask(
-            bundle_root=bundle, model_file=conf.get("model"), setting=conf.get("setting", "demo"),
+            bundle_root=bundle, model_file=conf.get("model"), setting=conf.get("setting", SHIPPED_SETTING),
             settings=conf.get("settings"), heatmap_dir=None if str(heatmaps).lower() == "none" else Path(heatmaps),
         )  # fmt: skip
         super().__init__(
