@@ -54,3 +54,13 @@ def test_a_foreign_calibration_is_refused_at_load(tmp_path):
         load_model_file(make_detector(), tmp_path / "model.pt", "test")
     torch.save(det_a.state_dict(), tmp_path / "model.pt")
     assert load_model_file(make_detector(seed=3), tmp_path / "model.pt", "test").fingerprint() == det_a.fingerprint()
+
+
+def test_non_finite_scores_are_an_error_not_normal():
+    det, normal = calibrated()
+    with torch.no_grad():
+        det.generator.synthesis.blocks[0].const.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite anomaly scores"):
+        det.detect(normal[:2])
+    with pytest.raises(FloatingPointError, match="non-finite anomaly scores"):
+        det.detect_all(normal[:2])

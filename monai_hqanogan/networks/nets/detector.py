@@ -189,7 +189,7 @@ class HQAnoGANDetector(nn.Module):
         image = self.prepare_input(image)
         comps = self._components(image)
         raw = {k: comps[k] for k in SCORE_NAMES}
-        score = self.calibration.combine(raw)
+        score = self._finite(self.calibration.combine(raw), comps["anomaly_map"])
         return {
             "pred_score": score,
             "pred_label": score >= self.calibration.image_threshold,
@@ -225,8 +225,23 @@ class HQAnoGANDetector(nn.Module):
             raise RuntimeError("the detector is not calibrated: call calibrate(...) or load a calibration file first.")
         comps = self._batched(images, batch_size)
         device = self.calibration.weights.device
-        comps["pred_score"] = self.calibration.combine({k: comps[k].to(device) for k in SCORE_NAMES}).cpu()
+        comps["pred_score"] = self._finite(
+            self.calibration.combine({k: comps[k].to(device) for k in SCORE_NAMES}).cpu(), comps["anomaly_map"]
+        )
         return comps
+
+    @staticmethod
+    def _finite(score: torch.Tensor, amap: torch.Tensor) -> torch.Tensor:
+        """``score`` if it and the maps are finite; a FloatingPointError otherwise (fail closed: a NaN score must
+        never read as "normal")."""
+        if not bool(torch.isfinite(score).all()) or not bool(torch.isfinite(amap).all()):
+            bad = [i for i in range(len(score)) if not bool(torch.isfinite(score[i])) or not bool(
+                torch.isfinite(amap[i]).all())]  # fmt: skip
+            raise FloatingPointError(
+                f"non-finite anomaly scores or maps for images {bad[:10]} of the batch: the weights or the "
+                "calibration are broken (no decision is made from them)."
+            )
+        return score
 
     @torch.no_grad()
     def calibrate(
