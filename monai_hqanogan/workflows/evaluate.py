@@ -24,7 +24,7 @@ from monai_hqanogan.evaluation import (
 )
 from monai_hqanogan.scoring import check_protocol
 from monai_hqanogan.utils.checkpoint import write_text_atomic
-from monai_hqanogan.workflows.stages import check_datalist, check_writable, json_ready, load_split
+from monai_hqanogan.workflows.stages import check_datalist, check_writable, is_normal_item, json_ready, load_split
 
 __all__ = ["evaluate_detector", "machine_description"]
 
@@ -162,8 +162,7 @@ def evaluate_detector(
     selections: dict[str, Any] = {}
     if baselines:
         normal_only = protocol == "normal-only"
-        keep = (lambda item: int(item.get("label", 0)) == 0) if normal_only else None
-        val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=keep)
+        val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None)
         synthetic = load_split(datalist, selection_key, resolution, base_dir=base_dir) if normal_only else None
     for bname, baseline in (baselines or {}).items():
         t0 = time.perf_counter()

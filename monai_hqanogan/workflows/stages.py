@@ -172,6 +172,11 @@ def mask_transforms(resolution: int, keys: Sequence[str] | str = ("mask",)) -> C
     ])  # fmt: skip
 
 
+def is_normal_item(item: Mapping[str, Any]) -> bool:
+    """Whether a datalist item is normal (``label`` 0 or absent): what the normal-only protocol may read."""
+    return int(item.get("label", 0)) == 0
+
+
 def load_split(
     datalist: str | os.PathLike,
     key: str,
@@ -280,8 +285,7 @@ def calibrate_detector(
     fit = load_split(datalist, fit_key, resolution, base_dir=base_dir, limit=fit_limit)
     val_items = lists[val_key]
     normal_only = protocol == "normal-only"
-    keep = (lambda item: int(item.get("label", 0)) == 0) if normal_only else None
-    val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=keep)
+    val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None)
     if not normal_only and not bool(val["labels"].any()):
         raise ValueError(
             f"protocol 'labelled-validation' needs abnormal items (label 1) in the datalist's {val_key!r} list; it "
