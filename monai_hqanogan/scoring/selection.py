@@ -22,6 +22,7 @@ The protocol (DESIGN.md section 4a) says what that set is and how the image thre
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -100,8 +101,6 @@ def reconstruction_scores(
 
 def simplex_grid(num: int, step: float) -> list[tuple[float, ...]]:
     """All weight vectors of length ``num`` with entries in multiples of ``step`` summing to 1."""
-    import itertools
-
     parts = round(1 / step)
     if parts < 1 or abs(parts * step - 1) > 1e-9:
         raise ValueError(f"step must divide 1, got {step}.")

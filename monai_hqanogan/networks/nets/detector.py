@@ -234,11 +234,11 @@ class HQAnoGANDetector(nn.Module):
     def _finite(score: torch.Tensor, amap: torch.Tensor) -> torch.Tensor:
         """``score`` if it and the maps are finite; a FloatingPointError otherwise (fail closed: a NaN score must
         never read as "normal")."""
-        if not bool(torch.isfinite(score).all()) or not bool(torch.isfinite(amap).all()):
-            bad = [i for i in range(len(score)) if not bool(torch.isfinite(score[i])) or not bool(
-                torch.isfinite(amap[i]).all())]  # fmt: skip
+        finite = torch.isfinite(score) & torch.isfinite(amap).flatten(1).all(dim=1).to(score.device)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()[:10].tolist()
             raise FloatingPointError(
-                f"non-finite anomaly scores or maps for images {bad[:10]} of the batch: the weights or the "
+                f"non-finite anomaly scores or maps for images {bad} of the batch: the weights or the "
                 "calibration are broken (no decision is made from them)."
             )
         return score
