@@ -292,22 +292,13 @@ def calibrate_detector(
             "has none. Use the default protocol 'normal-only'."
         )
     loc = load_split(datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True) if pixel_key else None
+    report = detector.calibrate(
+        fit["images"], val["images"], None if normal_only else val["labels"], fpr=fpr, pixel_fpr=pixel_fpr,
+        batch_size=batch_size, protocol=protocol, selection_images=None if loc is None else loc["images"],
+        selection_labels=None if loc is None else loc["labels"], selection_masks=None if loc is None else loc["masks"],
+    )  # fmt: skip
     if normal_only:
-        report = detector.calibrate(
-            fit["images"], val["images"], None, fpr=fpr, pixel_fpr=pixel_fpr, batch_size=batch_size,
-            protocol=protocol, selection_images=None if loc is None else loc["images"],
-            selection_labels=None if loc is None else loc["labels"],
-            selection_masks=None if loc is None else loc["masks"],
-        )  # fmt: skip
         report["ignored_abnormal"] = len(val_items) - len(val["images"])
-    else:
-        report = detector.calibrate(
-            fit["images"], val["images"], val["labels"], fpr=fpr, pixel_fpr=pixel_fpr, batch_size=batch_size,
-            protocol=protocol,
-        )  # fmt: skip
-        if loc is not None:
-            report.update(detector.calibrate_pixel_threshold(loc["images"], loc["masks"], batch_size=batch_size))
-            report["pixel_threshold_from"] += " (synthetic lesions)"
     report["counts"] = {
         "fit": len(fit["images"]),
         "validation": len(val["images"]),

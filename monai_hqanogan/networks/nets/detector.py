@@ -286,7 +286,8 @@ class HQAnoGANDetector(nn.Module):
             weight_step: grid step of the weight search.
             batch_size: images per forward pass.
             protocol: ``"normal-only"`` or ``"labelled-validation"``.
-            selection_images: normal images, some with synthetic lesions pasted in (``normal-only``).
+            selection_images: normal images, some with synthetic lesions pasted in: they choose the weights under
+                ``normal-only`` and, with ``selection_masks``, the pixel threshold under either protocol.
             selection_labels: 1 where a lesion was pasted, 0 otherwise.
             selection_masks: the pasted lesions' masks [M, 1, H, W], for the pixel threshold.
         """
