@@ -419,6 +419,29 @@ def test_slice_inferer_maps_any_2d_or_3d_shape_back_onto_its_grid(
     record_property("bad_input_kind", "non_square_image")
 
 
+def test_slice_inferer_scales_volume_slices_by_the_2d_rule(detector):
+    """One intensity rule for 2D images and volume slices (the rule of training): a slice scored inside a volume
+    gets the map and score it gets as a 2D image, so a bright lesion on one slice leaves the other slices' scores
+    alone; near-empty end slices (the ones preparation drops) are not scored."""
+    heads = (make_ellipse_images(3, 20, seed=4, inner=True)[:, 0] + 1) * 100  # [3, 20, 20], 0..200
+    volume = heads.permute(1, 2, 0).clone()  # [H, W, D]
+    volume[8:12, 8:12, 1] = 1000.0  # a lesion far brighter than every head: it sets the volume's range
+    empty = torch.zeros(20, 20, 1)
+    empty[0, 0] = 150.0  # one bright pixel: not constant, but nothing to score
+    volume = torch.cat([empty, volume], dim=-1)[None, None]  # [1, 1, 20, 20, 4]
+    inferer = SliceAnomalyInferer(resolution=16)
+    out = inferer(volume, detector)
+    assert math.isnan(float(out["slice_scores"][0, 0])) and float(out["pred"][..., 0].abs().max()) == 0.0
+    for k in range(1, 4):
+        alone = inferer(volume[..., k], detector)
+        assert float(out["slice_scores"][0, k]) == pytest.approx(float(alone["pred_score"][0]), rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(
+            torch.as_tensor(out["pred"][..., k]), torch.as_tensor(alone["pred"]), rtol=1e-5, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="only constant or near-empty slices"):
+        inferer(empty[None, None].repeat(1, 1, 1, 1, 2), detector)
+
+
 # ---------------------------------------------------------------------------------------------------- trainers
 def _generator_trainer(data: torch.Tensor, **kwargs) -> StyleGAN2Trainer:
     torch.manual_seed(0)

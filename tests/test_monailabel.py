@@ -169,7 +169,13 @@ def test_infer_returns_a_label_on_the_input_grid_that_marks_the_lesion(served, t
     # the pasted lesion is hotter than the same voxels of the clean volume, and more of it is labelled
     assert sick_heat[mask].mean() > clean_heat[mask].mean(), (sick_heat[mask].mean(), clean_heat[mask].mean())
     assert sick[mask].sum() > clean[mask].sum(), (sick[mask].sum(), clean[mask].sum())
-    assert result["anomaly_score"] > clean_result["anomaly_score"]
+    # one intensity rule per slice: the lesion raises its own slice's score and leaves the others as they were, so
+    # the volume's score (the highest slice score) cannot fall
+    assert result["slice_scores"][1] > clean_result["slice_scores"][1], (result, clean_result)
+    assert result["slice_scores"][::2] == pytest.approx(clean_result["slice_scores"][::2], rel=1e-5, abs=1e-6)
+    assert result["anomaly_score"] == pytest.approx(max(result["slice_scores"]))
+    assert result["slice_scores"][result["top_slice"]] == pytest.approx(result["anomaly_score"])
+    assert result["anomaly_score"] >= clean_result["anomaly_score"]
 
 
 def test_infer_on_a_2d_image_returns_a_label_of_its_size(served, tmp_path):

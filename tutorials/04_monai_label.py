@@ -200,8 +200,9 @@ print({stage: round(seconds[stage]) for stage in ("train_generator", "train_enco
 # name without the extension. This one holds a stack of synthetic slices (`VOLUME_SIZE` pixels square, larger than
 # the model: the bundle resizes each slice and maps the result back) with a darker lesion pasted into the middle
 # slices, and a non-identity affine (0.9 x 0.9 x 2.5 mm voxels, shifted origin) that the label must keep. The true
-# lesion mask is kept aside, to compare. (A lesion brighter than these already bright heads would become the
-# volume's brightest part and change its intensity scaling, which darkens every head: notebook 1 shows that effect.)
+# lesion mask is kept aside, to compare. (A lesion brighter than these already bright heads would become its
+# slice's brightest part and change that slice's intensity scaling, as in training, which darkens the rest of that
+# head: notebook 1 shows that effect.)
 
 # %%
 heads = make_ellipse_images(VOLUME_SLICES, VOLUME_SIZE, seed=7)  # [D, 1, S, S] in [-1, 1]

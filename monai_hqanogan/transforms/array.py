@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.transforms import Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
-__all__ = ["ToSingleChannel", "ensure_finite"]
+__all__ = ["ToSingleChannel", "ensure_finite", "intensity_window", "is_background_slice"]
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
@@ -68,3 +69,42 @@ def ensure_finite(
         suffix = f" {where}" if where else ""
         raise ValueError(f"{name}{suffix}: {what} NaN or inf; {advice}")
     return x
+
+
+def intensity_window(values: NdarrayOrTensor, upper_percentile: float = 99.5) -> tuple[float, float]:
+    """The intensity range that :func:`~monai_hqanogan.transforms.gan_image_transforms` maps to [0, 1]: the
+    minimum and the ``upper_percentile``; the maximum instead where that percentile equals the minimum (a few
+    bright pixels on a constant background). ``lo == hi`` only for a constant input.
+
+    Args:
+        values: an image, a slice or a volume (any shape).
+        upper_percentile: intensity percentile mapped to 1.
+    """
+    flat, *_ = convert_data_type(values, np.ndarray)
+    flat = np.asarray(flat, dtype=np.float64).ravel()
+    if flat.size == 0:
+        raise ValueError("intensity_window needs at least one value.")
+    lo, hi = float(flat.min()), float(np.percentile(flat, upper_percentile))
+    return (lo, hi) if hi > lo else (lo, float(flat.max()))
+
+
+def is_background_slice(
+    slice_2d: NdarrayOrTensor, window: tuple[float, float], min_foreground: float = 0.01, level: float = 12.5 / 255
+) -> bool:
+    """Whether a 2D slice of a volume holds (almost) nothing to learn from or score: constant, or fewer than
+    ``min_foreground`` of its pixels at or above ``level`` of the volume's intensity ``window``. The rule that
+    :func:`~monai_hqanogan.data.prepare_images` uses to drop slices, so inference skips the slices that training
+    never sees.
+
+    Args:
+        slice_2d: the slice (any shape).
+        window: the volume's ``(lo, hi)`` from :func:`intensity_window`.
+        min_foreground: the smallest fraction of foreground pixels of a kept slice.
+        level: the foreground level, as a fraction of the window (grey level 13 of 255 after rounding by default).
+    """
+    x, *_ = convert_data_type(slice_2d, np.ndarray)
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = window
+    if x.size == 0 or np.ptp(x) == 0 or hi <= lo:
+        return True
+    return float(((x - lo) / (hi - lo) >= level).mean()) < min_foreground

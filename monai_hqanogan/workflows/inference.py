@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
@@ -28,7 +27,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from monai_hqanogan.networks.nets.stylegan2 import check_resolution
-from monai_hqanogan.transforms.array import ensure_finite
+from monai_hqanogan.transforms.array import ensure_finite, intensity_window, is_background_slice
 from monai_hqanogan.utils.checkpoint import write_text_atomic
 from monai_hqanogan.workflows.checks import IMAGE_SUFFIXES, MAX_SLICE_PIXELS, datalist_items, verify_image_file
 
@@ -113,13 +112,15 @@ def list_inference_inputs(
 class SliceAnomalyInferer(Inferer):
     """Runs an :class:`HQAnoGANDetector` on images in their own geometry, slice by slice for volumes.
 
-    Each 2D slice goes to the model grid as in training: intensities scaled to [0, 1] by the minimum and the
-    ``upper_percentile`` (per image in 2D; over the whole volume in 3D, so that near-empty end slices are not
-    stretched into noise), the longest side resized to ``resolution`` keeping the aspect ratio, scaled to
-    [-1, 1] and the short side padded with -1. The anomaly map is cropped back and resized to the slice's own
-    size. Constant slices (outside the body) are not scored: their map is 0 and they are left out of the
-    volume's score, which is the maximum slice score. Images holding NaN or inf, constant images and slices larger
-    than ``max_slice_pixels`` are refused with an error naming the file.
+    Each 2D slice goes to the model grid by the rule of training (:func:`gan_image_transforms`), one rule for 2D
+    images and the slices of 3D volumes: intensities scaled to [0, 1] by the slice's own minimum and
+    ``upper_percentile`` (:func:`intensity_window`), the longest side resized to ``resolution`` keeping the aspect
+    ratio, scaled to [-1, 1] and the short side padded with -1. The anomaly map is cropped back and resized to the
+    slice's own size. Volume slices that preparation drops from training (constant, or fewer than
+    ``min_foreground`` of their pixels above 5% of the volume's intensity window: :func:`is_background_slice`)
+    are not scored, so near-empty end slices are not stretched into noise: their map is 0 and they are left out of
+    the volume's score, which is the maximum slice score. Images holding NaN or inf, constant images and slices
+    larger than ``max_slice_pixels`` are refused with an error naming the file.
 
     Returns a dict per batch: ``pred`` (anomaly map on the input grid, a ``MetaTensor`` with the input's meta
     data), ``pred_label`` (uint8 map, 1 where the map reaches the calibrated pixel threshold), ``pred_score`` [B],
@@ -133,6 +134,7 @@ class SliceAnomalyInferer(Inferer):
         slice_axis: spatial axis of 3D volumes along which 2D slices are taken (default the last).
         batch_size: slices per detector call.
         max_slice_pixels: the largest 2D image or volume slice accepted (memory stays bounded).
+        min_foreground: a volume slice with a smaller fraction of foreground pixels is not scored.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class SliceAnomalyInferer(Inferer):
         slice_axis: int = -1,
         batch_size: int = 32,
         max_slice_pixels: int = MAX_SLICE_PIXELS,
+        min_foreground: float = 0.01,
     ) -> None:
         super().__init__()
         check_resolution(resolution)
@@ -150,14 +153,13 @@ class SliceAnomalyInferer(Inferer):
         self.resolution, self.upper_percentile = resolution, upper_percentile
         self.slice_axis, self.batch_size = slice_axis, batch_size
         self.max_slice_pixels = max_slice_pixels
+        if not 0.0 <= min_foreground < 1.0:
+            raise ValueError(f"min_foreground must be in [0, 1), got {min_foreground}.")
+        self.min_foreground = min_foreground
         self._resize = Resize(spatial_size=resolution, size_mode="longest", mode="bilinear", anti_aliasing=True)
         self._pad = SpatialPad((resolution, resolution), mode="constant", value=-1.0)
 
     # ------------------------------------------------------------------ geometry
-    def _range(self, values: torch.Tensor) -> tuple[float, float]:
-        flat = values.detach().flatten().float().cpu().numpy()
-        return float(flat.min()), float(np.percentile(flat, self.upper_percentile))
-
     def to_model_grid(self, slice_2d: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """[1, H, W] slice -> [1, R, R] model input in [-1, 1] (intensities scaled by ``lo``/``hi``)."""
         x = ((slice_2d.float() - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
@@ -233,15 +235,15 @@ class SliceAnomalyInferer(Inferer):
         num, (height, width) = slices.shape[0], slices.shape[-2:]
         if num == 0 or height == 0 or width == 0:
             raise ValueError(f"{what} of shape {tuple(image.shape)} has no 2D slice to score.")
-        lo, hi = self._range(grey)
+        ranges = [intensity_window(s.detach().cpu(), self.upper_percentile) for s in slices]
         if volume:
-            ranges = [(lo, hi)] * num
-            valid = [bool(s.max() > s.min()) for s in slices]
+            window = intensity_window(grey.detach().cpu(), self.upper_percentile)
+            valid = [not is_background_slice(s.detach().cpu(), window, self.min_foreground) for s in slices]
         else:
-            ranges = [(lo, hi)]
-            valid = [hi > lo]
+            valid = [ranges[0][1] > ranges[0][0]]
         if not any(valid):
-            raise ValueError(f"{what} of shape {tuple(image.shape)} is constant: there is nothing to score.")
+            why = "has only constant or near-empty slices" if volume else "is constant"
+            raise ValueError(f"{what} of shape {tuple(image.shape)} {why}: there is nothing to score.")
         device = next(detector.parameters()).device
         maps = torch.zeros(num, 1, height, width)
         scores = torch.full((num,), float("nan"))

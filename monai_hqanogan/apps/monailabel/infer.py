@@ -136,6 +136,9 @@ class HQAnoGANInferTask(BasicInferTask):
             "image_threshold": float(record["image_threshold"][0]),
             "pixel_threshold": threshold,
             "anomalous_voxels": int(label.sum()),
+            # per slice along the slice axis (one entry for a 2D image); None where a slice was not scored
+            "slice_scores": [None if np.isnan(v) else float(v) for v in record["slice_scores"][0].tolist()],
+            "top_slice": int(record["panel_slice"][0]),
         }
         if self.heatmap_dir is not None:
             result["heatmap"] = str(self._save_heatmap(heat[0], affine, data))
