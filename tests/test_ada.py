@@ -30,7 +30,7 @@ def _images(batch: int = 8, size: int = 16, channels: int = 1, seed: int = 0, lo
 
 def test_ops_constants():
     assert set(ALL_OPS) == {
-        "xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness", "contrast",
+        "xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness", "contrast", "lumaflip",
     }  # fmt: skip
     assert ADA_MODES == ("adaptive", "fixed", "off")
 
@@ -45,15 +45,17 @@ def test_p_zero_is_identity(shape):
 
 
 def test_p_override_applies_augmentation():
-    pipe = _single_op_pipe("xflip", p=0.0)
+    pipe = _single_op_pipe("brightness", p=0.0)
     x = _images(4)
-    assert torch.allclose(pipe(x, p=1.0), torch.flip(x, dims=[3]), atol=1e-5)
+    assert torch.equal(pipe(x), x)
+    y = pipe(x, p=1.0)
+    assert all(not torch.allclose(y[i], x[i]) for i in range(4))
 
 
 @pytest.mark.parametrize("op", ALL_OPS)
 def test_single_op_properties(op):
     torch.manual_seed(0)
-    pipe = _single_op_pipe(op)
+    pipe = _single_op_pipe(op, clamp=True)
     x = _images(8, lo=-1.0, hi=1.0).requires_grad_(True)
     y = pipe(x)
     assert y.shape == x.shape
@@ -77,9 +79,56 @@ def test_all_multipliers_zero_is_identity():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_xflip_exact(channels):
     torch.manual_seed(1)
-    x = _images(8, channels=channels)
+    x = _images(16, channels=channels)
     y = _single_op_pipe("xflip")(x)
-    assert torch.allclose(y, torch.flip(x, dims=[3]), atol=1e-5)
+    flipped = [torch.allclose(y[i], torch.flip(x[i], dims=[2]), atol=1e-5) for i in range(16)]
+    kept = [torch.allclose(y[i], x[i], atol=1e-5) for i in range(16)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image is either flipped exactly or left as it is
+    assert 0 < sum(flipped) < 16
+
+
+@pytest.mark.parametrize("op", ["xflip", "lumaflip"])
+@pytest.mark.parametrize("p", [0.4, 1.0])
+def test_flips_change_an_image_with_probability_half_p(op, p):
+    """StyleGAN2-ADA draws a flip's parameter from {0, 1} once the operation is chosen (probability ``p``): an image
+    is flipped with probability ``p / 2``, so even at ``p = 1`` half the images D sees are not flipped."""
+    torch.manual_seed(11)
+    x = _images(4000, size=4, lo=0.1, hi=0.9)  # positive and not symmetric: a flip always changes the image
+    y = _single_op_pipe(op, p=p)(x)
+    changed = float((y - x).flatten(1).abs().amax(dim=1).gt(1e-6).float().mean())
+    assert abs(changed - p / 2) < 0.03, (op, p, changed)
+
+
+def test_lumaflip_negates_a_grey_image_around_the_middle_and_the_luma_axis_of_rgb():
+    torch.manual_seed(12)
+    grey = _images(64)
+    y = _single_op_pipe("lumaflip")(grey)
+    flipped = torch.isclose(y, -grey, atol=1e-6).flatten(1).all(dim=1)
+    assert (flipped | torch.isclose(y, grey).flatten(1).all(dim=1)).all() and 0 < int(flipped.sum()) < 64
+    torch.manual_seed(12)
+    y01 = _single_op_pipe("lumaflip", value_range=(0.0, 1.0))(grey * 0.5 + 0.5)  # the same draws, data in [0, 1]
+    torch.testing.assert_close(y01[flipped], 1 - (grey[flipped] * 0.5 + 0.5))
+    rgb = _images(64, channels=3)
+    y = _single_op_pipe("lumaflip")(rgb)
+    changed = (y - rgb).flatten(1).abs().amax(dim=1) > 1e-6
+    # the channel mean (luma) changes sign, the differences between channels (chroma) stay
+    torch.testing.assert_close(y[changed].mean(dim=1), -rgb[changed].mean(dim=1))
+    torch.testing.assert_close(y[changed] - y[changed].mean(dim=1, keepdim=True),
+                               rgb[changed] - rgb[changed].mean(dim=1, keepdim=True))  # fmt: skip
+    assert 0 < int(changed.sum()) < 64
+
+
+def test_clamping_does_not_change_when_augmentation_starts():
+    """D's input range is the same at p = 0 and p > 0: by default nothing is clamped (as in the paper: a fake
+    outside [-1, 1] reaches D as it is), and with ``clamp=True`` every output is clamped, even at p = 0."""
+    x = torch.linspace(-1.5, 1.5, 64).reshape(1, 1, 8, 8).repeat(4, 1, 1, 1)
+    geometric = {name: 0.0 for name in INTENSITY_OPS}
+    for p in (0.0, 1e-9):  # p > 0 but no image chosen
+        assert torch.equal(AdaptiveAugmentPipe(p=p)(x), x)
+        torch.testing.assert_close(AdaptiveAugmentPipe(p=p, clamp=True)(x), x.clamp(-1, 1))
+        torch.testing.assert_close(AdaptiveAugmentPipe(p=p, clamp=True, **geometric)(x), x.clamp(-1, 1))
+    with pytest.raises(ValueError, match="clamp=True needs a value_range"):
+        AdaptiveAugmentPipe(clamp=True, value_range=None)
 
 
 def test_rotate90_exact_rotations():
@@ -119,10 +168,10 @@ def test_intensity_ops_clamped(op):
     x = torch.sign(torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(4)))
     # values at +-1: any brightness shift or contrast factor > 1 leaves the range unless clamped
     torch.manual_seed(4)
-    y = _single_op_pipe(op)(x)
+    y = _single_op_pipe(op, clamp=True)(x)
     assert y.min() >= -1.0 and y.max() <= 1.0
     torch.manual_seed(4)
-    unclamped = _single_op_pipe(op, value_range=None)(x)
+    unclamped = _single_op_pipe(op)(x)
     assert unclamped.abs().max() > 1.0 + 1e-3
     # same random draws: the clamped result is the unclamped one clamped
     assert torch.allclose(y, unclamped.clamp(-1, 1), atol=1e-6)
@@ -131,7 +180,7 @@ def test_intensity_ops_clamped(op):
 def test_custom_value_range_clamp():
     torch.manual_seed(5)
     x = torch.rand(8, 1, 8, 8)
-    y = _single_op_pipe("brightness", value_range=(0.0, 1.0))(x)
+    y = _single_op_pipe("brightness", value_range=(0.0, 1.0), clamp=True)(x)
     assert y.min() >= 0.0 and y.max() <= 1.0
     assert not torch.allclose(y, x)
 
@@ -167,7 +216,7 @@ def test_geometric_ops_not_clamped_when_value_range_none():
 
 def test_all_ops_together():
     torch.manual_seed(9)
-    pipe = AdaptiveAugmentPipe(p=0.8)
+    pipe = AdaptiveAugmentPipe(p=0.8, clamp=True)
     x = _images(6, channels=2).requires_grad_(True)
     y = pipe(x)
     assert y.shape == x.shape

@@ -278,3 +278,30 @@ def test_an_iterable_dataset_without_length_trains():
     trainer = StyleGAN2Trainer("cpu", 1, loader, g, d, stylegan2_adam(g.parameters()), stylegan2_adam(d.parameters()))
     trainer.run()
     assert trainer.nimg == 16
+
+
+def test_r1_is_taken_at_the_augmented_reals():
+    """R1 penalises D's gradient at the images D sees, ``A(x)`` (torch's CUDA grid_sample has no second derivative, so
+    not through the augmentation as StyleGAN2-ADA does). With a contrast augmentation ``A(x) = c x`` and a linear
+    critic ``D(y) = <w, y>`` the penalty is ``|w|^2`` for every image, whatever ``c`` (through the augmentation it
+    would be ``c^2 |w|^2``), and the augmented images are what D is asked about."""
+    from monai_hqanogan.transforms import AdaptiveAugmentPipe
+    from monai_hqanogan.transforms.ada import GEOMETRIC_OPS, INTENSITY_OPS
+
+    only_contrast = {name: 0.0 for name in GEOMETRIC_OPS + INTENSITY_OPS} | {"contrast": 1.0}
+    trainer = make_trainer(augment_pipe=AdaptiveAugmentPipe(p=1.0, contrast_std=1.0, **only_contrast))
+    w = torch.randn(1, 1, RES, RES)
+    seen = []
+
+    def linear_critic(images: torch.Tensor) -> torch.Tensor:
+        seen.append(images.detach())
+        return (images * w).flatten(1).sum(dim=1)
+
+    trainer.discriminator = linear_critic
+    reals = make_ellipse_images(64, RES, seed=3)
+    torch.manual_seed(0)
+    penalty = trainer.r1_of_reals(reals)
+    torch.testing.assert_close(penalty, w.square().sum().expand(64), rtol=1e-5, atol=1e-4)
+    torch.manual_seed(0)
+    torch.testing.assert_close(seen[0], trainer.augment_pipe(reals))  # D was asked about A(x), the same draws
+    assert not torch.allclose(seen[0], reals)

@@ -7,7 +7,8 @@ Written from the papers.
 One iteration takes one batch of real images and runs, in order:
 
 1. D main step: non-saturating logistic loss on augmented reals and augmented fakes of G (style mixing);
-2. D regularisation every ``r1_interval`` D steps: lazy R1 penalty ``gamma / 2 * |grad D(x)|^2``;
+2. D regularisation every ``r1_interval`` D steps: lazy R1 penalty ``gamma / 2 * |grad D(y)|^2`` at the augmented
+   reals ``y = A(x)`` (see :meth:`StyleGAN2Trainer.r1_of_reals` for how that differs from StyleGAN2-ADA);
 3. G main step: non-saturating logistic loss through the augmented D; ``w_avg`` is tracked here;
 4. G regularisation every ``pl_interval`` G steps: lazy path-length penalty on a smaller batch;
 5. EMA update of ``generator_ema`` (half-life ``ema_kimg`` thousand images, ramped up);
@@ -240,6 +241,16 @@ class StyleGAN2Trainer(KimgTrainer):
         return [self.generator.mapping.w_avg] + ([self.pl_penalty.pl_mean] if self._pl_updated else [])
 
     # ------------------------------------------------------------------ the training step
+    def r1_of_reals(self, real: torch.Tensor) -> torch.Tensor:
+        """R1 penalty per image ``[B]``: the squared gradient norm of D at the augmented reals ``A(x)``, the images
+        D sees in its main step. StyleGAN2-ADA differentiates ``x -> D(A(x))`` at the un-augmented ``x`` instead,
+        through the augmentation; that needs the second derivative of ``grid_sample``, which torch's CUDA kernel
+        does not have (NVlabs ship their own grid-sample op for it). For the flips, 90-degree turns and
+        translations the two penalties are equal (those warps are isometries); scaling and contrast change the
+        gradient by their factor, so this R1 is the reference's with the augmentation's Jacobian left out."""
+        real_aug = self.augment_pipe(real.detach()).detach().float().requires_grad_(True)
+        return r1_penalty(self.discriminator(real_aug), real_aug)
+
     def _mapping(self, z: torch.Tensor, update_w_avg: bool = False) -> torch.Tensor:
         """W+ codes for ``z``, with style mixing: with probability ``style_mixing_prob`` the layers from a random
         cutoff on take the w of a second latent."""
@@ -291,10 +302,7 @@ class StyleGAN2Trainer(KimgTrainer):
 
         # 2. lazy R1 (float32)
         if self.r1_gamma > 0 and self.d_steps % self.r1_interval == 0:
-            # the penalty is on D's gradient at the images it sees, the augmented ones (as in StyleGAN2-ADA); this
-            # also keeps the double backward out of grid_sample, whose second derivative torch does not implement
-            real_r1 = aug(real.detach()).detach().requires_grad_(True)
-            penalty = r1_penalty(d(real_r1), real_r1)
+            penalty = self.r1_of_reals(real)
             r1_loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
             r1_stats = self._backward("R1", r1_loss, self.d_optimizer, d, penalty.detach().mean())
             self.d_optimizer.step()

@@ -4,15 +4,19 @@ Karras et al., "Training Generative Adversarial Networks with Limited Data", Neu
 https://arxiv.org/abs/2006.06676. Written from the paper.
 
 Every image D sees, real or generated, goes through the same differentiable, randomly parameterised
-augmentation; each operation is applied to each image with probability ``p``. Because ``p < 0.8`` keeps the
-augmentations "non-leaking", G learns the un-augmented distribution. The controller adjusts ``p`` so that the
-overfitting heuristic ``r_t = E[sign(D(real))]`` tracks a target (0.6).
+augmentation; each operation is applied to each image with probability ``p``. The flips then draw their
+parameter uniformly from {0, 1} (and ``rotate90`` from {0, 1, 2, 3}), as in the paper's Appendix B, so an
+image is flipped with probability ``p / 2``: an augmented distribution that still tells the flipped image from
+the original ("non-leaking") up to ``p`` near 1, and G learns the un-augmented distribution. The controller
+adjusts ``p`` so that the overfitting heuristic ``r_t = E[sign(D(real))]`` tracks a target (0.6).
 
 Differences from the paper, on purpose: geometric operations are composed into one affine matrix and applied
 with bilinear ``grid_sample`` and reflection padding (the paper up-samples with a wavelet filter first), so
-the output stays inside the input's value range; the colour operations are reduced to those that make sense
-for any channel count (brightness and contrast; no luma flip, hue or saturation, which assume RGB); the
-result is clamped to ``value_range``.
+the output stays inside the input's value range; the colour operations are those that make sense for any
+channel count: brightness, contrast and luma flip (for one grey channel the luma axis is the channel itself, so
+a luma flip is ``x -> -x`` around the middle of ``value_range``: an inverted slice, which D learns to expect
+only as often as G's images are flipped); no hue or saturation, which assume RGB. As in the paper nothing is
+clamped by default (``clamp``), so D sees the images G makes as they are, at every ``p``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from torch import nn
 __all__ = ["AdaptiveAugmentPipe", "AdaptiveAugmentController", "ADA_MODES", "GEOMETRIC_OPS", "INTENSITY_OPS"]
 
 GEOMETRIC_OPS = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
-INTENSITY_OPS = ("brightness", "contrast")
+INTENSITY_OPS = ("brightness", "contrast", "lumaflip")
 ADA_MODES = ("adaptive", "fixed", "off")
 
 
@@ -60,7 +64,7 @@ class AdaptiveAugmentPipe(nn.Module):
 
     Args:
         p: initial probability (a buffer: saved and restored with the state dict).
-        xflip: multiplier for horizontal flips.
+        xflip: multiplier for horizontal flips (a chosen image is flipped with probability 1/2).
         rotate90: multiplier for rotations by multiples of 90 degrees.
         xint: multiplier for integer translations of up to ``xint_max`` of the image size.
         scale: multiplier for isotropic scaling by ``2 ** N(0, scale_std)``.
@@ -70,7 +74,12 @@ class AdaptiveAugmentPipe(nn.Module):
         xfrac: multiplier for fractional translations by ``N(0, xfrac_std)`` of the image size.
         brightness: multiplier for adding ``N(0, brightness_std)``.
         contrast: multiplier for scaling by ``2 ** N(0, contrast_std)`` around the middle of ``value_range``.
-        value_range: the data range; intensity augmentation results are clamped to it (None: no clamping).
+        lumaflip: multiplier for luma flips (a chosen image is flipped with probability 1/2): the component along
+            the luma axis (the channel mean, centred on the middle of ``value_range``) changes sign; for one
+            channel ``x -> 2 * mid - x``.
+        value_range: the data range; contrast and luma flip work around its middle (None: 0).
+        clamp: clamp every output to ``value_range``, whatever ``p`` (even 0), so that D's input range does not
+            change when ADA starts; off by default, as in the paper (G gets gradient at every pixel).
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class AdaptiveAugmentPipe(nn.Module):
         xfrac: float = 1.0,
         brightness: float = 1.0,
         contrast: float = 1.0,
+        lumaflip: float = 1.0,
         xint_max: float = 0.125,
         scale_std: float = 0.2,
         rotate_max: float = 1.0,
@@ -93,6 +103,7 @@ class AdaptiveAugmentPipe(nn.Module):
         brightness_std: float = 0.2,
         contrast_std: float = 0.5,
         value_range: tuple[float, float] | None = (-1.0, 1.0),
+        clamp: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
@@ -100,16 +111,23 @@ class AdaptiveAugmentPipe(nn.Module):
         self.register_buffer("p", torch.tensor(float(p)))
         self.multipliers = {
             "xflip": xflip, "rotate90": rotate90, "xint": xint, "scale": scale, "rotate": rotate, "aniso": aniso,
-            "xfrac": xfrac, "brightness": brightness, "contrast": contrast,
+            "xfrac": xfrac, "brightness": brightness, "contrast": contrast, "lumaflip": lumaflip,
         }  # fmt: skip
         self.xint_max, self.scale_std, self.rotate_max = xint_max, scale_std, rotate_max
         self.aniso_std, self.xfrac_std = aniso_std, xfrac_std
         self.brightness_std, self.contrast_std = brightness_std, contrast_std
         self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
+        if clamp and self.value_range is None:
+            raise ValueError("clamp=True needs a value_range to clamp to.")
+        self.clamp = bool(clamp)
 
     def _chosen(self, name: str, batch: int, device: torch.device, p: float) -> torch.Tensor:
         """Boolean [batch]: which images get operation ``name``."""
         return torch.rand(batch, device=device) < p * self.multipliers[name]
+
+    def _flipped(self, name: str, batch: int, device: torch.device, p: float) -> torch.Tensor:
+        """Boolean [batch]: which images a flip ``name`` changes (chosen with ``p``, then a fair coin: ``p / 2``)."""
+        return self._chosen(name, batch, device, p) & (torch.rand(batch, device=device) < 0.5)
 
     def _geometric_matrix(self, b: int, h: int, w: int, dev: torch.device, p: float) -> torch.Tensor | None:
         """The per-image 3x3 matrix mapping output pixel coordinates (centred) to input coordinates, or None."""
@@ -124,7 +142,7 @@ class AdaptiveAugmentPipe(nn.Module):
             g = g @ torch.where(chosen[:, None, None], mat, eye)
 
         if m["xflip"] > 0:
-            apply("xflip", _scale(-1.0, 1.0, b, dev), self._chosen("xflip", b, dev, p))
+            apply("xflip", _scale(-1.0, 1.0, b, dev), self._flipped("xflip", b, dev, p))
         if m["rotate90"] > 0:
             k = torch.randint(0, 4, (b,), device=dev).float()
             apply("rotate90", _rotate(k * (math.pi / 2), b, dev), self._chosen("rotate90", b, dev, p))
@@ -158,7 +176,7 @@ class AdaptiveAugmentPipe(nn.Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}.")
         if p == 0.0:
-            return images
+            return images.clamp(*self.value_range) if self.clamp else images
         b, _, h, w = images.shape
         dev = images.device
         x = images
@@ -170,25 +188,27 @@ class AdaptiveAugmentPipe(nn.Module):
             theta = (to_norm @ g @ from_norm)[:, :2, :]
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
-        intensity = False
+        mid = 0.0 if self.value_range is None else sum(self.value_range) / 2
         if self.multipliers["brightness"] > 0:
             shift = torch.randn(b, device=dev) * self.brightness_std
             shift = torch.where(self._chosen("brightness", b, dev, p), shift, torch.zeros_like(shift))
             x = x + shift.to(x.dtype)[:, None, None, None]
-            intensity = True
         if self.multipliers["contrast"] > 0:
             factor = torch.exp2(torch.randn(b, device=dev) * self.contrast_std)
             factor = torch.where(self._chosen("contrast", b, dev, p), factor, torch.ones_like(factor))
-            mid = 0.0 if self.value_range is None else sum(self.value_range) / 2
             x = (x - mid) * factor.to(x.dtype)[:, None, None, None] + mid
-            intensity = True
-        if intensity and self.value_range is not None:
+        if self.multipliers["lumaflip"] > 0:
+            # reflect across the plane orthogonal to the luma axis (1, ..., 1) / sqrt(C): subtract twice the centred
+            # channel mean; one channel: x -> 2 * mid - x
+            flip = self._flipped("lumaflip", b, dev, p).to(x.dtype)[:, None, None, None]
+            x = x - 2 * flip * (x.mean(dim=1, keepdim=True) - mid)
+        if self.clamp:
             x = x.clamp(*self.value_range)
         return x
 
     def extra_repr(self) -> str:
         on = [k for k, v in self.multipliers.items() if v > 0]
-        return f"p={float(self.p):.4f}, ops={on}"
+        return f"p={float(self.p):.4f}, ops={on}, clamp={self.clamp}"
 
 
 class AdaptiveAugmentController:
