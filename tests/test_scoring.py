@@ -147,3 +147,27 @@ def test_calibration_file_round_trip_and_refusals(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a calibration file"):
         load_calibration(tmp_path / "other.pt", other, fingerprint="abc123")
+
+
+def test_foreground_margin_keeps_only_the_body_interior_away_from_the_image_edge():
+    """``margin=0`` is the body dilated by 2 px; ``margin=m`` the pixels at least ``m`` px from the background and
+    from the image edge, so a skull ring or an image frame can no longer hold a map's maximum."""
+    from monai_hqanogan.scoring.selection import foreground_mask, reconstruction_scores
+
+    image = torch.full((1, 1, 16, 16), -1.0)
+    image[..., 4:12, 4:12] = 0.5  # an 8 x 8 head
+    image[..., 0, :] = 1.0  # a bright frame line along the top edge
+    dilated = foreground_mask(image, -0.9)
+    assert dilated[0, 0, 2:14, 2:14].all() and dilated[0, 0, 2, :].all()
+    inner = foreground_mask(image, -0.9, margin=2)
+    expected = torch.zeros(16, 16)
+    expected[6:10, 6:10] = 1.0  # 2 px in from every side of the head; the frame line is gone
+    torch.testing.assert_close(inner[0, 0], expected)
+    assert foreground_mask(image, None, margin=2).all()
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        foreground_mask(image, -0.9, margin=-1)
+    # a reconstruction error on the head's outer ring scores with margin 0, not with margin 2
+    rec = image.clone()
+    rec[..., 4, 4:12] -= 1.0
+    assert float(reconstruction_scores(image, rec, None, -0.9)["map_max"]) == pytest.approx(1.0)
+    assert float(reconstruction_scores(image, rec, None, -0.9, foreground_margin=2)["map_max"]) == 0.0

@@ -59,13 +59,20 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-def foreground_mask(image: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """[B, 1, H, W] float mask of the body: any channel above ``threshold`` (in the [-1, 1] range), dilated by 2
-    pixels; all ones for ``threshold=None``."""
+def foreground_mask(image: torch.Tensor, threshold: float | None, margin: int = 0) -> torch.Tensor:
+    """[B, 1, H, W] float mask of where scores are taken: the body (any channel above ``threshold`` in the [-1, 1]
+    range), dilated by 2 pixels with ``margin=0``; with ``margin > 0`` the body's interior instead, every pixel at
+    least ``margin`` pixels from the background and from the image edge (the skull, the scalp and image frames are
+    left out). All ones for ``threshold=None``."""
     if threshold is None:
         return torch.ones_like(image[:, :1])
-    mask = (image.amax(dim=1, keepdim=True) > threshold).float()
-    return F.max_pool2d(mask, kernel_size=5, stride=1, padding=2)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}.")
+    body = (image.amax(dim=1, keepdim=True) > threshold).float()
+    if margin == 0:
+        return F.max_pool2d(body, kernel_size=5, stride=1, padding=2)
+    outside = F.pad(1 - body, (margin,) * 4, value=1.0)  # beyond the image edge counts as background
+    return 1 - F.max_pool2d(outside, kernel_size=2 * margin + 1, stride=1)
 
 
 def reconstruction_scores(
@@ -74,6 +81,7 @@ def reconstruction_scores(
     smoothing: GaussianFilter | float | None = 1.0,
     foreground_threshold: float | None = -0.9,
     feature: torch.Tensor | None = None,
+    foreground_margin: int = 0,
 ) -> dict[str, torch.Tensor]:
     """The score family of one batch: ``residual`` and ``map_max`` [B] (and ``feature`` [B] when given), plus the
     ``anomaly_map`` [B, 1, H, W] (smoothed |x - x'|, background zeroed) and the ``foreground`` mask.
@@ -84,12 +92,14 @@ def reconstruction_scores(
         smoothing: a 2D ``GaussianFilter``, or its sigma in pixels (0 or None: no smoothing).
         foreground_threshold: the foreground rule of :func:`foreground_mask` (None: the whole image).
         feature: the method's feature distance per image, if it has a discriminator or critic.
+        foreground_margin: score only the body's interior, this many pixels in from its edge (0: the whole body,
+            dilated; see :func:`foreground_mask`).
     """
     if image.shape != reconstruction.shape:
         raise ValueError(f"image {tuple(image.shape)} and reconstruction {tuple(reconstruction.shape)} differ.")
     if isinstance(smoothing, (int, float)):
         smoothing = GaussianFilter(spatial_dims=2, sigma=float(smoothing)).to(image.device) if smoothing > 0 else None
-    fg = foreground_mask(image, foreground_threshold)
+    fg = foreground_mask(image, foreground_threshold, foreground_margin)
     error = (image - reconstruction).abs().mean(dim=1, keepdim=True)
     residual = (error * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp_min(1)
     amap = (smoothing(error) if smoothing is not None else error) * fg
