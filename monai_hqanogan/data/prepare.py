@@ -50,7 +50,6 @@ from monai_hqanogan.data.datalists import (
     save_grey_png,
     write_prepared_datalist,
 )
-from monai_hqanogan.transforms.array import intensity_window, is_background_slice
 
 __all__ = ["prepare_image_folder", "find_image_files", "main"]
 
@@ -153,6 +152,11 @@ def _read(file: ImageFile) -> np.ndarray:
     return array
 
 
+def _window(array: np.ndarray, upper_percentile: float = 99.5) -> tuple[float, float]:
+    lo, hi = float(array.min()), float(np.percentile(array, upper_percentile))
+    return (lo, hi) if hi > lo else (lo, float(array.max()))
+
+
 def _to_uint8(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     lo, hi = window
     if hi <= lo:
@@ -219,7 +223,7 @@ def _store(
         if mask.shape != array.shape:
             raise ValueError(f"mask {mask_file.relative} has shape {mask.shape} but its image has {array.shape}")
     max_size, thumbnail_size = options["max_size"], options["thumbnail_size"]
-    window = intensity_window(array)
+    window = _window(array)
     if file.kind == "image" and array.min() >= 0 and array.max() <= 255:
         window = (0.0, 255.0)  # 8-bit images keep their grey levels
     records = []
@@ -233,7 +237,8 @@ def _store(
         masks = None if mask is None else np.moveaxis(mask, axis, -1)
         slices = []
         for k in range(volume.shape[-1]):
-            if is_background_slice(volume[..., k], window, options["min_foreground"]):
+            grey = _to_uint8(volume[..., k], window)
+            if np.ptp(grey) == 0 or (grey > 12).mean() < options["min_foreground"]:
                 continue  # empty or constant slice
             slices.append((k, volume[..., k].T, None if masks is None else masks[..., k].T))
         if not slices:
@@ -306,8 +311,15 @@ def prepare_image_folder(
     one, and every validation/test item gets a ``"mask"`` (all-zero for normal images). A slice of an abnormal
     volume whose mask slice is empty is labelled 0 but stays in its volume's group.
 
+    Output folder: it must not be an input folder, lie inside one or contain one. It must be new, empty or marked
+    as an earlier preparation's own (the marker file :data:`~monai_hqanogan.data.datalists.PREPARED_MARKER`,
+    written when the folder is first used); with ``overwrite``, a non-empty unmarked folder is accepted when it holds
+    none of the preparation's entries. Only those entries (``datalist.json``, ``images/``, ``masks/``, ``README.md``,
+    ``preview.png``) are ever replaced, so nothing the preparation did not write is deleted; see
+    :func:`~monai_hqanogan.data.datalists.check_output_dir`.
+
     Args:
-        output_dir: output folder (created; must be writable).
+        output_dir: output folder (created and marked if new; must be writable), outside every input folder.
         normal_dir: folder of normal images (label 0).
         abnormal_dir: optional folder of abnormal images (label 1; validation and test only).
         mask_dir: optional folder of masks of the abnormal images.
@@ -321,11 +333,16 @@ def prepare_image_folder(
         thumbnail_size: side of the grouping thumbnails.
         lesion_radius_range: synthetic lesion semi-axes as fractions of the brain mask's equivalent diameter.
         lesion_contrast_range: synthetic lesion contrast as fractions of the 8-bit range.
-        overwrite: replace an existing datalist prepared with other settings.
+        overwrite: replace the outputs of an earlier preparation with other settings (in a marked folder), or
+            write into a non-empty unmarked folder that holds none of the preparation's entries.
         progress: show progress bars.
 
     Returns:
         path of ``output_dir/datalist.json``.
+
+    Raises:
+        ValueError: bad settings or inputs; an output folder that is, contains or lies inside an input folder.
+        FileExistsError: a non-empty output folder not marked as a preparation's (see ``overwrite``).
     """
     started = time.time()
     check_settings(
@@ -362,7 +379,7 @@ def prepare_image_folder(
         "lesions": lesion_settings(lesion_radius_range, lesion_contrast_range),
         "format": PREPARATION_FORMAT,
     }
-    out = check_output_dir(output_dir)
+    out = check_output_dir(output_dir, overwrite)
     existing = reuse_existing(out, settings, overwrite)
     if existing is not None:
         return existing
@@ -466,7 +483,10 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="synthetic lesion contrast, fractions of the 8-bit range (default 0.25 0.6)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a datalist in --output prepared with other settings"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier preparation in --output made with other settings, or write into a non-empty folder "
+        "that holds no datalist.json, images/, masks/, README.md or preview.png (nothing else is ever deleted)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
