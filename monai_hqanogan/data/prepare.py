@@ -50,6 +50,7 @@ from monai_hqanogan.data.datalists import (
     save_grey_png,
     write_prepared_datalist,
 )
+from monai_hqanogan.transforms.array import intensity_window, is_background_slice
 
 __all__ = ["prepare_image_folder", "find_image_files", "main"]
 
@@ -152,11 +153,6 @@ def _read(file: ImageFile) -> np.ndarray:
     return array
 
 
-def _window(array: np.ndarray, upper_percentile: float = 99.5) -> tuple[float, float]:
-    lo, hi = float(array.min()), float(np.percentile(array, upper_percentile))
-    return (lo, hi) if hi > lo else (lo, float(array.max()))
-
-
 def _to_uint8(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     lo, hi = window
     if hi <= lo:
@@ -223,7 +219,7 @@ def _store(
         if mask.shape != array.shape:
             raise ValueError(f"mask {mask_file.relative} has shape {mask.shape} but its image has {array.shape}")
     max_size, thumbnail_size = options["max_size"], options["thumbnail_size"]
-    window = _window(array)
+    window = intensity_window(array)
     if file.kind == "image" and array.min() >= 0 and array.max() <= 255:
         window = (0.0, 255.0)  # 8-bit images keep their grey levels
     records = []
@@ -237,8 +233,7 @@ def _store(
         masks = None if mask is None else np.moveaxis(mask, axis, -1)
         slices = []
         for k in range(volume.shape[-1]):
-            grey = _to_uint8(volume[..., k], window)
-            if np.ptp(grey) == 0 or (grey > 12).mean() < options["min_foreground"]:
+            if is_background_slice(volume[..., k], window, options["min_foreground"]):
                 continue  # empty or constant slice
             slices.append((k, volume[..., k].T, None if masks is None else masks[..., k].T))
         if not slices:
