@@ -173,3 +173,13 @@ def test_pixel_threshold_from_synthetic_lesion_masks_maximises_dice():
     for t in torch.quantile(maps[maps > 0].flatten(), torch.tensor([0.5, 0.9, 0.99])):  # no listed threshold is better
         other = 2 * ((maps >= t) & all_masks.bool()).sum() / ((maps >= t).sum() + all_masks.sum())
         assert float(best) >= float(other) - 0.02
+
+
+def test_calibrate_fits_the_cycle_statistics_on_the_fit_images():
+    """The per-layer cycle statistics of ``cycle_fine`` come from the normal fit images, the same images as the W+
+    Gaussian; after calibration the fit images' fine-layer z-scores average to 0."""
+    det, normal = calibrated()
+    layers = det.score_components(normal)["cycle_layers"]
+    torch.testing.assert_close(det.calibration.cycle_mean, layers.mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(det.calibration.cycle_std, layers.std(0).clamp_min(1e-8), rtol=1e-4, atol=1e-6)
+    assert abs(float(det.score_components(normal)["cycle_fine"].mean())) < 1e-4

@@ -171,3 +171,19 @@ def test_foreground_margin_keeps_only_the_body_interior_away_from_the_image_edge
     rec[..., 4, 4:12] -= 1.0
     assert float(reconstruction_scores(image, rec, None, -0.9)["map_max"]) == pytest.approx(1.0)
     assert float(reconstruction_scores(image, rec, None, -0.9, foreground_margin=2)["map_max"]) == 0.0
+
+
+def test_cycle_fine_standardises_each_fine_layer_on_normal_images():
+    """``cycle_fine``: the per-layer cycle distances of the last third of W+ (layers 4, 5 of 6), each z-scored with
+    the mean and spread :meth:`fit_cycle` found on normal images, averaged; the coarse layers do not count."""
+    cal = AnomalyCalibration(num_ws=6, w_dim=4)
+    normal = torch.rand(50, 6) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    cal.fit_cycle(normal)
+    torch.testing.assert_close(cal.cycle_mean, normal.mean(0))
+    torch.testing.assert_close(cal.cycle_std, normal.std(0))
+    probe = cal.cycle_mean.expand(3, 6).clone()
+    probe[0, 5] += 2 * cal.cycle_std[5]  # two spreads up on one fine layer: (0 + 2) / 2 fine layers
+    probe[1, 0] += 100.0  # a coarse layer: ignored
+    torch.testing.assert_close(cal.cycle_fine(probe), torch.tensor([1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"cycle distances must be \[N >= 2, 6\]"):
+        cal.fit_cycle(torch.rand(5, 4))

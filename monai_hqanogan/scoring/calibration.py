@@ -46,16 +46,18 @@ __all__ = [
 #: anomaly map (anomalib's image score: a small lesion is not diluted by the image size); ``feature`` the
 #: discriminator-feature residual; ``latent_cycle`` mean over layers of |E(G(E(x))) - E(x)|^2; ``mahalanobis``
 #: mean per-layer squared Mahalanobis distance of E(x) under the normal codes' Gaussian; ``w_avg_distance`` mean
-#: |E(x) - w_avg|.
-SCORE_NAMES = ("residual", "map_max", "feature", "latent_cycle", "mahalanobis", "w_avg_distance")
+#: |E(x) - w_avg|; ``cycle_fine`` the cycle distance |E(G(E(x)))_l - E(x)_l|^2 of each fine layer l (the last third
+#: of W+), standardised per layer on normal training images, averaged (the latent score that earned its place in
+#: ``benchmarks/results/2026-12-02-latent-study``).
+SCORE_NAMES = ("residual", "map_max", "feature", "latent_cycle", "mahalanobis", "w_avg_distance", "cycle_fine")
 #: weights used when no abnormal validation data are given: residual + feature as in f-AnoGAN (kappa = 1), plus the
 #: latent density, the part that is specific to HQ-AnoGAN's latent-space scoring
 DEFAULT_WEIGHTS = {"residual": 1 / 3, "feature": 1 / 3, "mahalanobis": 1 / 3}
 
 
 class AnomalyCalibration(nn.Module):
-    """The calibrated scorer: per-score normal statistics, weights, image and pixel thresholds, the W+ Gaussian
-    and the fingerprint of the networks it belongs to.
+    """The calibrated scorer: per-score normal statistics, weights, image and pixel thresholds, the W+ Gaussian,
+    the per-layer statistics of the cycle distance and the fingerprint of the networks it belongs to.
 
     Args:
         num_ws: number of W+ style vectors of the generator.
@@ -72,6 +74,8 @@ class AnomalyCalibration(nn.Module):
         self.register_buffer("pixel_threshold", torch.tensor(float("inf")))
         self.register_buffer("calibrated", torch.tensor(False))
         self.density = WPlusGaussian(num_ws, w_dim)
+        self.register_buffer("cycle_mean", torch.zeros(num_ws))
+        self.register_buffer("cycle_std", torch.ones(num_ws))
         self.fingerprint = ""
         self.info: dict[str, Any] = {}
 
@@ -83,6 +87,24 @@ class AnomalyCalibration(nn.Module):
             raise CheckpointError(f"calibration scores {state.get('score_names')} differ from {list(SCORE_NAMES)}.")
         self.fingerprint = str(state.get("fingerprint", ""))
         self.info = dict(state.get("info", {}))
+
+    @torch.no_grad()
+    def fit_cycle(self, cycle_layers: torch.Tensor) -> None:
+        """Fit the per-layer mean and standard deviation of the cycle distance on normal images' ``[N, num_ws]``."""
+        if cycle_layers.ndim != 2 or cycle_layers.shape[1] != self.cycle_mean.numel() or len(cycle_layers) < 2:
+            raise ValueError(
+                f"cycle distances must be [N >= 2, {self.cycle_mean.numel()}], got {tuple(cycle_layers.shape)}."
+            )
+        values = cycle_layers.double()
+        self.cycle_mean.copy_(values.mean(0))
+        self.cycle_std.copy_(values.std(0).clamp_min(1e-8))
+
+    def cycle_fine(self, cycle_layers: torch.Tensor) -> torch.Tensor:
+        """The ``cycle_fine`` score ``[B]`` from per-layer cycle distances ``[B, num_ws]``: the fine third of the
+        layers, each standardised by :meth:`fit_cycle`'s statistics, averaged."""
+        fine = torch.arange(self.cycle_mean.numel()).tensor_split(3)[-1].to(self.cycle_mean.device)
+        z = (cycle_layers.to(self.cycle_mean) - self.cycle_mean) / self.cycle_std
+        return z.index_select(1, fine).mean(1)
 
     def weight_dict(self) -> dict[str, float]:
         return {n: float(w) for n, w in zip(SCORE_NAMES, self.weights) if float(w) != 0.0}

@@ -156,8 +156,8 @@ class HQAnoGANDetector(nn.Module):
 
     @torch.no_grad()
     def score_components(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every raw score of :data:`SCORE_NAMES` per image, plus ``ws``, ``reconstruction``, ``anomaly_map`` and
-        ``foreground``."""
+        """Every raw score of :data:`SCORE_NAMES` per image, plus ``ws``, ``cycle_layers`` (the per-layer cycle
+        distances [B, num_ws]), ``reconstruction``, ``anomaly_map`` and ``foreground``."""
         return self._components(self.prepare_input(image))
 
     def _components(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -166,16 +166,24 @@ class HQAnoGANDetector(nn.Module):
         family = self.residual_scores(image, rec)
         residual = family["residual"]
         no_d = self.discriminator is None
+        cycle_layers = (self.encoder(rec) - ws).square().sum(-1)  # [B, num_ws]: |E(G(E(x)))_l - E(x)_l|^2
         out: dict[str, torch.Tensor] = {
             "residual": residual,
             "map_max": family["map_max"],
             "feature": torch.zeros_like(residual) if no_d else self._feature_distance(rec, image),
-            "latent_cycle": (self.encoder(rec) - ws).square().sum(-1).mean(-1),
+            "latent_cycle": cycle_layers.mean(-1),
             "mahalanobis": self.calibration.density(ws),
             "w_avg_distance": (ws - self.generator.w_avg).norm(dim=-1).mean(-1),
+            "cycle_fine": self.calibration.cycle_fine(cycle_layers),
         }
         out.update(
-            {"ws": ws, "reconstruction": rec, "anomaly_map": family["anomaly_map"], "foreground": family["foreground"]}
+            {
+                "ws": ws,
+                "cycle_layers": cycle_layers,
+                "reconstruction": rec,
+                "anomaly_map": family["anomaly_map"],
+                "foreground": family["foreground"],
+            }
         )
         return out
 
@@ -277,7 +285,8 @@ class HQAnoGANDetector(nn.Module):
             record = detector.detect(test_images)
 
         Args:
-            fit_images: normal images (e.g. the training set) for the W+ Gaussian of the ``mahalanobis`` score.
+            fit_images: normal images (e.g. the training set) for the W+ Gaussian of the ``mahalanobis`` score and
+                the per-layer statistics of ``cycle_fine``.
             val_images: validation images, normal or mixed.
             val_labels: 1 abnormal / 0 normal per validation image (None: all normal).
             val_masks: ground-truth lesion masks [N, 1, H, W] of the validation images (``labelled-validation``).
@@ -310,6 +319,7 @@ class HQAnoGANDetector(nn.Module):
             ignored = 0
         fit = self._batched(fit_images, batch_size)
         cal.density.fit(fit["ws"])
+        cal.fit_cycle(fit["cycle_layers"])
         comps = self._batched(val_images, batch_size)
         selection = None if selection_images is None else self._batched(selection_images, batch_size)
         report = fit_scores(
