@@ -608,8 +608,10 @@ def write_report(out_dir: Path, mode: str, runs: list[dict[str, Any]], args: arg
         f"`residual` (mean |x - x'| over the foreground: pixels above {FAMILY_FOREGROUND} in [-1, 1], dilated 2 px), "
         f"`map_max` (maximum of that map smoothed with a Gaussian of sigma {FAMILY_SMOOTHING} px) and `feature` (the "
         "distance of the method's own discriminator or critic features, where it has one; AnoGAN uses HQ-AnoGAN's D). "
-        "HQ-AnoGAN may also weight its latent scores (`latent_cycle`, `mahalanobis`, `w_avg_distance`). GANomaly keeps "
-        "anomalib's own score; mean intensity is the trivial shortcut. AnoGAN runs on stratified subsets.",
+        "HQ-AnoGAN may also weight its latent scores ("
+        + ", ".join(f"`{n}`" for n in SCORE_NAMES if n not in FAMILY_NAMES)
+        + "). GANomaly keeps anomalib's own score; mean intensity is the trivial shortcut. AnoGAN runs on stratified "
+        "subsets.",
         "",
         "## Normal-only (headline): mean ± sd over runs", "",
         *aggregate_table(runs, "normal-only"), "",
