@@ -329,22 +329,22 @@ def test_inference_refuses_missing_model_and_missing_input(trained, tmp_path):
     with pytest.raises(Exception) as info:
         workflow("inference.json", "infer", **tiny_overrides(trained["data"], tmp_path / "nothing"))
     assert "run calibrate.json first" in "".join(str(e) for e in _chain(info.value))
-    w = workflow(
-        "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
-        input=str(tmp_path / "missing.nii.gz"), output_dir=str(tmp_path / "o"),
-    )  # fmt: skip
-    with pytest.raises(Exception) as info:
-        w.run()
+    with pytest.raises(Exception) as info:  # inputs are listed and checked before any work, in initialize
+        workflow(
+            "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
+            input=str(tmp_path / "missing.nii.gz"), output_dir=str(tmp_path / "o"),
+        )  # fmt: skip
     assert "does not exist" in "".join(str(e) for e in _chain(info.value))
+    assert not (tmp_path / "o").exists()
     empty = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 0), dtype=np.float32), np.eye(4)), str(empty))
-    w = workflow(
-        "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
-        input=str(empty), output_dir=str(tmp_path / "o"),
-    )  # fmt: skip
     with pytest.raises(Exception) as info:
-        w.run()
+        workflow(
+            "inference.json", "infer", **tiny_overrides(trained["data"], trained["runs"]),
+            input=str(empty), output_dir=str(tmp_path / "o"),
+        ).run()  # fmt: skip
     assert "no 2D slice" in "".join(str(e) for e in _chain(info.value))
+    assert not (tmp_path / "o").exists() and [p.name for p in tmp_path.iterdir()] == ["empty.nii.gz"]
 
 
 def test_multi_gpu_overlays_under_torchrun_then_resume_in_one_process(tmp_path):

@@ -15,11 +15,14 @@ from .checks import (
 from .evaluate import evaluate_detector, machine_description
 from .inference import (
     IMAGE_SUFFIXES,
+    OUTPUT_MANIFEST,
     AnomalyPanelSaver,
     AnomalyScoreSaver,
     FlattenAnomalyRecordd,
+    InferenceOutputFolder,
     SliceAnomalyInferer,
     list_inference_inputs,
+    output_stem,
 )
 from .stages import (
     SHIPPED_SETTING,

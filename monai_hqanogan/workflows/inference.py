@@ -4,23 +4,33 @@
 [C, H, W, D]), brings every 2D slice to the model's square grid exactly as ``gan_image_transforms`` does for
 training, runs :meth:`HQAnoGANDetector.detect`, and maps the anomaly map back onto the input grid, so that the
 map written next to a NIfTI volume has the volume's shape and affine.
+
+:class:`InferenceOutputFolder` makes one run write one consistent set: every writer writes into a hidden staging
+folder, which becomes the output folder only when the run completes (with a ``manifest.json`` of what it wrote);
+outputs keep the inputs' sub-folders below their common root; two inputs with one output name, an output folder that
+is, contains or lies inside an input folder, and an output folder holding files the tool did not write are refused
+before any work.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import math
 import os
+import secrets
+import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
+from monai.data import MetaTensor, create_file_basename
 from monai.inferers import Inferer
 from monai.transforms import MapTransform, Resize, SpatialPad
 from monai.utils import IgniteInfo, min_version, optional_import
@@ -30,6 +40,7 @@ from monai_hqanogan.networks.nets.stylegan2 import check_resolution
 from monai_hqanogan.transforms.array import ensure_finite, intensity_window, is_background_slice
 from monai_hqanogan.utils.checkpoint import write_text_atomic
 from monai_hqanogan.workflows.checks import IMAGE_SUFFIXES, MAX_SLICE_PIXELS, datalist_items, verify_image_file
+from monai_hqanogan.workflows.stages import check_writable
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -40,7 +51,10 @@ __all__ = [
     "FlattenAnomalyRecordd",
     "AnomalyScoreSaver",
     "AnomalyPanelSaver",
+    "InferenceOutputFolder",
+    "OUTPUT_MANIFEST",
     "list_inference_inputs",
+    "output_stem",
 ]
 
 
@@ -70,6 +84,21 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+#: the file in which :class:`InferenceOutputFolder` lists every file one run wrote (size and SHA-256)
+OUTPUT_MANIFEST = "manifest.json"
+_MANIFEST_TOOL = "monai_hqanogan.workflows.InferenceOutputFolder"
+_MANIFEST_FORMAT = 1
+
+
+def _inference_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of the inference set in ``folder``, None when it holds none."""
+    try:
+        manifest = json.loads((folder / OUTPUT_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("tool") == _MANIFEST_TOOL else None
+
+
 def list_inference_inputs(
     path: str | os.PathLike, datalist_key: str = "test", base_dir: str | os.PathLike | None = None
 ) -> list[dict[str, Any]]:
@@ -78,7 +107,9 @@ def list_inference_inputs(
     Args:
         path: an image file; a folder of images (PNG, JPEG, NIfTI, ...; a sub-folder of ``.dcm`` files is one DICOM
             series; other files and hidden files are ignored); or a MONAI datalist JSON file (``datalist_key`` is
-            read, paths relative to ``base_dir`` or to the JSON's folder). 2D images and 3D volumes may be mixed.
+            read, paths relative to ``base_dir`` or to the JSON's folder). 2D images and 3D volumes may be mixed. A
+            folder holding the outputs of an inference run (its ``manifest.json``) is refused: its maps are not
+            images to score.
         datalist_key: the list to read from a datalist JSON.
         base_dir: base folder of the datalist's relative paths (default: the JSON's folder).
 
@@ -96,6 +127,11 @@ def list_inference_inputs(
     elif path.is_file():
         items = [{"image": str(path)}]
     else:
+        if _inference_manifest(path) is not None:
+            raise ValueError(
+                f"folder {str(path)!r} holds the outputs of an inference run ({OUTPUT_MANIFEST}): its anomaly maps are "
+                "not images to score; give the folder of the images."
+            )
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
         files = [p for p in entries if p.is_file() and _suffix(p) in IMAGE_SUFFIXES and _suffix(p) != ".dcm"]
         series = [p for p in entries if p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir())]
@@ -308,12 +344,37 @@ def _item_name(item: Mapping[str, Any], key: str) -> str:
     return str(name)
 
 
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no token for them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _strict_json(value: Any) -> str:
+    """``value`` as standard JSON: non-finite floats become null, never the ``NaN``/``Infinity`` tokens."""
+    return json.dumps(_finite_or_none(value), indent=1, allow_nan=False)
+
+
+def output_stem(name: str | os.PathLike, data_root_dir: str | os.PathLike = "") -> str:
+    """The output name of an input, relative to the output folder, without postfix and extension: the input's
+    sub-folder below ``data_root_dir`` and its file name without extension (``.nii.gz`` counts as one), by MONAI's
+    own rule (``create_file_basename``, what ``SaveImage(data_root_dir=..., separate_folder=False)`` uses)."""
+    root = os.fspath(data_root_dir)
+    return create_file_basename("", os.fspath(name), "", data_root_dir=root, separate_folder=False, makedirs=False)
+
+
 class AnomalyScoreSaver:
     """Handler that writes every image's score and decision to ``<output_dir>/<filename>.csv`` and ``.json``.
 
     Rows: ``image`` (file), ``score``, ``label`` (1 abnormal at the calibrated threshold), ``threshold``, and for
     volumes ``slice`` (the highest-scoring slice index) and the per-slice scores (JSON only). Written atomically
-    when the run completes.
+    when the run completes. The JSON file is standard JSON: a value that is not a finite number is ``null`` there
+    and empty in the CSV file (never ``NaN`` or ``Infinity``).
 
     Args:
         output_dir: folder of the files (created).
@@ -336,7 +397,8 @@ class AnomalyScoreSaver:
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output
         for item in output if isinstance(output, list) else [output]:
-            slices = [None if math.isnan(v) else round(float(v), 6) for v in torch.as_tensor(item["slice_scores"])]
+            # full precision, as the score: rounding would break "score == max(slice_scores)" for small scores
+            slices = [float(v) if math.isfinite(v) else None for v in torch.as_tensor(item["slice_scores"]).tolist()]
             self.rows.append({
                 "image": _item_name(item, self.image_key),
                 "score": float(item["pred_score"]),
@@ -353,10 +415,11 @@ class AnomalyScoreSaver:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, ["image", "score", "label", "threshold", "slice"], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(self.rows)
+        rows = _finite_or_none(self.rows)
+        writer.writerows(rows)
         write_text_atomic(csv_path, buffer.getvalue())
-        summary = {"images": len(self.rows), "flagged": sum(r["label"] for r in self.rows), "rows": self.rows}
-        write_text_atomic(json_path, json.dumps(summary, indent=1))
+        summary = {"images": len(rows), "flagged": sum(r["label"] for r in rows), "rows": rows}
+        write_text_atomic(json_path, _strict_json(summary))
         logging.getLogger(type(self).__name__).info(
             f"scores of {len(self.rows)} images ({summary['flagged']} above threshold) -> {csv_path}"
         )
@@ -366,7 +429,10 @@ class AnomalyScoreSaver:
 class AnomalyPanelSaver:
     """Handler that saves a detection panel per image: input | pseudo-normal | heat map | overlay with contours.
 
-    For a volume the panel shows its highest-scoring slice. At most ``max_panels`` panels per run are written.
+    For a volume the panel shows its highest-scoring slice. At most ``max_panels`` panels per run are written. A
+    panel is named like the maps MONAI's ``SaveImage`` writes: ``<sub-folder>/<name>_panel.png``, where ``<name>``
+    is the input's file name without extension and ``<sub-folder>`` its folder below ``data_root_dir`` (none when
+    ``data_root_dir`` is empty).
 
     Args:
         output_dir: folder of the PNG files (created).
@@ -374,13 +440,20 @@ class AnomalyPanelSaver:
         image_key: key of the input image, whose file name names the panel.
         transpose: draw the slices with their two axes swapped (default): MONAI reads PNG/JPEG files as (width,
             height) arrays and NIfTI slices as (x, y), and both look as expected only when transposed.
+        data_root_dir: the inputs' common folder, as given to ``SaveImage``, so that inputs with one file name in
+            different folders get different panels.
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, max_panels: int = 64, image_key: str = "image", transpose: bool = True
+        self,
+        output_dir: str | os.PathLike,
+        max_panels: int = 64,
+        image_key: str = "image",
+        transpose: bool = True,
+        data_root_dir: str | os.PathLike = "",
     ) -> None:
         self.output_dir, self.max_panels, self.image_key = Path(output_dir), max_panels, image_key
-        self.transpose = transpose
+        self.transpose, self.data_root_dir = transpose, os.fspath(data_root_dir)
         self.count = 0
 
     def attach(self, engine: Engine) -> None:
@@ -403,9 +476,9 @@ class AnomalyPanelSaver:
             if self.transpose:
                 panel = panel.transpose(-1, -2)
             name = _item_name(item, self.image_key)
-            stem = Path(name).name.split(".")[0] or f"image_{self.count}"
+            stem = output_stem(name, self.data_root_dir) if name else f"image_{self.count}"
             slices = torch.as_tensor(item["slice_scores"]).numel()
-            title = stem + (f" (slice {int(item['panel_slice'])})" if slices > 1 else "")
+            title = Path(stem).name + (f" (slice {int(item['panel_slice'])})" if slices > 1 else "")
             pixel_thr = float(item["pixel_threshold"])
             fig = plot_detection_panels(
                 panel[0:1, None],
@@ -416,5 +489,282 @@ class AnomalyPanelSaver:
                 threshold=float(item["image_threshold"]),
                 titles=[title],
             )
-            save_figure(fig, self.output_dir / f"{stem}_panel.png")
+            path = self.output_dir / f"{stem}_panel.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_figure(fig, path)
             self.count += 1
+
+
+def _listed(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The files a manifest lists: relative path -> {"bytes", "sha256"}."""
+    files = manifest.get("files")
+    return {str(k): v for k, v in files.items() if isinstance(v, Mapping)} if isinstance(files, Mapping) else {}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tree(folder: Path) -> tuple[set[str], set[str]]:
+    """(entries that are not folders: files, links, ...; folders) under ``folder``, as relative POSIX paths."""
+    entries, folders = set(), set()
+    for root, dirs, files in os.walk(folder):  # links to folders are listed, not followed
+        rel = Path(root).relative_to(folder)
+        for name in dirs:
+            (entries if os.path.islink(os.path.join(root, name)) else folders).add((rel / name).as_posix())
+        entries.update((rel / name).as_posix() for name in files)
+    return entries, folders
+
+
+def _ancestors(names: Sequence[str] | set[str]) -> set[str]:
+    return {parent.as_posix() for name in names for parent in Path(name).parents if parent != Path(".")}
+
+
+def _some(names: Sequence[str] | set[str], limit: int = 4) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class InferenceOutputFolder:
+    """One inference run writes one consistent set of files into ``output_dir``, or leaves it as it was.
+
+    Every writer of the run (``SaveImaged``, :class:`AnomalyScoreSaver`, :class:`AnomalyPanelSaver`) writes into
+    :attr:`staging_dir`, a new hidden folder next to ``output_dir`` (``.<name>.incomplete-<run id>``). When the run
+    completes, a ``manifest.json`` listing every file written (size, SHA-256) is added and the staging folder is
+    renamed to ``output_dir``; when it fails, the staging folder is removed and ``output_dir`` is left as it was. A
+    staging folder left by a killed process can be deleted.
+
+    :meth:`check` refuses, before any work (the bundle's ``initialize`` calls it):
+
+    - two inputs that would be written under one name (outputs keep the inputs' sub-folders below their common
+      folder :attr:`data_root`, as MONAI's ``SaveImage(data_root_dir=...)`` does, so only inputs in one folder whose
+      file names differ in their extension or letter case alone, or an input listed twice, collide);
+    - an output folder that is, contains or lies inside an input folder (the folder given as input, a DICOM series),
+      or that is or contains the folder of an input file, so a later run never scores this run's maps as images;
+    - an output folder that holds anything but an unchanged earlier set written by this class (exactly the files
+      its ``manifest.json`` lists; some may be missing): a completed run replaces such a set, and deletes nothing
+      else.
+
+    Attach it to the engine after the other writers (``handlers`` of the bundle's ``inference.json``): it finishes
+    the set when the run completes, after the score files are written.
+
+    Args:
+        output_dir: the output folder.
+        inputs: the run's data dicts (:func:`list_inference_inputs`).
+        source: what the inputs were listed from (a folder, an image file or a datalist); a folder is an input
+            folder.
+        image_key: key of the image path in ``inputs`` and of the image in the engine's output.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        inputs: Sequence[Mapping[str, Any]],
+        source: str | os.PathLike | None = None,
+        image_key: str = "image",
+    ) -> None:
+        self.output_dir = Path(output_dir).expanduser().resolve()
+        self.image_key = image_key
+        self.inputs = [os.fspath(item[image_key]) for item in inputs]
+        self.source = Path(source).expanduser() if source is not None else None
+        folders = sorted({os.path.dirname(os.path.abspath(p)) for p in self.inputs})
+        #: the inputs' common folder: outputs keep the inputs' sub-folders below it
+        self.data_root = os.path.commonpath(folders) if folders else ""
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        #: where the writers write during the run; renamed to ``output_dir`` when the run completes
+        self.staging_dir = self.output_dir.parent / f".{self.output_dir.name}.incomplete-{self.run_id}"
+        self._checked = self._created = self._keep = False
+        self._seen: dict[str, str] = {}
+        self._log = logging.getLogger(type(self).__name__)
+
+    # ------------------------------------------------------------------ checks before any work
+    def check(self) -> InferenceOutputFolder:
+        """Refuse the run, before any work, when its outputs would collide or mix with anything; see the class.
+
+        Raises:
+            ValueError: two inputs with one output name; an output folder that is, contains or lies inside an
+                input folder.
+            FileExistsError: an output folder holding anything but an unchanged earlier set of this class.
+            PermissionError: an output folder that cannot be written.
+        """
+        self._check_names()
+        self._check_overlap()
+        self._earlier_set()
+        check_writable(self.output_dir.parent)
+        self._checked = True
+        return self
+
+    def _check_names(self) -> None:
+        seen: dict[str, str] = {}
+        for path in self.inputs:
+            stem = output_stem(path, self.data_root)
+            if stem.casefold() not in seen:
+                seen[stem.casefold()] = path
+                continue
+            other = seen[stem.casefold()]
+            if os.path.abspath(other) == os.path.abspath(path):
+                raise ValueError(f"input {path!r} is listed twice: list every image once.")
+            raise ValueError(
+                f"inputs {other!r} and {path!r} would both be written as {stem!r} (anomaly map, label and panel are "
+                f"named after the input's folder below {self.data_root!r} and its file name without extension, "
+                "letter case ignored): rename one of them, or score them in two runs with separate output folders."
+            )
+
+    def _check_overlap(self) -> None:
+        out = self.output_dir
+        advice = (
+            "choose an output folder outside every input folder (a later run on that folder would read this run's "
+            "maps as images)."
+        )
+        folders = [Path(p).resolve() for p in self.inputs if Path(p).is_dir()]  # DICOM series
+        if self.source is not None and self.source.is_dir():
+            folders.insert(0, self.source.resolve())
+        for folder in folders:
+            if out == folder:
+                raise ValueError(f"the output folder {out} is the input folder {folder}: {advice}")
+            if folder in out.parents:
+                raise ValueError(f"the output folder {out} lies inside the input folder {folder}: {advice}")
+            if out in folder.parents:
+                raise ValueError(f"the input folder {folder} lies inside the output folder {out}: {advice}")
+        for path in self.inputs:
+            folder = Path(path).resolve().parent
+            if out == folder:
+                raise ValueError(f"the output folder {out} is the folder of the input {path!r}: {advice}")
+            if out in folder.parents:
+                raise ValueError(f"the output folder {out} contains the input {path!r}: {advice}")
+
+    def _earlier_set(self) -> dict[str, Any] | None:
+        """The manifest of the unchanged earlier set in ``output_dir``; None for a missing or empty folder."""
+        out = self.output_dir
+        if not out.exists():
+            return None
+        if not out.is_dir():
+            raise FileExistsError(f"the output folder {out} is a file: choose another --output_dir.")
+        entries, folders = _tree(out)
+        if not entries and not folders:
+            return None
+        manifest = _inference_manifest(out)
+        how = (
+            "choose a new or empty --output_dir, or move those files away (a run replaces only an unchanged set "
+            f"written by an earlier run, which its {OUTPUT_MANIFEST} lists, and deletes nothing else)."
+        )
+        if manifest is None:
+            raise FileExistsError(
+                f"the output folder {out} is not empty ({_some(entries | folders)}) and holds no {OUTPUT_MANIFEST} "
+                f"of an earlier inference run: {how}"
+            )
+        files = _listed(manifest)
+        listed = set(files)
+        foreign = (entries - listed - {OUTPUT_MANIFEST}) | (folders - _ancestors(listed))
+        if foreign:
+            raise FileExistsError(
+                f"the output folder {out} holds an earlier inference set and also files that set did not write "
+                f"({_some(foreign)}): {how}"
+            )
+        changed = []
+        for name in sorted(entries & listed):
+            path, info = out / name, files[name]
+            if path.is_symlink() or path.stat().st_size != info.get("bytes") or _sha256(path) != info.get("sha256"):
+                changed.append(name)
+        if changed:
+            raise FileExistsError(
+                f"the output folder {out} holds an earlier inference set whose files changed since it was written "
+                f"({_some(changed)}): {how}"
+            )
+        return manifest
+
+    # ------------------------------------------------------------------ the run
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.begin)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_outputs)
+        engine.add_event_handler(Events.COMPLETED, self.commit)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def begin(self, engine: Engine | None = None) -> Path:
+        """Create the (new) staging folder; runs :meth:`check` first if it has not run."""
+        if not self._checked:
+            self.check()
+        self.staging_dir.mkdir()  # a new name: nothing is overwritten
+        self._created, self._keep, self._seen = True, False, {}
+        return self.staging_dir
+
+    def _check_outputs(self, engine: Engine) -> None:
+        """Guard of what was checked before the run: no two images of the run are written under one name."""
+        output = engine.state.output
+        for item in output if isinstance(output, list) else [output]:
+            name = _item_name(item, self.image_key)
+            key = output_stem(name, self.data_root).casefold()
+            if key in self._seen:
+                raise ValueError(
+                    f"inputs {self._seen[key]!r} and {name!r} were written under one name: the run is dropped."
+                )
+            self._seen[key] = name
+
+    def _failed(self, engine: Engine, error: BaseException) -> None:
+        self.discard()
+        raise error
+
+    def discard(self) -> None:
+        """Remove the staging folder of a failed run (only what this run wrote is there)."""
+        if self._created and not self._keep and self.staging_dir.is_dir():
+            shutil.rmtree(self.staging_dir)
+            self._log.info(f"the run failed: nothing was written to {self.output_dir}")
+        self._created = False
+
+    def commit(self, engine: Engine | None = None) -> Path:
+        """Add the manifest and make the staging folder ``output_dir``, replacing an unchanged earlier set."""
+        entries, _ = _tree(self.staging_dir)
+        paths = {name: self.staging_dir / name for name in sorted(entries - {OUTPUT_MANIFEST})}
+        files = {name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for name, path in paths.items()}
+        manifest = {
+            "tool": _MANIFEST_TOOL,
+            "format": _MANIFEST_FORMAT,
+            "run_id": self.run_id,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "data_root": self.data_root,
+            "inputs": self.inputs,
+            "files": files,
+        }
+        write_text_atomic(self.staging_dir / OUTPUT_MANIFEST, _strict_json(manifest))
+        try:
+            earlier = self._earlier_set()
+        except FileExistsError as err:  # something was written there during the run: keep both, tell
+            self._keep = True
+            raise FileExistsError(f"{err} This run's complete set is kept in {self.staging_dir}.") from err
+        replaced = None
+        try:
+            if earlier is not None:
+                replaced = self.output_dir.parent / f".{self.output_dir.name}.replaced-{self.run_id}"
+                os.rename(self.output_dir, replaced)
+            elif self.output_dir.is_dir():
+                os.rmdir(self.output_dir)  # empty
+            os.rename(self.staging_dir, self.output_dir)
+        except OSError as err:
+            if replaced is not None and replaced.is_dir() and not self.output_dir.exists():
+                os.rename(replaced, self.output_dir)
+            self._keep = True
+            raise OSError(
+                f"cannot move {self.staging_dir} to {self.output_dir}: {err}; the set is kept there."
+            ) from err
+        self._created = False
+        if replaced is not None:
+            self._remove_set(replaced, earlier)
+        self._log.info(f"{len(files)} files -> {self.output_dir} (listed in {OUTPUT_MANIFEST})")
+        return self.output_dir
+
+    def _remove_set(self, folder: Path, manifest: Mapping[str, Any]) -> None:
+        """Delete the earlier set moved to ``folder``: the files its manifest lists, then its emptied folders."""
+        entries, folders = _tree(folder)
+        listed = set(_listed(manifest))
+        for name in sorted(entries & (listed | {OUTPUT_MANIFEST})):
+            (folder / name).unlink()
+        try:
+            for name in sorted(folders & _ancestors(listed), key=lambda n: -n.count("/")):
+                (folder / name).rmdir()
+            folder.rmdir()
+        except OSError:
+            self._log.warning(f"the earlier set's folder {folder} still holds files it did not write: left there.")

@@ -1,0 +1,349 @@
+"""One inference run writes one consistent set (issue 17, "never mix two runs"), through the bundle's inference.json.
+
+Inputs with one file name in different folders keep their own map, label and panel; inputs that would still share an
+output name are refused before any work; a run failing partway leaves the output folder as it was; an output folder
+holding anything but an unchanged set of an earlier run is refused, and so is one that is, contains or lies inside an
+input folder; ``scores.json`` and ``manifest.json`` are standard JSON. Every refusal and failure is checked against a
+hash of every file under the output folder before and after.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+from monai_hqanogan.data import make_ellipse_images
+from monai_hqanogan.workflows import OUTPUT_MANIFEST, AnomalyScoreSaver, InferenceOutputFolder, export_detector
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def png(path: Path, seed: int = 0, height: int = 24, width: int = 20) -> Path:
+    """A grey uint8 ellipse image, not square."""
+    image = make_ellipse_images(1, max(height, width), seed=seed)[0, 0, :height, :width].numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(((image + 1) * 127.5).clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path -> SHA-256); empty for a folder that does not exist."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def leftovers(out: Path) -> list[str]:
+    """Hidden staging or replaced folders of ``out`` left next to it."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def strict_json(path: Path):
+    def refuse(token):
+        raise ValueError(f"{path.name} holds the non-standard JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def chain(err: BaseException) -> list[BaseException]:
+    out = []
+    while err is not None and len(out) < 20:
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def assert_clear(err: BaseException, kind: type, pattern: str) -> None:
+    """``err`` or one of its causes (MONAI's bundle runner wraps errors) is a ``kind`` matching ``pattern``."""
+    found = [e for e in chain(err) if isinstance(e, kind) and re.search(pattern, str(e), re.S)]
+    assert found, f"no {kind.__name__} matching {pattern!r} in {[f'{type(e).__name__}: {e}' for e in chain(err)]}"
+
+
+@pytest.fixture(scope="module")
+def model_runs(tmp_path_factory) -> Path:
+    """A run folder whose ``models/model.pt`` is a tiny calibrated detector built from the bundle's inference config."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
+    torch.manual_seed(0)
+    det = parser.get_parsed_content("network_def")
+    with torch.no_grad():  # make the untrained encoder's codes depend on the image
+        for head in det.encoder.heads:
+            head.linear.weight.normal_()
+    normal = make_ellipse_images(16, 16, seed=1)
+    det.calibrate(normal[:8], normal[8:])
+    runs = tmp_path_factory.mktemp("runs")
+    export_detector(det.eval(), runs / "models" / "model.pt")
+    return runs
+
+
+def infer(runs: Path, source: Path, out: Path, **extra) -> None:
+    """The bundle's inference.json with the tiny settings: initialize (the checks) and run."""
+    logging.disable(logging.WARNING)
+    try:
+        w = ConfigWorkflow(
+            config_file=str(BUNDLE / "configs" / "inference.json"),
+            workflow_type="infer",
+            bundle_root=str(BUNDLE),
+            **tiny_overrides(runs / "no_dataset", runs),
+            input=str(source),
+            output_dir=str(out),
+            **extra,
+        )
+        w.initialize()
+        w.run()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def assert_one_set(out: Path, inputs: int) -> dict:
+    """``out`` holds exactly the files its manifest lists, unchanged, and the score files of ``inputs`` images."""
+    manifest = strict_json(out / OUTPUT_MANIFEST)
+    files = hashes(out)
+    assert set(files) == set(manifest["files"]) | {OUTPUT_MANIFEST}
+    assert all(files[name] == info["sha256"] for name, info in manifest["files"].items())
+    assert len(strict_json(out / "scores.json")["rows"]) == inputs == len(manifest["inputs"])
+    assert len(list(out.rglob("*_anomaly_map.nii.gz"))) == inputs == len(list(out.rglob("*_anomaly_label.nii.gz")))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def earlier_set(model_runs, tmp_path_factory) -> Path:
+    """The complete output of an earlier run on two images (copy it before use)."""
+    root = tmp_path_factory.mktemp("earlier")
+    for i in range(2):
+        png(root / "inputs" / f"earlier_{i}.png", seed=10 + i)
+    infer(model_runs, root / "inputs", root / "out")
+    assert_one_set(root / "out", 2)
+    return root / "out"
+
+
+# ---------------------------------------------------------------------------------------------------- 1. names
+def test_same_file_name_in_two_folders_gets_its_own_map_label_and_panel(model_runs, tmp_path):
+    for seed, folder in enumerate(("site_a/t1", "site_b/t1")):
+        png(tmp_path / "data" / folder / "case.png", seed=seed)
+    datalist = tmp_path / "data" / "list.json"
+    datalist.write_text(json.dumps({"test": [{"image": "site_a/t1/case.png"}, {"image": "site_b/t1/case.png"}]}))
+    out = tmp_path / "out"
+    infer(model_runs, datalist, out)
+    manifest = assert_one_set(out, 2)
+    for site in ("site_a", "site_b"):  # the inputs' sub-folders below their common folder, as SaveImage keeps them
+        for name in ("case_anomaly_map.nii.gz", "case_anomaly_label.nii.gz"):
+            assert (out / site / "t1" / name).is_file()
+        assert (out / "panels" / site / "t1" / "case_panel.png").is_file()
+    maps = [np.asarray(nib.load(str(out / s / "t1" / "case_anomaly_map.nii.gz")).dataobj) for s in ("site_a", "site_b")]
+    assert not np.array_equal(*maps)  # two inputs, two maps: the second did not overwrite the first
+    rows = strict_json(out / "scores.json")["rows"]
+    assert sorted(Path(r["image"]).parent.parent.name for r in rows) == ["site_a", "site_b"]
+    assert manifest["data_root"] == str((tmp_path / "data").resolve())
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("kind", ["extension", "letter_case", "listed_twice"])
+def test_inputs_that_would_share_an_output_name_are_refused_before_any_work(kind, model_runs, earlier_set, tmp_path):
+    data = tmp_path / "data"
+    if kind == "extension":  # one folder, x.png and x.nii.gz: both would be x_anomaly_map.nii.gz
+        png(data / "x.png")
+        nib.save(nib.Nifti1Image(np.random.rand(20, 24).astype(np.float32), np.eye(4)), str(data / "x.nii.gz"))
+        source, message = data, r"inputs '.*x\.nii\.gz' and '.*x\.png' would both be written as"
+    elif kind == "letter_case":  # one file on a case-insensitive file system
+        png(data / "Scan.png", seed=1)
+        png(data / "scan.png", seed=2)
+        source, message = data, r"inputs '.*Scan\.png' and '.*scan\.png' would both be written as"
+    else:
+        png(data / "x.png")
+        source, message = data / "list.json", r"input '.*x\.png' is listed twice"
+        source.write_text(json.dumps({"test": [{"image": "x.png"}, {"image": "x.png"}]}))
+    out = tmp_path / "out"
+    shutil.copytree(earlier_set, out)
+    before = hashes(out)
+    with pytest.raises(Exception) as info:
+        infer(model_runs, source, out)
+    assert_clear(info.value, ValueError, message)
+    assert hashes(out) == before and leftovers(out) == []
+
+
+# ---------------------------------------------------------------------------------------------------- 2. one set
+@pytest.mark.parametrize("earlier", [True, False])
+def test_a_run_failing_partway_leaves_the_output_folder_as_it_was(
+    earlier, model_runs, earlier_set, tmp_path, monkeypatch
+):
+    data = tmp_path / "data"
+    png(data / "a.png", seed=1)
+    png(data / "b.png", seed=2)
+    Image.fromarray(np.full((24, 20), 7, np.uint8)).save(data / "c_constant.png")  # fails in the inferer, last
+    out = tmp_path / "out"
+    if earlier:
+        shutil.copytree(earlier_set, out)
+    before = hashes(out)
+    staged = []
+    discard = InferenceOutputFolder.discard
+
+    def spy(self):
+        staged.extend(sorted(hashes(self.staging_dir)))
+        discard(self)
+
+    monkeypatch.setattr(InferenceOutputFolder, "discard", spy)
+    with pytest.raises(Exception) as info:
+        infer(model_runs, data, out)
+    assert_clear(info.value, ValueError, "c_constant.png'.*is constant")
+    assert "a_anomaly_map.nii.gz" in staged and "b_anomaly_label.nii.gz" in staged  # it failed partway
+    assert hashes(out) == before and out.exists() == earlier and leftovers(out) == []
+    if earlier:
+        assert_one_set(out, 2)
+
+
+def test_a_completed_run_replaces_an_unchanged_earlier_set_it_wrote(model_runs, earlier_set, tmp_path):
+    out = tmp_path / "runs" / "out"
+    shutil.copytree(earlier_set, out)
+    neighbour = png(tmp_path / "runs" / "keep.png", seed=3)  # next to the output folder: never touched
+    kept = neighbour.read_bytes()
+    png(tmp_path / "data" / "new.png", seed=4)
+    infer(model_runs, tmp_path / "data", out)
+    manifest = assert_one_set(out, 1)
+    assert sorted(manifest["files"]) == [
+        "new_anomaly_label.nii.gz", "new_anomaly_map.nii.gz", "panels/new_panel.png", "scores.csv", "scores.json"
+    ]  # fmt: skip
+    assert leftovers(out) == [] and neighbour.read_bytes() == kept
+
+
+OCCUPIED = {  # kind: (what the output folder holds besides / instead of an earlier set, the message)
+    "foreign_file": ("notes only", r"is not empty \(notes\.txt\) and holds no manifest\.json"),
+    "old_scores": ("hand-written scores", r"is not empty \(scores\.csv, scores\.json\) and holds no manifest\.json"),
+    "extra_file": ("set + notes", r"also files that set did not write \(notes\.txt\)"),
+    "extra_folder": ("set + empty folder", r"also files that set did not write \(mine\)"),
+    "changed_map": ("set, one map edited", r"files changed since it was written \(earlier_0_anomaly_map\.nii\.gz\)"),
+    "not_a_folder": ("a file", "is a file"),
+}
+
+
+@pytest.mark.parametrize("kind", list(OCCUPIED))
+def test_an_output_folder_holding_anything_but_an_earlier_set_is_refused_before_any_work(
+    kind, model_runs, earlier_set, tmp_path
+):
+    png(tmp_path / "data" / "new.png")
+    out = tmp_path / "out"
+    if kind in ("extra_file", "extra_folder", "changed_map"):
+        shutil.copytree(earlier_set, out)
+    if kind == "not_a_folder":
+        out.write_text("a file")
+    elif kind == "old_scores":
+        out.mkdir()
+        (out / "scores.csv").write_text("image,score\n")
+        (out / "scores.json").write_text('{"images": 3}')
+    elif kind == "extra_folder":
+        (out / "mine").mkdir()
+    elif kind == "changed_map":
+        with open(out / "earlier_0_anomaly_map.nii.gz", "ab") as f:
+            f.write(b"\0")
+    else:
+        out.mkdir(exist_ok=True)
+        (out / "notes.txt").write_text("my notes")
+    before = hashes(out) if out.is_dir() else out.read_bytes()
+    with pytest.raises(Exception) as info:
+        infer(model_runs, tmp_path / "data", out)
+    assert_clear(info.value, FileExistsError, re.escape(str(out.resolve())) + ".*" + OCCUPIED[kind][1])
+    if kind != "not_a_folder":
+        assert_clear(info.value, FileExistsError, "choose a new or empty --output_dir, or move those files away")
+    assert (hashes(out) if out.is_dir() else out.read_bytes()) == before and leftovers(out) == []
+    if kind == "extra_folder":
+        assert (out / "mine").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------------- 3. in/out
+@pytest.mark.parametrize("kind", ["is_input", "inside_input", "contains_input", "next_to_listed_images"])
+def test_an_output_folder_that_is_in_or_around_an_input_folder_is_refused_before_any_work(kind, model_runs, tmp_path):
+    """The output folder is, lies inside or contains the input folder (or the folder of listed images): a later run on
+    that folder would score this run's maps as images. Refused, naming both paths; nothing is written."""
+    data = tmp_path / "data"
+    png(data / "images" / "a.png", seed=1)
+    png(data / "images" / "b.png", seed=2)
+    source, images = data / "images", (data / "images").resolve()
+    if kind == "is_input":
+        out, message = data / "images", f"the output folder {images} is the input folder {images}:"
+    elif kind == "inside_input":
+        out, message = (
+            data / "images" / "out",
+            f"the output folder {images / 'out'} lies inside the input folder {images}:",
+        )
+    elif kind == "contains_input":
+        out, message = data, f"the input folder {images} lies inside the output folder {data.resolve()}:"
+    else:  # a datalist whose images lie in the output folder: their maps would be written next to them
+        source = data / "list.json"
+        source.write_text(json.dumps({"test": [{"image": "images/a.png"}, {"image": "images/b.png"}]}))
+        out, message = data / "images", f"the output folder {images} is the folder of the input '{images / 'a.png'}':"
+    before = hashes(tmp_path)
+    with pytest.raises(Exception) as info:
+        infer(model_runs, source, out)
+    assert_clear(info.value, ValueError, re.escape(message))
+    assert_clear(info.value, ValueError, "choose an output folder outside every input folder")
+    assert hashes(tmp_path) == before and leftovers(out) == []
+
+
+def test_the_output_of_an_earlier_run_is_not_scored_as_images(model_runs, earlier_set, tmp_path):
+    before = hashes(earlier_set)
+    with pytest.raises(Exception) as info:
+        infer(model_runs, earlier_set, tmp_path / "out")
+    assert_clear(info.value, ValueError, re.escape(str(earlier_set)) + "' holds the outputs of an inference run")
+    assert hashes(earlier_set) == before and not (tmp_path / "out").exists() and leftovers(tmp_path / "out") == []
+
+
+def test_an_output_folder_next_to_a_single_input_file_is_accepted(model_runs, tmp_path):
+    """``--input scan.nii.gz --output_dir out`` in one folder: the output lies beside the input, not around it."""
+    volume = np.zeros((20, 24, 3), dtype=np.float32)
+    volume[4:16, 6:18, :] = 50.0 + np.random.default_rng(0).random((12, 12, 3), dtype=np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "scan.nii.gz"))
+    infer(model_runs, tmp_path / "scan.nii.gz", tmp_path / "out")
+    assert_one_set(tmp_path / "out", 1)
+    assert nib.load(str(tmp_path / "out" / "scan_anomaly_map.nii.gz")).shape[:3] == (20, 24, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- 4. JSON
+def test_scores_json_is_standard_json_when_scores_are_not_finite(tmp_path):
+    saver = AnomalyScoreSaver(tmp_path)
+    saver.rows = [
+        {"image": "a.png", "score": float("nan"), "label": 0, "threshold": float("inf"), "slice": None,
+         "slice_scores": None},
+        {"image": "v.nii.gz", "score": float("-inf"), "label": 1, "threshold": 1.5, "slice": 0,
+         "slice_scores": [float("nan"), 2.0, float("inf")]},
+    ]  # fmt: skip
+    csv_path, json_path = saver.write()
+    rows = strict_json(json_path)["rows"]
+    assert rows[0]["score"] is None and rows[0]["threshold"] is None and rows[1]["score"] is None
+    assert rows[1]["slice_scores"] == [None, 2.0, None] and rows[1]["threshold"] == 1.5
+    with open(csv_path) as f:
+        table = list(csv.DictReader(f))
+    assert table[0]["score"] == "" and table[0]["threshold"] == "" and table[1]["threshold"] == "1.5"
+
+
+def test_files_written_into_the_output_folder_during_a_run_are_kept_and_so_is_the_new_set(tmp_path):
+    """Something else writes into the output folder while the run works: the run neither mixes nor deletes; it keeps
+    its complete set in the staging folder and says where."""
+    image = png(tmp_path / "data" / "a.png")
+    out = tmp_path / "out"
+    folder = InferenceOutputFolder(out, [{"image": str(image)}], source=tmp_path / "data").check()
+    staging = folder.begin()
+    (staging / "scores.csv").write_text("image,score\n")
+    out.mkdir()
+    (out / "other.txt").write_text("written meanwhile")
+    before = hashes(out)
+    with pytest.raises(FileExistsError, match=re.escape(f"This run's complete set is kept in {staging}")):
+        folder.commit()
+    folder.discard()  # what the engine's failure handler calls: the complete set stays
+    assert hashes(out) == before and sorted(hashes(staging)) == [OUTPUT_MANIFEST, "scores.csv"]
