@@ -31,6 +31,9 @@ setup(
         "pillow",
         # the command line of MONAI bundles (python -m monai.bundle run / verify_net_in_out / ckpt_export)
         "fire",
+        # synthetic lesions (ndimage) and near-duplicate grouping (sparse connected components); scikit-image
+        # already needs it, declared because the package imports it directly
+        "scipy",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist", "scikit-learn", "hypothesis"],
