@@ -11,3 +11,12 @@ from .checkpoint import (
     set_rng_states,
     write_text_atomic,
 )
+from .run_dir_lock import (
+    LOCK_NAME,
+    RunLockedError,
+    acquire_run_lock,
+    check_run_lock,
+    read_run_lock,
+    release_run_lock,
+    run_lock,
+)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from .checks import (
     MAX_SLICE_PIXELS,
+    SETTINGS_KEYS,
     as_bool,
     check_overrides,
     check_settings,
+    check_slice_axis,
     datalist_items,
+    did_you_mean,
     load_settings,
     read_json_object,
     verify_image_file,

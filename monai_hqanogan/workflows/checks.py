@@ -6,6 +6,7 @@ with it, instead of letting a reader, a transform or torch fail later with a tra
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import importlib.util
 import json
@@ -13,7 +14,7 @@ import math
 import numbers
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,16 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_SLICE_PIXELS",
     "SETTING_RULES",
+    "SETTINGS_KEYS",
+    "SLICE_AXES",
     "verify_image_file",
     "read_json_object",
     "datalist_items",
     "load_settings",
     "check_settings",
     "check_overrides",
+    "check_slice_axis",
+    "did_you_mean",
     "as_bool",
 ]
 
@@ -272,6 +277,14 @@ _POSITIVE_NUMBERS = (
     "total_kimg",
 )
 
+#: the spatial axes of a 3D volume [H, W, D] that volumes may be sliced along (negative: from the end)
+SLICE_AXES = (-3, -2, -1, 0, 1, 2)
+
+
+def _slice_axis(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) in SLICE_AXES
+
+
 #: setting (or top-level override) -> (check, what it must be)
 SETTING_RULES = {
     "resolution": (_resolution, "a power of two between 8 and 1024"),
@@ -282,9 +295,19 @@ SETTING_RULES = {
     # optional wall-clock budgets (safety caps next to the kimg budgets) of the trainers, in seconds
     "generator_seconds": (_positive_number, "a positive number of seconds"),
     "encoder_seconds": (_positive_number, "a positive number of seconds"),
+    # inference.json's axis of 3D volumes (SliceAnomalyInferer); any other integer would wrap around silently
+    "slice_axis": (_slice_axis, "a spatial axis of a 3D volume, an integer from -3 to 2 (-1: the last)"),
 }
-_OVERRIDE_ONLY = ("total_kimg", "seed")
+_OVERRIDE_ONLY = ("total_kimg", "seed", "slice_axis")
 _OPTIONAL = ("generator_seconds", "encoder_seconds")
+#: the keys a settings dict (an entry of ``configs/settings.json`` or ``--settings '{...}'``) may hold
+SETTINGS_KEYS = tuple(k for k in SETTING_RULES if k not in _OVERRIDE_ONLY) + ("description",)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the known name closest to ``name`` (difflib), or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), sorted(set(known)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_settings(bundle_root: str | os.PathLike, setting: str) -> dict[str, Any]:
@@ -299,35 +322,56 @@ def load_settings(bundle_root: str | os.PathLike, setting: str) -> dict[str, Any
 
 
 def check_settings(settings: Any) -> dict[str, Any]:
-    """Check a bundle's settings dict before any work: every key of :data:`SETTING_RULES` but ``total_kimg`` and
-    ``seed`` (top-level values of the configs) must be
+    """Check a bundle's settings dict before any work: every key of :data:`SETTING_RULES` but ``total_kimg``,
+    ``seed`` and ``slice_axis`` (top-level values of the configs) and the optional wall-clock caps must be
     present with the right type. An override such as ``--settings '{"resolution": 64}'`` replaces the whole dict,
     so it must hold every entry (copy one of ``configs/settings.json`` and change values); single values are
     overridden through the top-level ids ``--resolution``, ``--batch_size``, ``--total_kimg`` (see
-    :func:`check_overrides`). Other keys (``description``) are allowed.
+    :func:`check_overrides`). Keys outside :data:`SETTINGS_KEYS` (the rules' keys and ``description``) are refused,
+    naming the nearest known key: a misspelt entry would otherwise be ignored and its default used.
 
     Returns:
         a copy of ``settings``.
 
     Raises:
-        ValueError: naming each missing or wrongly typed value and what it must be.
+        ValueError: naming each unknown key (with the nearest known one), each missing or wrongly typed value and
+            what it must be.
     """
     if not isinstance(settings, Mapping):
         raise ValueError(
             f"settings must be a dict such as configs/settings.json's 'demo' entry, got {type(settings).__name__} "
             f"{str(settings)[:80]!r}; choose one with --setting NAME."
         )
-    problems = []
+    problems = [_unknown_setting(k) for k in settings if k not in SETTINGS_KEYS]
     missing = [k for k in SETTING_RULES if k not in settings and k not in _OVERRIDE_ONLY + _OPTIONAL]
     if missing:
         problems.append(
             f"settings lack {missing} (--settings replaces the whole dict: give every entry of configs/settings.json, "
             "or override single values with --resolution, --batch_size or --total_kimg)"
         )
-    problems += _problems({k: v for k, v in settings.items() if k in SETTING_RULES})
+    problems += _problems({k: v for k, v in settings.items() if k in SETTINGS_KEYS and k in SETTING_RULES})
     if problems:
         raise ValueError("bad bundle settings: " + "; ".join(problems) + ".")
     return dict(settings)
+
+
+def _unknown_setting(key: Any) -> str:
+    """What to say about a key of a settings dict outside :data:`SETTINGS_KEYS`."""
+    close = difflib.get_close_matches(str(key), sorted(SETTINGS_KEYS + _OVERRIDE_ONLY), n=1, cutoff=0.6)
+    if close and close[0] in _OVERRIDE_ONLY:
+        what = "is a top-level value" if close[0] == key else f"is unknown (did you mean top-level {close[0]!r}?)"
+        return f"settings key {key!r} {what}, not a settings entry: override it on its own with --{close[0]} VALUE"
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown settings key {key!r}{hint}; settings hold {sorted(SETTINGS_KEYS)}"
+
+
+def check_slice_axis(slice_axis: Any) -> int:
+    """``slice_axis`` if it is a spatial axis of a 3D volume (:data:`SLICE_AXES`, -3 to 2); a ValueError naming the
+    value otherwise (``SliceAnomalyInferer`` takes the axis modulo 3, so 7 would silently become axis 1)."""
+    problems = _problems({"slice_axis": slice_axis})
+    if problems:
+        raise ValueError("bad bundle overrides: " + problems[0] + ".")
+    return int(slice_axis)
 
 
 def check_overrides(**values: Any) -> dict[str, Any]:

@@ -6,11 +6,23 @@ Each training step is the bundle's own config run by ``python -m monai.bundle ru
 printed, so any step can be rerun or changed by hand). Running the same command again after an interruption resumes
 every trainer from its last checkpoint and redoes the cheap steps. With ``--pretrained`` the training steps are
 skipped and the shipped weights in ``models/model.pt`` are evaluated.
+
+Any other ``--key value`` (or ``--key=value``) overrides the id ``key`` of the steps' configs, e.g. ``--total_kimg
+300``, ``--resolution 64``, ``--batch_size 8``, ``--protocol labelled-validation``, ``--model_file PATH``, ``--settings
+'{...}'`` (a whole settings dict) or ``--settings#generator_kimg 200`` (one settings value); ``#`` paths reach inside
+(``--train#handlers#0#n_saved 3``). Each step gets the overrides its config defines; ``monai.bundle run``'s own
+``--run_id``, ``--tracking``, ... go to every step. A key that no step to run defines, or a settings key that does not
+exist, stops the job before any work with an error naming the nearest known key (a misspelt ``--total_kimgs 5`` would
+otherwise train with the defaults).
+
+The training steps take the run folder's lock (``<run_dir>/.lock``, the PID and host of the trainer): a second job or
+trainer on the same run folder is refused, naming that PID; a lock left by a process that has ended is taken over.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shlex
@@ -22,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.utils.run_dir_lock import check_run_lock
+from monai_hqanogan.workflows.checks import SETTINGS_KEYS, check_settings, did_you_mean
 from monai_hqanogan.workflows.stages import SHIPPED_SETTING
 
-__all__ = ["STAGES", "bundle_command", "main", "merge_timings", "run_main_job"]
+__all__ = ["STAGES", "TRAINING_STAGES", "RUN_OPTIONS", "bundle_command", "main", "merge_timings", "run_main_job"]
 
 #: the steps of the main job, in order: name -> config file
 STAGES = {
@@ -33,6 +47,14 @@ STAGES = {
     "calibrate": "calibrate.json",
     "evaluate": "evaluate.json",
 }
+#: the steps that train in the run folder and take its lock
+TRAINING_STAGES = ("train_generator", "train_encoder")
+#: options of ``python -m monai.bundle run`` itself that the main job passes to every step
+RUN_OPTIONS = ("run_id", "init_id", "final_id", "tracking", "args_file", "workflow_type", "workflow_name")
+#: options the main job sets itself for every step (``--bundle_root``, ``--setting``, ... are the job's own options)
+_SET_BY_THE_JOB = ("config_file", "meta_file", "logging_file")
+#: the main job's own options (they never reach the overrides; named when a misspelt one is)
+_JOB_OPTIONS = ("bundle_root", "setting", "dataset_dir", "source", "stages", "pretrained", "run_dir")
 
 
 def bundle_command(bundle_root: Path, config: str, overrides: Sequence[str] = ()) -> list[str]:
@@ -46,6 +68,143 @@ def bundle_command(bundle_root: Path, config: str, overrides: Sequence[str] = ()
         "--bundle_root", str(bundle_root),
         *overrides,
     ]  # fmt: skip
+
+
+def _split_overrides(overrides: Sequence[str]) -> list[list[str]]:
+    """``["--a", "1", "--b=2", "--flag"]`` -> ``[["--a", "1"], ["--b=2"], ["--flag"]]``; a stray argument raises."""
+    out: list[list[str]] = []
+    tokens = [str(t) for t in overrides]
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(
+                f"unexpected argument {token!r}: overrides are --key value pairs (e.g. --total_kimg 300); quote a "
+                "value that holds spaces."
+            )
+        if "=" not in token and i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            out.append([token, tokens[i + 1]])
+            i += 2
+        else:  # --key=value, or a flag (MONAI's command line reads it as True)
+            out.append([token])
+            i += 1
+    return out
+
+
+def _value(pair: list[str]) -> str | None:
+    if len(pair) == 2:
+        return pair[1]
+    return pair[0].split("=", 1)[1] if "=" in pair[0] else None
+
+
+def _literal(text: str | None) -> Any:
+    """What MONAI's command line makes of a value, for checking: JSON, else a Python literal, else the string."""
+    if text is None:
+        return True
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            pass
+    return text
+
+
+def _path_problem(config: Any, path: list[str]) -> str | None:
+    """Why ``path`` (an override id split at ``#``) cannot be set in ``config``, or None when it can: its parent must
+    exist as a dict (a new key may be added) or a list (an existing index)."""
+    node = config
+    for depth, part in enumerate(path[:-1]):
+        where = "#".join(path[: depth + 1])
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            keys = list(node) if isinstance(node, dict) else [str(i) for i in range(len(node))]
+            return f"{where!r} does not exist{did_you_mean(part, keys)}"
+        if isinstance(node, str):
+            return f"{where!r} is {node[:60]!r}, not a dict or list to override inside"
+    last = path[-1]
+    if isinstance(node, list) and not (last.isdigit() and int(last) < len(node)):
+        return f"{'#'.join(path)!r}: index {last!r} is not in the list of {len(node)} items"
+    return None
+
+
+def _read_configs(bundle_root: Path, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return {stage: json.loads((bundle_root / "configs" / STAGES[stage]).read_text()) for stage in stages}
+
+
+def _key_path(pair: list[str]) -> list[str]:
+    """The id an override sets, split into its ``#`` (or ``::``) parts."""
+    return pair[0][2:].split("=", 1)[0].replace("::", "#").split("#")
+
+
+def _reaches(config: dict[str, Any], path: list[str]) -> bool:
+    """Whether a config defines the override ``path`` (its top-level id, and for a ``#`` path the parent)."""
+    if path[0] not in config:
+        return False
+    return len(path) == 1 or path[0] == "settings" or _path_problem(config, path) is None
+
+
+def _stage_overrides(
+    bundle_root: Path, setting: str, stages: Sequence[str], overrides: Sequence[str]
+) -> dict[str, list[str]]:
+    """Check the extra ``--key value`` overrides against the configs of ``stages`` before any work; returns each
+    step's arguments (the overrides its config defines, and ``monai.bundle run``'s own options).
+
+    ``--settings#KEY VALUE`` sets one settings value: without a ``--settings`` dict the job passes the setting's
+    dict from ``configs/settings.json`` first (MONAI cannot index into the ``settings`` expression), and a
+    ``--settings`` dict always goes before the single values, so none of them is lost. The settings that result are
+    checked with :func:`check_settings` (unknown keys included).
+
+    Raises:
+        ValueError: a key no step defines (naming the nearest known key), an unknown settings key, a ``#`` path that
+            no step's config holds, a stray argument, or settings that :func:`check_settings` refuses.
+    """
+    pairs = _split_overrides(overrides)
+    configs = _read_configs(bundle_root, stages)
+    known = sorted({k for config in configs.values() for k in config} | set(RUN_OPTIONS))
+    problems: list[str] = []
+    for pair in pairs:
+        path = _key_path(pair)
+        key, top = "#".join(path), path[0]
+        if top in _SET_BY_THE_JOB:
+            problems.append(f"--{key}: the main job sets it for every step (run a step's config by hand to change it)")
+        elif top in _JOB_OPTIONS:
+            problems.append(f"--{key}: an option of the main job itself, given twice or with a # path")
+        elif top not in known:
+            hint = did_you_mean(top, known + list(_JOB_OPTIONS))
+            problems.append(f"unknown override --{key}{hint}: no step of {list(stages)} defines {top!r}")
+        elif top == "settings" and len(path) > 1 and (len(path) > 2 or path[1] not in SETTINGS_KEYS):
+            hint = did_you_mean(path[1], SETTINGS_KEYS)
+            problems.append(f"--{key}: unknown settings key {path[1]!r}{hint}; settings hold {sorted(SETTINGS_KEYS)}")
+        elif top in RUN_OPTIONS and len(path) > 1:
+            problems.append(f"--{key}: {top!r} is an option of monai.bundle run, not a config id")
+        elif len(path) > 1 and top != "settings" and not any(_reaches(configs[s], path) for s in stages):
+            where = next(_path_problem(configs[s], path) for s in stages if top in configs[s])
+            problems.append(f"--{key}: {where}")
+    if problems:
+        raise ValueError("bad overrides, nothing was run: " + "; ".join(problems) + ".")
+
+    whole = [pair for pair in pairs if _key_path(pair) == ["settings"]]
+    single = [pair for pair in pairs if _key_path(pair)[0] == "settings" and len(_key_path(pair)) > 1]
+    values = {_key_path(pair)[1]: _literal(_value(pair)) for pair in single}
+    if single and not whole:
+        base = json.loads((bundle_root / "configs" / "settings.json").read_text())[setting]
+        whole = [["--settings", json.dumps(base)]]
+    if whole:
+        given = _literal(_value(whole[-1]))
+        check_settings({**given, **values} if isinstance(given, dict) else given)
+    ordered = [*whole, *single, *(pair for pair in pairs if _key_path(pair)[0] != "settings")]
+    out: dict[str, list[str]] = {}
+    for stage in stages:
+        out[stage] = [
+            arg
+            for pair in ordered
+            if _key_path(pair)[0] in RUN_OPTIONS or _reaches(configs[stage], _key_path(pair))
+            for arg in pair
+        ]
+    return out
 
 
 def _check_bundle(bundle_root: Path) -> None:
@@ -77,8 +236,14 @@ def run_main_job(
         stages: the steps to run (default all of :data:`STAGES`; with ``pretrained`` only ``evaluate``).
         pretrained: evaluate the shipped ``models/model.pt`` (its setting, :data:`SHIPPED_SETTING`) instead of
             training.
-        overrides: extra ``--key value`` arguments for every ``monai.bundle run`` call.
+        overrides: extra ``--key value`` arguments for the ``monai.bundle run`` calls: each step gets those its
+            config defines (and ``monai.bundle run``'s own options); a key no step defines is refused before any
+            work, naming the nearest known key (see the module's docstring).
         run_dir: where checkpoints, logs, the demo's model and the report go (default ``runs/<setting>``).
+
+    Raises:
+        ValueError: an unknown setting, step or override key, or a settings dict that check_settings refuses.
+        RunLockedError: another live trainer holds the run folder's lock (a training step is to run).
     """
     bundle_root = Path(bundle_root).expanduser().resolve()
     _check_bundle(bundle_root)
@@ -95,8 +260,11 @@ def run_main_job(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}.")
+    per_stage = _stage_overrides(bundle_root, setting, stages, overrides)
     run_dir = bundle_root / "runs" / setting if run_dir is None else Path(run_dir).expanduser().resolve()
-    common = ["--setting", setting, "--run_dir", str(run_dir), *overrides]
+    if any(stage in TRAINING_STAGES for stage in stages):
+        check_run_lock(run_dir)  # fail before any work; the training steps take the lock themselves
+    common = ["--setting", setting, "--run_dir", str(run_dir)]
     model = bundle_root / "models" / "model.pt"
     if pretrained:
         if not model.is_file():
@@ -125,7 +293,7 @@ def run_main_job(
             )
     common += ["--dataset_dir", str(dataset_dir)]
     for stage in stages:
-        command = bundle_command(bundle_root, STAGES[stage], common)
+        command = bundle_command(bundle_root, STAGES[stage], [*common, *per_stage[stage]])
         print(f"\n[main job] {stage}: {shlex.join(command)}", flush=True)
         t0 = time.perf_counter()
         result = subprocess.run(command, check=False)

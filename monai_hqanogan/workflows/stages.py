@@ -73,13 +73,17 @@ def check_datalist(
     base_dir: str | os.PathLike | None = None,
     verify_images: bool = True,
     min_items: int = 1,
+    normal_keys: Sequence[str] = ("training",),
 ) -> dict[str, list[dict[str, Any]]]:
     """Load the ``keys`` lists of a MONAI datalist and check every listed file before training starts.
 
     Every listed image and mask must exist, be non-empty, have an image ending (:data:`IMAGE_SUFFIXES`) and be 2D
     (a NIfTI volume with more than one slice is refused: slice it with ``python -m monai_hqanogan.data.prepare``);
     headers are read. With ``verify_images`` every file is also decoded completely (truncated PNG/JPEG/NIfTI files
-    are refused, and 2D NIfTI images with NaN or inf), one at a time, so memory stays bounded.
+    are refused, and 2D NIfTI images with NaN or inf), one at a time, so memory stays bounded. The lists of
+    ``normal_keys`` (the ``training`` list: G, E, the W+ Gaussian and the baselines learn "normal" from it) must hold
+    normal items only, ``label`` 0 or none; abnormal ones are refused before any file is read, naming how many and
+    the first few.
 
     Args:
         datalist: the datalist JSON (as written by ``python -m monai_hqanogan.data.prepare``).
@@ -87,6 +91,7 @@ def check_datalist(
         base_dir: base of relative paths (default: the datalist's folder).
         verify_images: also decode every file.
         min_items: fewest items each list must hold.
+        normal_keys: those of ``keys`` that must hold normal items only.
 
     Returns:
         ``{key: items}`` with absolute paths.
@@ -94,7 +99,8 @@ def check_datalist(
     Raises:
         FileNotFoundError: the datalist or a listed file is missing (the message says how to prepare the data).
         ValueError: the datalist is not a JSON object of lists of ``{"image": path}`` items, a list is missing or
-            too short, or a file is empty, unreadable, truncated, not an image or a 3D volume.
+            too short, a list of ``normal_keys`` holds abnormal items (or a label that is not a number), or a file
+            is empty, unreadable, truncated, not an image or a 3D volume.
         ImportError: a DICOM file is listed and pydicom is not installed.
     """
     path = Path(datalist).expanduser()
@@ -111,6 +117,8 @@ def check_datalist(
         items = datalist_items(path, key, base_dir=base_dir, content=content)
         if len(items) < min_items:
             raise ValueError(f"datalist {str(path)!r} list {key!r} holds {len(items)} items; need >= {min_items}.")
+        if key in normal_keys:  # the labels as written (MONAI's loader turns string labels into paths)
+            _check_normal_only(path, key, content[key], items)
         for item in items:
             for field in ("image", "mask"):
                 if field in item:
@@ -119,6 +127,41 @@ def check_datalist(
                     )
         out[key] = items
     return out
+
+
+def _item_label(item: Mapping[str, Any], path: Path, key: str, index: int) -> float:
+    """An item's ``label`` as a number (0 when absent or null); a ValueError naming the item otherwise."""
+    label = item.get("label", 0)
+    if label is None:
+        return 0.0
+    try:
+        value = float(label)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if value != value:  # NaN: not a number
+        raise ValueError(
+            f"datalist {str(path)!r}: item {index} of {key!r} ({item.get('image')!r}) has label {label!r}; expected "
+            "0 (normal) or 1 (abnormal)."
+        )
+    return value
+
+
+def _check_normal_only(
+    path: Path, key: str, raw: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]], shown: int = 5
+) -> None:
+    """Refuse abnormal items (``label`` other than 0 in ``raw``, the list as written) in a list that must be normal,
+    naming how many and the first ``shown`` files (of ``items``, the same list with absolute paths)."""
+    abnormal = [item for i, (entry, item) in enumerate(zip(raw, items)) if _item_label(entry, path, key, i) != 0]
+    if not abnormal:
+        return
+    names = [Path(str(item["image"])).name for item in abnormal[:shown]]
+    more = f" and {len(abnormal) - shown} more" if len(abnormal) > shown else ""
+    raise ValueError(
+        f"datalist {str(path)!r}: list {key!r} holds {len(abnormal)} abnormal item(s) (label != 0) of {len(items)}: "
+        f"{', '.join(names)}{more}. The {key!r} list teaches the models what normal looks like, so it must hold "
+        "normal images only (label 0 or no label): move abnormal images to 'validation' or 'test' (python -m "
+        "monai_hqanogan.data.prepare folder --abnormal <folder> does), or set label 0 if they are normal."
+    )
 
 
 # ---------------------------------------------------------------------- stage weights
