@@ -384,6 +384,7 @@ INFERER_ERRORS = {  # kind: (the input batch, inferer options, the message)
     "constant_image": (lambda: torch.full((1, 1, 20, 24), 7.0), {}, "is constant: there is nothing to score"),
     "empty_volume": (lambda: torch.rand(1, 1, 20, 24, 0), {}, "has no 2D slice to score"),
     "huge_image": (lambda: torch.rand(1, 1, 40, 40), {"max_slice_pixels": 1000}, "more than 1000 pixels: too large"),
+    "slice_axis_out_of_range": (lambda: torch.rand(1, 1, 20, 24, 3), {"slice_axis": 7}, "slice_axis"),
 }
 
 

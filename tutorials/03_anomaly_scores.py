@@ -183,6 +183,7 @@ print(json.dumps({k: report[k] for k in keys}, indent=1))
 # | `latent_cycle` | \|\|E(x') - E(x)\|\|² | codes that do not survive a round trip (GANomaly's idea) |
 # | `mahalanobis` | squared Mahalanobis distance of w under a Gaussian of normal training codes | unusual codes |
 # | `w_avg_distance` | \|\|w - w_avg\|\| (per layer, averaged) | codes far from the average image |
+# | `cycle_fine` | \|\|E(x')_l - E(x)_l\|\|² on the fine layers (last third), z-scored per layer | lost fine detail |
 #
 # Per-layer quantities are averaged over the W+ layers; the Gaussian (shrinkage covariance) is fitted per layer to
 # the codes of the normal training images. Each score is normalised by its mean and spread on the normal validation

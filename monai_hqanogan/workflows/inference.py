@@ -39,7 +39,13 @@ from torch import nn
 from monai_hqanogan.networks.nets.stylegan2 import check_resolution
 from monai_hqanogan.transforms.array import ensure_finite, intensity_window, is_background_slice
 from monai_hqanogan.utils.checkpoint import write_text_atomic
-from monai_hqanogan.workflows.checks import IMAGE_SUFFIXES, MAX_SLICE_PIXELS, datalist_items, verify_image_file
+from monai_hqanogan.workflows.checks import (
+    IMAGE_SUFFIXES,
+    MAX_SLICE_PIXELS,
+    check_slice_axis,
+    datalist_items,
+    verify_image_file,
+)
 from monai_hqanogan.workflows.stages import check_writable
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -187,7 +193,7 @@ class SliceAnomalyInferer(Inferer):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.resolution, self.upper_percentile = resolution, upper_percentile
-        self.slice_axis, self.batch_size = slice_axis, batch_size
+        self.slice_axis, self.batch_size = check_slice_axis(slice_axis), batch_size
         self.max_slice_pixels = max_slice_pixels
         if not 0.0 <= min_foreground < 1.0:
             raise ValueError(f"min_foreground must be in [0, 1), got {min_foreground}.")
