@@ -9,6 +9,7 @@ counted in the terminal summary (see ``tests/conftest.py``).
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import io
 import json
@@ -21,6 +22,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -697,3 +699,192 @@ def test_bundle_inference_scores_2d_images_and_3d_volumes_of_one_datalist(
     assert len(rows["vol.nii.gz"]["slice_scores"]) == 3 and rows["slice.png"]["slice_scores"] is None
     assert nib.load(str(tmp_path / "out" / "vol_anomaly_map.nii.gz")).shape[:3] == (20, 24, 3)
     record_property("bad_input_kind", "mixed_2d_3d")
+
+
+# ---------------------------------------------------------------------------------------------------- smaller holes
+def test_prepare_drops_the_alpha_channel_before_averaging(good_folder, tmp_path, record_property):
+    """RGBA and LA images become the grey of their colour channels, as ToSingleChannel makes them: alpha is opacity,
+    not intensity (averaging it in brightened every pixel by a quarter of its opacity)."""
+    image = grey(30)
+    alpha = np.linspace(0, 255, image.size).reshape(image.shape).astype(np.uint8)  # opacity varies over the image
+    rgba = np.stack([image, image, image, alpha], axis=-1)
+    files = {"rgba.png": encoded(rgba, "PNG"), "la.png": encoded(np.stack([image, alpha], axis=-1), "PNG")}
+    assert prepare(with_extra(good_folder, tmp_path, files), tmp_path / "out") == 0
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    stored = {
+        i["source"]: np.asarray(Image.open(tmp_path / "out" / i["image"]))
+        for k in ("training", "validation", "test")
+        for i in datalist[k]
+    }
+    from monai_hqanogan.transforms import ToSingleChannel
+
+    channel_first = torch.from_numpy(rgba).permute(2, 0, 1).float()
+    expected = ToSingleChannel()(channel_first)[0].round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(expected, image)
+    np.testing.assert_array_equal(stored["rgba.png"], image)
+    np.testing.assert_array_equal(stored["la.png"], image)
+    record_property("bad_input_kind", "alpha_channel")
+
+
+@pytest.mark.parametrize("suffix, cut", [(".nii", 1), (".nii", 352), (".nii.gz", 352)])
+def test_a_nifti_shorter_than_its_header_announces_is_refused(suffix, cut, tmp_path, record_property):
+    """A .nii cut by up to 352 bytes (the header's size) passed the check, which forgot the data offset; a .nii.gz
+    whose complete gzip stream holds too little data is refused the same way."""
+    full = nifti_bytes(grey(3)[..., None].astype(np.float32), tmp_path / "full.nii")  # 352 + 24 * 20 * 4 bytes
+    assert len(full) == 352 + 24 * 20 * 4
+    data = full[:-cut] if suffix == ".nii" else gzip.compress(full[:-cut])  # .nii.gz: a complete stream, too short
+    (tmp_path / "images").mkdir()
+    Image.fromarray(grey(1)).save(tmp_path / "images" / "good.png")
+    datalist = _file(tmp_path, f"cut{suffix}", data)
+    message = rf"cut{re.escape(suffix)}' is truncated: {len(full) - cut} of the {len(full)} bytes"
+    for verify in (True, False) if suffix == ".nii" else (True,):  # a .nii's size costs nothing to check
+        with pytest.raises(ValueError, match=message):
+            check_datalist(datalist, ["training"], verify_images=verify)
+    record_property("bad_input_kind", "truncated_nifti")
+
+
+def test_bundle_inference_refuses_a_nii_cut_within_its_header_size_and_keeps_the_earlier_output(
+    bundle_data, bundle_model, tmp_path, record_property
+):
+    out = tmp_path / "inference"
+    _inference(bundle_data, bundle_model, bundle_data / "images" / "normal_20.png", out)  # the earlier output
+    before = snapshot(out)
+    data = nifti_bytes(np.random.rand(20, 24, 3), tmp_path / "v.nii")
+    source = tmp_path / "cut.nii"
+    source.write_bytes(data[:-352])
+    with pytest.raises(Exception) as info:
+        _inference(bundle_data, bundle_model, source, out)
+    assert_clear(info.value, ValueError, "cut.nii' is truncated")
+    assert snapshot(out) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".inference.")]
+    record_property("bad_input_kind", "truncated_nifti")
+
+
+def _labelled(root: Path, bundle_data: Path, key: str, change: dict[str, Any]) -> Path:
+    """A copy of the tiny dataset whose ``key`` list has its second item changed (``None``: the key removed)."""
+    data = root / "data"
+    shutil.copytree(bundle_data, data)
+    content = json.loads((data / "datalist.json").read_text())
+    item = content[key][1]
+    for field, value in change.items():
+        if value is None:
+            item.pop(field, None)
+        else:
+            item[field] = value
+    (data / "datalist.json").write_text(json.dumps(content))
+    return data / "datalist.json"
+
+
+UNLABELLED = {  # the change to the second item, the message
+    "missing_label": ({"label": None}, r"'test' \(8 items\) holds 1 item\(s\) without a label: item 1 \(normal_21"),
+    "label_not_0_or_1": ({"label": 2}, r"1 item\(s\) with a label other than 0 or 1: item 1 \(normal_21.png: 2\)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNLABELLED))
+def test_evaluation_refuses_a_test_list_with_unlabelled_items_and_keeps_the_earlier_report(
+    kind, detector, bundle_data, tmp_path, record_property
+):
+    """An item without a label in a list the metrics are computed from would count as normal: refused, naming it,
+    before any image is read; the earlier report stays as it was."""
+    from monai_hqanogan.workflows import evaluate_detector
+
+    change, message = UNLABELLED[kind]
+    datalist = _labelled(tmp_path, bundle_data, "test", change)
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    (out / "report.md").write_text("the earlier report")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=message):
+        evaluate_detector(detector, datalist, TINY_SETTINGS["resolution"], out, localisation_key=None)
+    assert snapshot(out) == before
+    record_property("bad_input_kind", "unlabelled_item")
+
+
+def test_labelled_validation_calibration_refuses_unlabelled_items_and_keeps_the_model(
+    detector, bundle_data, tmp_path, record_property
+):
+    from monai_hqanogan.workflows import calibrate_detector
+
+    datalist = _labelled(tmp_path, bundle_data, "validation", {"label": None})
+    model = tmp_path / "models" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"the earlier model")
+    before = snapshot(model.parent)
+    with pytest.raises(ValueError, match=r"'validation' \(8 items\) holds 1 item\(s\) without a label: item 1"):
+        calibrate_detector(
+            detector, datalist, TINY_SETTINGS["resolution"], model, protocol="labelled-validation", pixel_key=None
+        )
+    assert snapshot(model.parent) == before
+    record_property("bad_input_kind", "unlabelled_item")
+
+
+def test_a_missing_label_means_normal_where_labels_are_optional_and_a_bad_one_is_named(
+    bundle_data, tmp_path, record_property
+):
+    from monai_hqanogan.workflows import load_split
+    from monai_hqanogan.workflows.stages import is_normal_item
+
+    assert is_normal_item({"image": "a.png"}) and is_normal_item({"image": "a.png", "label": None})
+    assert not is_normal_item({"image": "a.png", "label": 1})
+    with pytest.raises(ValueError, match="'a.png' has label 'tumour'; expected 0 \\(normal\\) or 1"):
+        is_normal_item({"image": "a.png", "label": "tumour"})
+    datalist = _labelled(tmp_path, bundle_data, "validation", {"label": None})
+    split = load_split(datalist, "validation", TINY_SETTINGS["resolution"])  # the validation list's normal images
+    assert split["labels"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"'validation' \(8 items\) holds 1 item\(s\) without a label"):
+        load_split(datalist, "validation", TINY_SETTINGS["resolution"], require_labels=True)
+    bad = _labelled(tmp_path / "bad", bundle_data, "validation", {"label": "tumour"})
+    with pytest.raises(ValueError, match=r"item 1 of 'validation' \('images/normal_17.png'\) has label 'tumour'"):
+        load_split(bad, "validation", TINY_SETTINGS["resolution"])  # was a bare int() ValueError on a path
+    record_property("bad_input_kind", "unlabelled_item")
+
+
+def test_prepare_br35h_skips_decompression_bombs_with_a_warning(tmp_path, record_property):
+    """An image beyond Pillow's limit inside a Br35H source is skipped and listed, like any unreadable image; the
+    one over MAX_IMAGE_PIXELS (a warning in Pillow) is refused before decoding too."""
+    from monai_hqanogan.data import prepare_br35h
+    from tests.test_data_prepare import fake_br35h_files
+
+    source = tmp_path / "br35h"
+    for name, data in fake_br35h_files().items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    (source / "no" / "bomb.png").write_bytes(bomb_png(40000))  # 1.6 G pixels: DecompressionBombError
+    (source / "yes" / "big.png").write_bytes(bomb_png(10000))  # 100 M pixels: DecompressionBombWarning
+    rss = maxrss_mb()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # as under python -W error
+        with pytest.warns(UserWarning, match="skipped 2 unreadable image.*no/bomb.png, yes/big.png"):
+            path = prepare_br35h(tmp_path / "out", source=source, max_size=48, progress=False)
+    assert maxrss_mb() - rss < 400  # neither was decoded
+    skipped = {s["file"]: s["reason"] for s in json.loads(path.read_text())["info"]["skipped"]}
+    assert set(skipped) == {"no/bomb.png", "yes/big.png"}
+    assert skipped["no/bomb.png"].startswith("DecompressionBombError: ")
+    assert skipped["yes/big.png"].startswith("DecompressionBombWarning: ")
+    record_property("bad_input_kind", "huge_image")
+
+
+def test_monailabel_heat_map_names_are_unique_per_image_and_stay_in_their_folder(tmp_path, record_property):
+    """Two studies whose base names collide (case.nii.gz, case.png, sub/case.nii.gz) never share a heat map; an id
+    that climbs out of the studies folder is written inside the heat-map folder all the same. The helper imports
+    nothing from monailabel, so this runs everywhere."""
+    from monai_hqanogan.apps.monailabel import heatmap_file_name, heatmap_path
+
+    studies = tmp_path / "studies"
+    heatmaps = studies / "anomaly_heatmaps"
+    ids = ["case.nii.gz", "case.png", "case.nii", "sub/case.nii.gz", "sub__case.nii.gz", "Case.png", "séries/1"]
+    paths = [heatmap_path(heatmaps, studies / i, studies) for i in ids]
+    assert len({p.name.lower() for p in paths}) == len(ids)  # unique even on a case-insensitive disk
+    assert all(p.parent == heatmaps and p.name.endswith(".nii.gz") for p in paths)
+    assert paths[0].name.startswith("case_nii_gz-") and paths[1].name.startswith("case_png-")
+    assert paths[3].name.startswith("sub__case_nii_gz-")
+    assert heatmap_path(heatmaps, str(studies / "case.png"), studies) == paths[1]  # the same image: the same file
+    dicom = [studies / "séries" / "1" / f"{k}.dcm" for k in range(3)]
+    assert heatmap_file_name(dicom, studies) == paths[-1].name  # a series is named by its folder
+    for hostile in ["../../etc/passwd", "/etc/passwd", "..", ".", "", "a/../../../b.png", "x\0y/..\\..\\z.png"]:
+        path = heatmap_path(heatmaps, studies / hostile if hostile else hostile, studies)
+        assert path.parent == heatmaps and not path.name.startswith(".") and "/" not in path.name
+        assert path not in paths
+    outside = heatmap_path(heatmaps, tmp_path / "elsewhere" / "case.png", studies)  # a request may name any file
+    assert outside.name.startswith("case_png-") and outside != paths[1]
+    record_property("bad_input_kind", "heatmap_name_collision")

@@ -255,8 +255,9 @@ def prepare_br35h(
 
     A rerun with the same source and settings returns the existing datalist at once; different settings raise
     ``ValueError`` unless ``overwrite``. The output folder is checked as in :func:`prepare_image_folder` (new, empty
-    or marked as a preparation's own; only the preparation's own entries are ever replaced). Unreadable images are
-    skipped, warned about and listed in ``info["skipped"]``.
+    or marked as a preparation's own; only the preparation's own entries are ever replaced). Unreadable images
+    (corrupt, truncated, or larger than Pillow's decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS``, which are
+    refused before decoding) are skipped, warned about and listed with the reason in ``info["skipped"]``.
 
     Args:
         output_dir: output folder (created and marked if new; must be writable), outside the source folder.
@@ -327,8 +328,18 @@ def _convert_and_write(
         for label, name, locator in tqdm(images, desc="Br35H", disable=not progress):
             try:
                 data = archive.read(locator) if archive is not None else locator
-                grey = load_grey_image(data, max_size)
-            except (OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile) as e:
+                with warnings.catch_warnings():  # beyond Image.MAX_IMAGE_PIXELS: refused before decoding
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    grey = load_grey_image(data, max_size)
+            except (
+                OSError,
+                ValueError,
+                SyntaxError,
+                EOFError,
+                zipfile.BadZipFile,
+                Image.DecompressionBombError,
+                Image.DecompressionBombWarning,
+            ) as e:
                 skipped.append({"file": name, "reason": f"{type(e).__name__}: {e}"})
                 continue
             relative = f"images/{Path(name).with_suffix('.png').as_posix()}"

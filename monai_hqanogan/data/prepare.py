@@ -128,8 +128,9 @@ class _UnusableFile(Exception):
 
 def _read(file: ImageFile) -> np.ndarray:
     """The file as a float32 array of spatial dims (channels averaged), through MONAI's ``LoadImage``; NaN and inf
-    become the minimum of the finite values (with a warning). Unusable files raise OSError, RuntimeError (MONAI's
-    readers) or ``_UnusableFile``."""
+    become the minimum of the finite values (with a warning). The alpha channel of a PNG/JPEG (RGBA, LA) is dropped
+    before the average, as :class:`~monai_hqanogan.transforms.ToSingleChannel` does for 4-channel images: it is
+    opacity, not intensity. Unusable files raise OSError, RuntimeError (MONAI's readers) or ``_UnusableFile``."""
     from monai.transforms import LoadImage
 
     reader = {"image": "PILReader", "nifti": "NibabelReader", "dicom": "PydicomReader"}[file.kind]
@@ -137,6 +138,8 @@ def _read(file: ImageFile) -> np.ndarray:
         array = np.asarray(LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(str(file.path)))
     except (EOFError, zlib.error) as e:  # a truncated or corrupt .nii.gz: gzip raises these, not OSError
         raise _UnusableFile(f"truncated or corrupt file ({type(e).__name__}: {e})") from e
+    if file.kind == "image" and array.shape[0] > 1 and _has_alpha(file.path, array.shape[0]):
+        array = array[:-1]
     array = array.astype(np.float32).mean(axis=0)
     finite = np.isfinite(array)
     if not finite.all():
@@ -151,6 +154,13 @@ def _read(file: ImageFile) -> np.ndarray:
     if array.ndim not in (2, 3) or min(array.shape) < 2:
         raise ValueError(f"expected a 2D image or a 3D volume, got spatial shape {array.shape}")
     return array
+
+
+def _has_alpha(path: Path, channels: int) -> bool:
+    """Whether the PNG/JPEG at ``path`` has an alpha band last (RGBA, LA, ...) among its ``channels`` bands."""
+    with Image.open(path) as img:  # the header only
+        bands = img.getbands()
+    return len(bands) == channels and bands[-1] == "A"
 
 
 def _to_uint8(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -286,10 +296,11 @@ def prepare_image_folder(
 
     Inputs, searched recursively and read with MONAI's ``LoadImage``: PNG and JPEG; NIfTI (.nii, .nii.gz), 2D or
     3D; DICOM series (each folder of .dcm files is one series; needs pydicom). Channels are averaged to one grey
-    channel. 3D volumes are cut into 2D slices along ``slice_axis``; empty or constant slices (fewer than
-    ``min_foreground`` of the pixels above 5% of the volume's intensity window) are skipped. Intensities become
-    8 bits (8-bit PNG/JPEG as they are; otherwise the minimum to 0 and the 99.5th percentile to 255, per volume),
-    and the longest side at most ``max_size``.
+    channel; the alpha channel of an RGBA or LA image (opacity, not intensity) is dropped first, as
+    :class:`~monai_hqanogan.transforms.ToSingleChannel` drops it. 3D volumes are cut into 2D slices along
+    ``slice_axis``; empty or constant slices (fewer than ``min_foreground`` of the pixels above 5% of the volume's
+    intensity window) are skipped. Intensities become 8 bits (8-bit PNG/JPEG as they are; otherwise the minimum to
+    0 and the 99.5th percentile to 255, per volume), and the longest side at most ``max_size``.
 
     Odd files: other files (text, CSV, hidden files) are ignored. Unreadable inputs (0 bytes, truncated or corrupt
     PNG/JPEG/NIfTI, images beyond Pillow's decompression-bomb limit, which are refused before decoding, constant 2D

@@ -159,22 +159,31 @@ def _verify_nifti(path: Path, label: str, spatial_2d: bool, decode: bool, max_sl
             f"{label} {str(path)!r} is a 3D volume (shape {shape}), but this step needs 2D images. Slice volumes "
             "into 2D images with 'python -m monai_hqanogan.data.prepare folder --normal <folder> --output <out>'."
         )
-    if not decode:
+    # where the data end: the offset and dtype as stored in the file (nibabel resets the offset of img.header to 0)
+    proxy = img.dataobj
+    offset = int(getattr(proxy, "offset", img.header.get_data_offset()))
+    itemsize = np.dtype(getattr(proxy, "dtype", img.header.get_data_dtype())).itemsize
+    expected = offset + math.prod(shape) * itemsize
+    gzipped = _suffix(path) == ".nii.gz"
+    if gzipped and not decode:
         return
-    header = img.header
-    expected = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
     try:
-        if _suffix(path) == ".nii.gz":
-            found = 0
+        if gzipped:  # decompressed in chunks up to a little past the data's end; reaching the end checks the CRC
+            found, cap = 0, expected + (1 << 20)
             with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(1 << 22):
+                while found <= cap and (chunk := stream.read(1 << 22)):
                     found += len(chunk)
-        else:
+        else:  # .nii: the file size is enough (and costs nothing, so even without decode)
             found = path.stat().st_size
     except (EOFError, OSError, zlib.error) as err:
         raise ValueError(f"{label} {str(path)!r} is truncated or corrupt: {type(err).__name__}: {err}") from err
     if found < expected:
-        raise ValueError(f"{label} {str(path)!r} is truncated: {found} of the {expected} bytes its header announces.")
+        raise ValueError(
+            f"{label} {str(path)!r} is truncated: {found} of the {expected} bytes its header announces "
+            f"({offset} header bytes + {math.prod(shape)} voxels x {itemsize} bytes)."
+        )
+    if not decode:
+        return
     if math.prod(shape[2:]) <= 1:
         data = np.asanyarray(img.dataobj)
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():

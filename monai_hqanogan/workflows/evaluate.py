@@ -101,6 +101,11 @@ def evaluate_detector(
     ``val_key`` list under ``labelled-validation``. The detector is scored with its calibrated score and map;
     pixel metrics use its calibrated pixel threshold for the Dice, baselines their Dice-max.
 
+    Labels: every item of the lists the metrics and the baselines' choices are computed from (``test_key``,
+    ``localisation_key``, ``selection_key`` under ``normal-only``, ``val_key`` under ``labelled-validation``) needs
+    ``"label": 0`` or ``1``; a list with unlabelled items (which would count as normal) is refused before any image
+    is read, naming them (:func:`~monai_hqanogan.workflows.check_datalist`'s ``labelled_keys``).
+
     Args:
         detector: a calibrated :class:`HQAnoGANDetector`.
         datalist: the prepared datalist JSON.
@@ -135,15 +140,19 @@ def evaluate_detector(
     output_dir = check_writable(output_dir)
     device = torch.device(device)
     keys = [fit_key, test_key] + ([localisation_key] if localisation_key else [])
+    labelled = keys[1:]  # the metrics' lists: every item needs a label 0 or 1
     if baselines:
         keys += [val_key] + ([selection_key] if protocol == "normal-only" else [])
-    check_datalist(datalist, keys, base_dir=base_dir, verify_images=False)
+        labelled += [selection_key] if protocol == "normal-only" else [val_key]
+    check_datalist(datalist, keys, base_dir=base_dir, verify_images=False, labelled_keys=labelled)
     if not bool(detector.calibration.calibrated):
         raise RuntimeError("the detector is not calibrated: run calibrate.json first.")
     detector = detector.to(device).eval()
-    sets = {test_key: load_split(datalist, test_key, resolution, base_dir=base_dir)}
+    sets = {test_key: load_split(datalist, test_key, resolution, base_dir=base_dir, require_labels=True)}
     if localisation_key:
-        sets[localisation_key] = load_split(datalist, localisation_key, resolution, base_dir=base_dir, with_masks=True)
+        sets[localisation_key] = load_split(
+            datalist, localisation_key, resolution, base_dir=base_dir, with_masks=True, require_labels=True
+        )
     fit = load_split(datalist, fit_key, resolution, base_dir=base_dir)
     timings: dict[str, float] = {}
     results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in sets}
@@ -162,8 +171,13 @@ def evaluate_detector(
     selections: dict[str, Any] = {}
     if baselines:
         normal_only = protocol == "normal-only"
-        val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None)
-        synthetic = load_split(datalist, selection_key, resolution, base_dir=base_dir) if normal_only else None
+        val = load_split(
+            datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None,
+            require_labels=not normal_only,
+        )  # fmt: skip
+        synthetic = None
+        if normal_only:
+            synthetic = load_split(datalist, selection_key, resolution, base_dir=base_dir, require_labels=True)
     for bname, baseline in (baselines or {}).items():
         t0 = time.perf_counter()
         baseline.fit(fit["images"], **dict((baseline_fit_kwargs or {}).get(bname, {})))

@@ -74,6 +74,7 @@ def check_datalist(
     verify_images: bool = True,
     min_items: int = 1,
     normal_keys: Sequence[str] = ("training",),
+    labelled_keys: Sequence[str] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """Load the ``keys`` lists of a MONAI datalist and check every listed file before training starts.
 
@@ -83,7 +84,11 @@ def check_datalist(
     are refused, and 2D NIfTI images with NaN or inf), one at a time, so memory stays bounded. The lists of
     ``normal_keys`` (the ``training`` list: G, E, the W+ Gaussian and the baselines learn "normal" from it) must hold
     normal items only, ``label`` 0 or none; abnormal ones are refused before any file is read, naming how many and
-    the first few.
+    the first few. The lists of ``labelled_keys`` (those metrics or choices are computed from: the evaluation's test
+    and synthetic-lesion lists, the validation list of the ``labelled-validation`` protocol) need ``"label": 0`` or
+    ``1`` on every item: elsewhere a missing label means normal (:func:`is_normal_item`), which would silently turn
+    an unlabelled abnormal image into a normal one in the metrics, so items without a label (or with another one)
+    are refused there, naming them. In every list, a label that is not a number is refused, naming the item.
 
     Args:
         datalist: the datalist JSON (as written by ``python -m monai_hqanogan.data.prepare``).
@@ -92,6 +97,7 @@ def check_datalist(
         verify_images: also decode every file.
         min_items: fewest items each list must hold.
         normal_keys: those of ``keys`` that must hold normal items only.
+        labelled_keys: those of ``keys`` whose every item needs a label 0 or 1.
 
     Returns:
         ``{key: items}`` with absolute paths.
@@ -99,8 +105,9 @@ def check_datalist(
     Raises:
         FileNotFoundError: the datalist or a listed file is missing (the message says how to prepare the data).
         ValueError: the datalist is not a JSON object of lists of ``{"image": path}`` items, a list is missing or
-            too short, a list of ``normal_keys`` holds abnormal items (or a label that is not a number), or a file
-            is empty, unreadable, truncated, not an image or a 3D volume.
+            too short, an item has a label that is not a number, a list of ``normal_keys`` holds abnormal items, a
+            list of ``labelled_keys`` holds items without a label 0 or 1, or a file is empty, unreadable, truncated,
+            not an image or a 3D volume.
         ImportError: a DICOM file is listed and pydicom is not installed.
     """
     path = Path(datalist).expanduser()
@@ -117,8 +124,12 @@ def check_datalist(
         items = datalist_items(path, key, base_dir=base_dir, content=content)
         if len(items) < min_items:
             raise ValueError(f"datalist {str(path)!r} list {key!r} holds {len(items)} items; need >= {min_items}.")
-        if key in normal_keys:  # the labels as written (MONAI's loader turns string labels into paths)
+        for i, entry in enumerate(content[key]):  # the labels as written (MONAI's loader turns strings into paths)
+            _item_label(entry, path, key, i)  # a label that is not a number: named
+        if key in normal_keys:
             _check_normal_only(path, key, content[key], items)
+        if key in labelled_keys:
+            _check_labelled(path, key, content[key], items)
         for item in items:
             for field in ("image", "mask"):
                 if field in item:
@@ -162,6 +173,30 @@ def _check_normal_only(
         "normal images only (label 0 or no label): move abnormal images to 'validation' or 'test' (python -m "
         "monai_hqanogan.data.prepare folder --abnormal <folder> does), or set label 0 if they are normal."
     )
+
+
+def _check_labelled(
+    path: Path, key: str, raw: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]], shown: int = 5
+) -> None:
+    """Refuse items of ``raw`` (the list as written) without a label or with a label other than 0 and 1 in a list
+    that metrics are computed from, naming how many and the first ``shown`` (index and file, from ``items``)."""
+    missing, other = [], []
+    for i, (entry, item) in enumerate(zip(raw, items)):
+        if entry.get("label") is None:
+            missing.append(f"item {i} ({Path(str(item['image'])).name})")
+        elif _item_label(entry, path, key, i) not in (0.0, 1.0):
+            other.append(f"item {i} ({Path(str(item['image'])).name}: {entry['label']!r})")
+    problems = []
+    for found, what in ((missing, "without a label"), (other, "with a label other than 0 or 1")):
+        if found:
+            more = f" and {len(found) - shown} more" if len(found) > shown else ""
+            problems.append(f"{len(found)} item(s) {what}: {', '.join(found[:shown])}{more}")
+    if problems:
+        raise ValueError(
+            f"datalist {str(path)!r}: list {key!r} ({len(items)} items) holds {'; '.join(problems)}. Metrics are "
+            f'computed from the labels of {key!r}, so every item needs "label": 0 (normal) or 1 (abnormal); an item '
+            "without one would silently count as normal. Label every item, or leave unlabelled images out of it."
+        )
 
 
 # ---------------------------------------------------------------------- stage weights
@@ -216,8 +251,15 @@ def mask_transforms(resolution: int, keys: Sequence[str] | str = ("mask",)) -> C
 
 
 def is_normal_item(item: Mapping[str, Any]) -> bool:
-    """Whether a datalist item is normal (``label`` 0 or absent): what the normal-only protocol may read."""
-    return int(item.get("label", 0)) == 0
+    """Whether a datalist item is normal (``label`` 0, absent or null): what the normal-only protocol may read.
+    A label that is not a number raises a ValueError naming the item."""
+    label = item.get("label")
+    try:
+        return label is None or float(label) == 0
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"datalist item {item.get('image')!r} has label {label!r}; expected 0 (normal) or 1 (abnormal)."
+        ) from None
 
 
 def load_split(
@@ -230,17 +272,23 @@ def load_split(
     num_workers: int = 0,
     upper_percentile: float = 99.5,
     keep: Callable[[Mapping[str, Any]], bool] | None = None,
+    require_labels: bool = False,
 ) -> dict[str, Any]:
     """One list of a datalist as tensors on the model grid.
 
     ``keep`` (item -> bool) selects items before anything is read (e.g. only the normal ones); ``limit`` then caps
-    their number.
+    their number. An item without a label (or ``null``) counts as normal (label 0), as in :func:`is_normal_item`,
+    unless ``require_labels``: then every item of the list needs a label 0 or 1 (for metrics; see
+    :func:`check_datalist`'s ``labelled_keys``). A label that is not a number is refused, naming the item.
 
     Returns:
         ``{"images": [N, 1, R, R], "labels": [N] long (0 where an item has no label), "names": [N] str}`` plus
         ``"masks": [N, 1, R, R]`` with ``with_masks`` (items without a mask get an empty one).
     """
-    items = check_datalist(datalist, [key], base_dir=base_dir, verify_images=False)[key]
+    labelled = [key] if require_labels else []
+    items = check_datalist(datalist, [key], base_dir=base_dir, verify_images=False, labelled_keys=labelled)[key]
+    path = Path(datalist).expanduser()
+    items = [{**item, "label": int(_item_label(item, path, key, i))} for i, item in enumerate(items)]  # numbers
     if keep is not None:
         items = [item for item in items if keep(item)]
         if not items:
@@ -256,7 +304,7 @@ def load_split(
             out["mask"] = (
                 mask_tf({"mask": item["mask"]})["mask"] if "mask" in item else torch.zeros_like(out["image"][:1])
             )
-        out["label"] = int(item.get("label", 0))
+        out["label"] = item["label"]  # a number: checked above
         return out
 
     loader = DataLoader(Dataset(items, transform), batch_size=32, num_workers=num_workers)
@@ -311,6 +359,10 @@ def calibrate_detector(
     - ``"labelled-validation"`` (opt-in): the weights give the best AUROC on the labelled ``val_key`` images (normal
       and real abnormal), the threshold is at their F1 maximum; the pixel threshold as above.
 
+    An item without a label counts as normal in ``val_key`` under ``normal-only``; the lists whose labels a choice
+    is made from (``pixel_key``, and ``val_key`` under ``labelled-validation``) need a label 0 or 1 on every item,
+    and are refused before any image is read otherwise.
+
     Returns:
         the calibration report (also written to ``report_file`` as JSON, and kept in the detector's calibration);
         its ``protocol`` entry names the protocol and ``weights_from`` / ``threshold_from`` what each choice was made
@@ -324,17 +376,23 @@ def calibrate_detector(
         round_networks_to_half(detector)
     detector = detector.to(device).eval()
     keys = [fit_key, val_key] + ([pixel_key] if pixel_key else [])
-    lists = check_datalist(datalist, keys, base_dir=base_dir, verify_images=False)
+    normal_only = protocol == "normal-only"
+    labelled = ([] if normal_only else [val_key]) + ([pixel_key] if pixel_key else [])  # labels the choices use
+    lists = check_datalist(datalist, keys, base_dir=base_dir, verify_images=False, labelled_keys=labelled)
     fit = load_split(datalist, fit_key, resolution, base_dir=base_dir, limit=fit_limit)
     val_items = lists[val_key]
-    normal_only = protocol == "normal-only"
-    val = load_split(datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None)
+    val = load_split(
+        datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None,
+        require_labels=not normal_only,
+    )  # fmt: skip
     if not normal_only and not bool(val["labels"].any()):
         raise ValueError(
             f"protocol 'labelled-validation' needs abnormal items (label 1) in the datalist's {val_key!r} list; it "
             "has none. Use the default protocol 'normal-only'."
         )
-    loc = load_split(datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True) if pixel_key else None
+    loc = None
+    if pixel_key:
+        loc = load_split(datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True, require_labels=True)
     report = detector.calibrate(
         fit["images"], val["images"], None if normal_only else val["labels"], fpr=fpr, pixel_fpr=pixel_fpr,
         batch_size=batch_size, protocol=protocol, selection_images=None if loc is None else loc["images"],

@@ -4,9 +4,10 @@ MONAI Label's generic ``BundleInferTask`` runs a network on a batch and post-pro
 detector needs the bundle's slice-by-slice inferer (2D images and 3D volumes, the training preprocessing per
 slice, the map back on the input grid) and returns two outputs: the label map (``anomaly`` = 1 where the heat map
 reaches the calibrated pixel threshold) for the viewer, and the heat map itself, which this task saves as NIfTI
-next to the studies (``<studies>/anomaly_heatmaps/<image id>.nii.gz``) and names in the result JSON with the image
-score. Weights load through the bundle's ``load_model_file`` (``weights_only=True``; MONAI Label's default
-loader unpickles arbitrary objects).
+next to the studies (``<studies>/anomaly_heatmaps/<safe image id>-<hash>.nii.gz``, one file per image id, never
+outside that folder; see :func:`~monai_hqanogan.apps.monailabel.heatmap_file_name`) and names in the result JSON
+with the image score. Weights load through the bundle's ``load_model_file`` (``weights_only=True``; MONAI Label's
+default loader unpickles arbitrary objects).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from monai_hqanogan.apps.monailabel import heatmap_path
 from monai_hqanogan.workflows import SHIPPED_SETTING, load_model_file
 
 __all__ = ["HQAnoGANInferTask"]
@@ -55,7 +58,9 @@ class HQAnoGANInferTask(BasicInferTask):
         model_file: the detector weights (default ``<bundle_root>/models/model.pt``).
         setting: the bundle setting the weights were trained with (default: the shipped weights' setting).
         settings: a full settings dict (or its JSON) instead of ``setting``, e.g. for weights trained with overrides.
-        heatmap_dir: where heat maps are written (``<id>.nii.gz``); None: only the label is returned.
+        heatmap_dir: where heat maps are written (one per image id, named by
+            :func:`~monai_hqanogan.apps.monailabel.heatmap_file_name`); None: only the label is returned.
+        studies_dir: the studies folder; heat maps of images inside it are named by their path relative to it.
         description: shown by MONAI Label's ``/info``.
     """
 
@@ -66,6 +71,7 @@ class HQAnoGANInferTask(BasicInferTask):
         setting: str = SHIPPED_SETTING,
         settings: str | Mapping[str, Any] | None = None,
         heatmap_dir: str | os.PathLike | None = None,
+        studies_dir: str | os.PathLike | None = None,
         description: str = "HQ-AnoGAN anomaly candidates (label) and heat map of a brain MR image or volume",
     ) -> None:
         self.bundle_root = Path(bundle_root).expanduser().resolve()
@@ -82,6 +88,7 @@ class HQAnoGANInferTask(BasicInferTask):
             self.parser["settings"] = override
         self.parser["model_file"] = str(model_file)
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir is not None else None
+        self.studies_dir = Path(studies_dir) if studies_dir is not None else None
         super().__init__(
             path=str(model_file),
             network=None,
@@ -158,14 +165,17 @@ class HQAnoGANInferTask(BasicInferTask):
     def _save_heatmap(self, heat: torch.Tensor, affine: Any, data: Mapping[str, Any]) -> Path:
         import nibabel as nib
 
-        name = Path(str(data.get("image_path") or "image")).name
-        for suffix in (".gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm"):
-            name = name.removesuffix(suffix)
+        # one file per image id (its path relative to the studies, suffix included), always inside heatmap_dir
+        path = heatmap_path(self.heatmap_dir, data.get("image_path") or "image", self.studies_dir)
         self.heatmap_dir.mkdir(parents=True, exist_ok=True)
-        path = self.heatmap_dir / f"{name}.nii.gz"
         matrix = np.asarray(affine if affine is not None else np.eye(4), dtype=np.float64)
-        tmp = path.with_name(f".{path.name}.partial.nii.gz")
-        nib.save(nib.Nifti1Image(heat.detach().cpu().float().numpy(), matrix), str(tmp))
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=".heatmap-", suffix=".partial.nii.gz", dir=self.heatmap_dir)
+        os.close(fd)  # a fresh file per request: two requests never write into the same partial file
+        try:
+            nib.save(nib.Nifti1Image(heat.detach().cpu().float().numpy(), matrix), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         logger.info(f"heat map -> {path}")
         return path

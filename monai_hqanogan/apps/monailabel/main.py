@@ -33,6 +33,7 @@ class HQAnoGANLabelApp(MONAILabelApp):
         self.task = HQAnoGANInferTask(
             bundle_root=bundle, model_file=conf.get("model"), setting=conf.get("setting", SHIPPED_SETTING),
             settings=conf.get("settings"), heatmap_dir=None if str(heatmaps).lower() == "none" else Path(heatmaps),
+            studies_dir=studies,
         )  # fmt: skip
         super().__init__(
             app_dir=app_dir, studies=studies, conf=conf, name="HQ-AnoGAN anomaly detection",
