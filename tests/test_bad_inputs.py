@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
@@ -195,8 +195,7 @@ def earlier_output(good_folder, tmp_path_factory) -> Path:
     return out
 
 
-REFUSED_FOLDERS = {
-    "wrong_dimensions": ({"line.png": encoded(np.full((1, 30), 90, np.uint8), "PNG")}, "line.png: expected a 2D image"),
+REFUSED_FOLDERS = {  # (a 1 x 30 PNG is skipped now, with the shapes the networks cannot use: tests/test_size_caps.py)
     "dicom_without_pydicom": ({"series/1.dcm": b"DICM" * 10}, "pip install pydicom"),
     "empty_folder": (None, "holds no PNG, JPEG, NIfTI"),
 }
@@ -410,7 +409,9 @@ def test_slice_inferer_maps_any_2d_or_3d_shape_back_onto_its_grid(
     detector, height, width, depth, scale, integer, record_property
 ):
     """Documented handling: any 2D image or 3D volume (both may be in one datalist), non-square, at any intensity
-    scale or integer type, is scored slice by slice and its map comes back on the input's own grid."""
+    scale or integer type, is scored slice by slice and its map comes back on the input's own grid; shapes whose
+    short side would be under 2 px at the model resolution are refused instead (tests/test_size_caps.py)."""
+    assume(round(min(height, width) * 16 / max(height, width)) >= 2)
     shape = (1, 1, height, width) + (() if depth is None else (depth,))
     image = torch.rand(*shape) * scale
     image[:, :, 0, 0], image[:, :, -1, -1] = 0.0, scale  # no constant slice

@@ -51,6 +51,13 @@ from monai_hqanogan.data.datalists import (
     write_prepared_datalist,
 )
 from monai_hqanogan.transforms.array import intensity_window, is_background_slice
+from monai_hqanogan.workflows.checks import (
+    MAX_SLICE_PIXELS,
+    MAX_VOLUME_VOXELS,
+    check_image_shape,
+    check_size_caps,
+    image_header_shape,
+)
 
 __all__ = ["prepare_image_folder", "find_image_files", "main"]
 
@@ -123,7 +130,40 @@ def find_image_files(folder: str | os.PathLike, what: str = "image") -> list[Ima
 
 
 class _UnusableFile(Exception):
-    """An input that cannot be used (unreadable, truncated, no finite pixel, constant): skipped with a warning."""
+    """An input that cannot be used (unreadable, truncated, beyond a size cap, a shape the networks cannot use, no
+    finite pixel, constant): skipped with a warning."""
+
+
+#: the size caps of :mod:`monai_hqanogan.workflows.checks`, the defaults of :func:`prepare_image_folder`
+_DEFAULT_CAPS = {"max_slice_pixels": MAX_SLICE_PIXELS, "max_volume_voxels": MAX_VOLUME_VOXELS}
+
+
+def _check_header(file: ImageFile, options: dict[str, Any], what: str = "image") -> None:
+    """Refuse a PNG/JPEG or NIfTI input from its header, before any pixel is read: beyond the size caps, not 2D or
+    3D, or a slice with a side under ``MIN_SIDE`` px in the file or once stored at ``max_size`` (by
+    :func:`~monai_hqanogan.workflows.checks.check_image_shape`), as ``_UnusableFile``. The spatial shape is the one
+    :func:`_read` makes (channels averaged, trailing singleton dimensions dropped). A header that cannot be read is
+    left to :func:`_read`, which says why; DICOM series are checked after loading."""
+    try:
+        found = image_header_shape(file.path)
+    except Exception:  # unreadable, or beyond Pillow's decompression-bomb limit: _read names it
+        return
+    if found is None:
+        return
+    spatial, channels = found
+    while len(spatial) > 2 and spatial[-1] == 1:
+        spatial = spatial[:-1]
+    try:
+        check_image_shape(
+            spatial,
+            f"{what} {file.relative}",
+            channels,
+            slice_axis=options["slice_axis"],
+            resolution=options["max_size"],
+            **options.get("size_caps", _DEFAULT_CAPS),
+        )
+    except ValueError as e:
+        raise _UnusableFile(str(e)) from e
 
 
 def _read(file: ImageFile) -> np.ndarray:
@@ -151,8 +191,10 @@ def _read(file: ImageFile) -> np.ndarray:
         array = np.where(finite, array, array[finite].min())
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim not in (2, 3) or min(array.shape) < 2:
-        raise ValueError(f"expected a 2D image or a 3D volume, got spatial shape {array.shape}")
+    if array.ndim not in (2, 3) or min(array.shape) < 2:  # DICOM: the others were checked from their header
+        raise _UnusableFile(
+            f"expected a 2D image or a 3D volume with every side at least 2 px, got spatial shape {array.shape}"
+        )
     return array
 
 
@@ -222,6 +264,9 @@ def _store(
     options: dict[str, Any],
 ) -> list[PreparedImage]:
     """Read one input, store its image(s) (and mask slices) as PNGs, and describe them."""
+    _check_header(file, options)
+    if mask_file is not None:
+        _check_header(mask_file, options, "mask")
     array = _read(file)
     mask = None
     if mask_file is not None:
@@ -291,6 +336,8 @@ def prepare_image_folder(
     lesion_contrast_range: Sequence[float] = DEFAULT_LESIONS["contrast_range"],
     overwrite: bool = False,
     progress: bool = True,
+    max_slice_pixels: int = MAX_SLICE_PIXELS,
+    max_volume_voxels: int = MAX_VOLUME_VOXELS,
 ) -> Path:
     """Prepare your own normal (and optionally abnormal) images for anomaly detection, like :func:`prepare_br35h`.
 
@@ -305,7 +352,11 @@ def prepare_image_folder(
     Odd files: other files (text, CSV, hidden files) are ignored. Unreadable inputs (0 bytes, truncated or corrupt
     PNG/JPEG/NIfTI, images beyond Pillow's decompression-bomb limit, which are refused before decoding, constant 2D
     images, no finite pixel) are skipped with one warning naming them, and listed with the reason under
-    ``info.skipped`` of the datalist. NaN and inf pixels are set to the image's finite minimum, with a warning.
+    ``info.skipped`` of the datalist. So are, from their header before any pixel is read
+    (:func:`~monai_hqanogan.workflows.checks.check_image_shape`), images beyond the size caps ``max_slice_pixels``
+    and ``max_volume_voxels`` and shapes the networks cannot use: not 2D or 3D, or a slice with a side under 2 px in
+    the file or once its longest side is ``max_size`` (an extreme aspect ratio). NaN and inf pixels are set to the
+    image's finite minimum, with a warning.
 
     Groups: the slices of one volume form one group, so a volume never spans two splits; 2D images are grouped by
     thumbnail correlation (near-duplicates, see :func:`group_near_duplicates`). The split and the synthetic
@@ -342,6 +393,10 @@ def prepare_image_folder(
         overwrite: replace the outputs of an earlier preparation with other settings (in a marked folder), or
             write into a non-empty unmarked folder that holds none of the preparation's entries.
         progress: show progress bars.
+        max_slice_pixels: the pixel cap of one 2D image or volume slice
+            (:data:`~monai_hqanogan.workflows.checks.MAX_SLICE_PIXELS`); larger inputs are skipped unread.
+        max_volume_voxels: the voxel cap of one input, channels included
+            (:data:`~monai_hqanogan.workflows.checks.MAX_VOLUME_VOXELS`); larger inputs are skipped unread.
 
     Returns:
         path of ``output_dir/datalist.json``.
@@ -356,6 +411,7 @@ def prepare_image_folder(
     )
     if slice_axis not in (-3, -2, -1, 0, 1, 2):
         raise ValueError(f"slice_axis must be a spatial axis of a 3D volume (-3 to 2), got {slice_axis}.")
+    check_size_caps(max_slice_pixels, max_volume_voxels)
     if mask_dir is not None and abnormal_dir is None:
         raise ValueError("masks were given without abnormal images: masks belong to abnormal_dir's images.")
     inputs = {"normal": find_image_files(normal_dir, "normal")}
@@ -385,6 +441,9 @@ def prepare_image_folder(
         "lesions": lesion_settings(lesion_radius_range, lesion_contrast_range),
         "format": PREPARATION_FORMAT,
     }
+    caps = {"max_slice_pixels": int(max_slice_pixels), "max_volume_voxels": int(max_volume_voxels)}
+    if caps != _DEFAULT_CAPS:  # other caps may prepare other files; the defaults keep earlier outputs reusable
+        settings["size_caps"] = caps
     out = check_output_dir(output_dir, overwrite)
     existing = reuse_existing(out, settings, overwrite)
     if existing is not None:
@@ -407,8 +466,8 @@ def prepare_image_folder(
         if skipped:
             names = ", ".join(s["file"] for s in skipped[:5])
             warnings.warn(
-                f"skipped {len(skipped)} unusable file(s) (unreadable, truncated, too large or constant; reasons in "
-                f"the datalist's info.skipped): {names}",
+                f"skipped {len(skipped)} unusable file(s) (unreadable, truncated, too large, too thin or constant; "
+                f"reasons in the datalist's info.skipped): {names}",
                 stacklevel=2,
             )
         volumes = len({r.volume for r in records if r.volume is not None})
@@ -544,6 +603,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="skip volume slices with less than this fraction of non-background pixels (default 0.01)",
     )
+    folder.add_argument(
+        "--max-slice-pixels",
+        type=int,
+        default=MAX_SLICE_PIXELS,
+        help=f"skip (unread) inputs with a 2D image or volume slice of more pixels (default {MAX_SLICE_PIXELS})",
+    )
+    folder.add_argument(
+        "--max-volume-voxels",
+        type=int,
+        default=MAX_VOLUME_VOXELS,
+        help=f"skip (unread) inputs of more voxels in all, channels included (default {MAX_VOLUME_VOXELS})",
+    )
     _common_options(folder)
     return parser
 
@@ -591,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mask_dir=args.masks,
                 slice_axis=args.slice_axis,
                 min_foreground=args.min_foreground,
+                max_slice_pixels=args.max_slice_pixels,
+                max_volume_voxels=args.max_volume_voxels,
                 **common,
             )
     except (ValueError, OSError, RuntimeError, ImportError) as e:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from .checks import (
     MAX_SLICE_PIXELS,
+    MAX_VOLUME_VOXELS,
+    MIN_SIDE,
     SETTINGS_KEYS,
     as_bool,
+    check_image_shape,
     check_overrides,
     check_settings,
+    check_size_caps,
     check_slice_axis,
     datalist_items,
     did_you_mean,
+    image_header_shape,
     load_settings,
     read_json_object,
     verify_image_file,

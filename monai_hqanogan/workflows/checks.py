@@ -13,8 +13,9 @@ import json
 import math
 import numbers
 import os
+import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,15 @@ from monai_hqanogan.networks.nets.stylegan2 import check_resolution
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_SLICE_PIXELS",
+    "MAX_VOLUME_VOXELS",
+    "MIN_SIDE",
     "SETTING_RULES",
     "SETTINGS_KEYS",
     "SLICE_AXES",
     "verify_image_file",
+    "image_header_shape",
+    "check_image_shape",
+    "check_size_caps",
     "read_json_object",
     "datalist_items",
     "load_settings",
@@ -41,8 +47,19 @@ __all__ = [
 
 #: file endings read as images (a folder of ``.dcm`` files is read as one DICOM series)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".nrrd", ".mha")
-#: the largest 2D image (or volume slice) accepted, in pixels (8192 x 8192); larger ones are refused before loading
+# The size caps: one set for prepare, inference and the training data check, compared with the shape in the file's
+# header (nibabel's header, Pillow's ``Image.open(...).size``) before any pixel is read. Each entry point takes them
+# as arguments (``max_slice_pixels``, ``max_volume_voxels``) to raise them where the memory is there.
+#: the largest 2D image (or volume slice) accepted, in pixels (8192 x 8192); larger ones are refused before loading.
+#: For PNG/JPEG it is below Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``), which also holds.
 MAX_SLICE_PIXELS = 8192 * 8192
+#: the largest image accepted in all, in voxels, channels (the 4th NIfTI dimension) included: 512 x 512 x 2048, 2 GiB
+#: as float32; larger volumes are refused before loading
+MAX_VOLUME_VOXELS = 512 * 512 * 2048
+#: the shortest side, in pixels, of a 2D image or volume slice that the networks can use: in the file and after its
+#: longest side is resized to the model resolution (a side that rounds to 0 px there crashes the resize, one of 1 px
+#: carries no 2D structure)
+MIN_SIDE = 2
 
 _RASTER = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI = (".nii", ".nii.gz")
@@ -64,12 +81,17 @@ def verify_image_file(
     spatial_2d: bool = False,
     decode: bool = True,
     max_slice_pixels: int = MAX_SLICE_PIXELS,
+    max_volume_voxels: int = MAX_VOLUME_VOXELS,
+    resolution: int | None = None,
+    slice_axis: int = -1,
 ) -> Path:
     """Check that ``path`` is an image MONAI's ``LoadImage`` can read, without keeping it in memory.
 
     Always: the file exists and is not empty, its ending is one of :data:`IMAGE_SUFFIXES` (a folder must hold
     ``.dcm`` files, and DICOM needs pydicom), PNG/JPEG headers open (Pillow refuses decompression bombs there),
-    NIfTI headers read with a shape that has a 2D slice of at most ``max_slice_pixels``. With ``decode``: PNG/JPEG
+    and the shape in a PNG/JPEG/BMP/TIFF or NIfTI header passes :func:`check_image_shape`: a 2D image or 3D volume
+    (a 4th NIfTI dimension holds channels), slices of at most ``max_slice_pixels``, at most ``max_volume_voxels`` in
+    all, no side under :data:`MIN_SIDE` pixels, none at ``resolution`` either. With ``decode``: PNG/JPEG
     files decode completely (truncated files fail), NIfTI files hold all the data their header announces (read in
     chunks, so memory stays bounded), and a 2D NIfTI holds no NaN or inf.
 
@@ -78,7 +100,10 @@ def verify_image_file(
         label: how the message names it, e.g. ``"image listed in the datalist"``.
         spatial_2d: refuse 3D volumes (more than one slice): training, calibration and evaluation need 2D images.
         decode: read the whole file, not only its header.
-        max_slice_pixels: the largest 2D image or volume slice accepted.
+        max_slice_pixels: the largest 2D image or volume slice accepted (:data:`MAX_SLICE_PIXELS`).
+        max_volume_voxels: the largest image accepted in all, channels included (:data:`MAX_VOLUME_VOXELS`).
+        resolution: the model resolution the image's longest side is resized to; None: not checked.
+        slice_axis: the spatial axis along which volumes are sliced.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -101,59 +126,183 @@ def verify_image_file(
             f"{label} {str(path)!r} is not an image file (ending {suffix or 'none'!r}); "
             f"supported: {', '.join(IMAGE_SUFFIXES)}."
         )
+    check_size_caps(max_slice_pixels, max_volume_voxels)
+    caps = {"max_slice_pixels": max_slice_pixels, "max_volume_voxels": max_volume_voxels}
+    shape_rules = {"slice_axis": slice_axis, "resolution": resolution, **caps}
     if suffix == ".dcm":
         _require_pydicom(path, label)
     elif suffix in _RASTER:
-        _verify_raster(path, label, decode, max_slice_pixels)
+        _verify_raster(path, label, decode, shape_rules)
     elif suffix in _NIFTI:
-        _verify_nifti(path, label, spatial_2d, decode, max_slice_pixels)
+        _verify_nifti(path, label, spatial_2d, decode, shape_rules)
     return path
 
 
-def _verify_raster(path: Path, label: str, decode: bool, max_slice_pixels: int) -> None:
+def _raster_header(path: Path) -> tuple[tuple[int, ...], int]:
+    """((width, height), bands) from a PNG/JPEG/BMP/TIFF header, in MONAI's layout (``PILReader`` reads (W, H)).
+    Pillow's decompression-bomb warning is silenced here (the caps decide); its error is raised."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:  # reads the header only; Pillow refuses decompression bombs here
-            width, height = img.size
-            if width * height > max_slice_pixels:
-                raise _TooLarge(f"{width} x {height} pixels")
-            if decode:
-                img.verify()
-        if decode:
-            with Image.open(path) as img:
-                img.load()
-    except (_TooLarge, Image.DecompressionBombError) as err:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:  # reads the header only
+            return (int(img.size[0]), int(img.size[1])), len(img.getbands())
+
+
+def _nifti_layout(shape: Sequence[int]) -> tuple[tuple[int, ...], int]:
+    """(spatial shape, channels) of a NIfTI of header shape ``shape`` as MONAI's ``NibabelReader`` +
+    ``EnsureChannelFirst`` lay it out: up to 3 dimensions are spatial; beyond that, the last one holds channels
+    (a 24 x 24 x 1 x 3 image is a 24 x 24 x 1 grid with 3 channels)."""
+    shape = tuple(int(s) for s in shape)
+    return (shape, 1) if len(shape) <= 3 else (shape[:-1], shape[-1])
+
+
+def image_header_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], int] | None:
+    """(spatial shape, channels) of an image file from its header alone, no pixel data read (nibabel's
+    ``header.get_data_shape()``, Pillow's ``Image.open(...).size``), as MONAI's ``LoadImage`` lays the data out:
+    PNG/JPEG/BMP/TIFF (width, height) with their bands as channels; NIfTI as :func:`_nifti_layout`. None for the
+    formats without a header reader here (DICOM, NRRD, MHA). A header that cannot be read raises (Pillow's and
+    nibabel's own errors, e.g. ``PIL.Image.DecompressionBombError``)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if path.is_dir() or suffix not in _RASTER + _NIFTI:
+        return None
+    if suffix in _RASTER:
+        return _raster_header(path)
+    import nibabel as nib
+
+    return _nifti_layout(nib.load(str(path)).header.get_data_shape())
+
+
+def check_size_caps(max_slice_pixels: Any = MAX_SLICE_PIXELS, max_volume_voxels: Any = MAX_VOLUME_VOXELS) -> None:
+    """A ValueError unless both caps are positive integers (they may come from a command line or a config)."""
+    for name, value in (("max_slice_pixels", max_slice_pixels), ("max_volume_voxels", max_volume_voxels)):
+        if not _positive_int(value):
+            raise ValueError(f"{name} must be a positive integer (a number of pixels), got {value!r}.")
+
+
+def check_image_shape(
+    shape: Sequence[int],
+    what: str,
+    channels: int = 1,
+    slice_axis: int = -1,
+    resolution: int | None = None,
+    max_slice_pixels: int | None = MAX_SLICE_PIXELS,
+    max_volume_voxels: int | None = MAX_VOLUME_VOXELS,
+) -> tuple[int, int]:
+    """Refuse an image shape the tools cannot load safely or the networks cannot use, before any pixel is read.
+
+    The rules, in order: a 2D image or a 3D volume (2 or 3 spatial dimensions, none of size 0); at most
+    ``max_volume_voxels`` voxels in all (spatial size x ``channels``); slices (the 2D image, or the volume without
+    ``slice_axis``) of at most ``max_slice_pixels`` pixels; no slice side under :data:`MIN_SIDE` pixels, in the file
+    and, with ``resolution``, after the slice's longest side is resized to ``resolution`` (by MONAI's ``Resize``
+    rule, ``round(side * resolution / longest)``: an extreme aspect ratio rounds its short side to 0 or 1 px).
+
+    Args:
+        shape: the spatial shape (channels not included; see :func:`image_header_shape`).
+        what: how the message names the image, e.g. ``"image listed for inference '/data/a.png'"``.
+        channels: the number of channels (counted in the voxels).
+        slice_axis: the axis of a 3D volume along which it is sliced into 2D slices.
+        resolution: the model resolution; None: only the sides in the file are checked.
+        max_slice_pixels: the pixel cap of one slice (None: no cap).
+        max_volume_voxels: the voxel cap of the whole image (None: no cap).
+
+    Returns:
+        the shape of one 2D slice.
+
+    Raises:
+        ValueError: naming ``what``, its shape, the rule or cap it breaks and how to proceed.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s == 0 for s in shape):
+        why = "a dimension of size 0" if 0 in shape else "fewer than 2 spatial dimensions"
+        raise ValueError(f"{what} has spatial shape {shape}: it has no 2D slice to score ({why}).")
+    if len(shape) > 3:
         raise ValueError(
-            f"{label} {str(path)!r} is too large to load safely ({err}; at most {max_slice_pixels} pixels): "
-            "downsample it first."
+            f"{what} has {len(shape)} spatial dimensions (shape {shape}, {channels} channel(s)); expected a 2D image "
+            "or a 3D volume (NIfTI: at most 3 spatial dimensions, then one of channels). Save it with those "
+            "dimensions, e.g. without its singleton ones."
+        )
+    voxels = math.prod(shape) * int(channels)
+    if max_volume_voxels is not None and voxels > max_volume_voxels:
+        raise ValueError(
+            f"{what} has shape {shape} with {channels} channel(s): {voxels} voxels, more than the cap of "
+            f"{max_volume_voxels} (max_volume_voxels): too large to load safely. Downsample or crop it first (fewer "
+            "or smaller slices, fewer channels), or raise the cap max_volume_voxels if the machine has the memory."
+        )
+    volume = len(shape) == 3
+    if volume:
+        axis = check_slice_axis(slice_axis) % 3
+        plane = shape[:axis] + shape[axis + 1 :]
+        desc = f"has slices of {plane[0]} x {plane[1]} pixels (shape {shape}, sliced along axis {slice_axis})"
+    else:
+        plane = shape
+        desc = f"is a 2D image of {plane[0]} x {plane[1]} pixels"
+    pixels = plane[0] * plane[1]
+    if max_slice_pixels is not None and pixels > max_slice_pixels:
+        raise ValueError(
+            f"{what} {desc}, {pixels} in all, more than {max_slice_pixels} pixels: too large to load safely. "
+            "Downsample or crop it first, or raise the cap max_slice_pixels if the machine has the memory."
+        )
+    short, longest = min(plane), max(plane)
+    other_axis = " or slice it along another axis (slice_axis)" if volume else ""
+    if short < MIN_SIDE:
+        raise ValueError(
+            f"{what} {desc}: a side of {short} px is too thin for the networks, which need at least {MIN_SIDE} px "
+            f"on each side. Crop or pad it to a 2D region{other_axis}."
+        )
+    if resolution is not None and int(round(short * resolution / longest)) < MIN_SIDE:
+        scaled = int(round(short * resolution / longest))
+        raise ValueError(
+            f"{what} {desc}: with its longest side resized to {resolution} px (the model resolution; prepare: "
+            f"--max-size), its short side would be {scaled} px, fewer than {MIN_SIDE}: the aspect ratio "
+            f"{longest}:{short} is too extreme for the networks. Crop it to a less elongated region first{other_axis}."
+        )
+    return plane[0], plane[1]
+
+
+def _verify_raster(path: Path, label: str, decode: bool, shape_rules: Mapping[str, Any]) -> None:
+    from PIL import Image
+
+    what = f"{label} {str(path)!r}"
+    try:
+        spatial, channels = _raster_header(path)  # Pillow refuses decompression bombs here
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"{what} is too large to load safely ({err}; at most {shape_rules['max_slice_pixels']} pixels): "
+            "downsample or crop it first."
         ) from err
     except Exception as err:  # Pillow raises OSError, SyntaxError, UnidentifiedImageError, ... for bad files
-        raise ValueError(
-            f"{label} {str(path)!r} cannot be read: it is truncated, corrupt or not a {_suffix(path)[1:].upper()} "
-            f"image ({type(err).__name__}: {err})."
-        ) from err
+        raise _unreadable(path, what, err) from err
+    check_image_shape(spatial, what, channels, **shape_rules)
+    if not decode:
+        return
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            img.load()
+    except Exception as err:
+        raise _unreadable(path, what, err) from err
 
 
-class _TooLarge(Exception):
-    pass
+def _unreadable(path: Path, what: str, err: BaseException) -> ValueError:
+    return ValueError(
+        f"{what} cannot be read: it is truncated, corrupt or not a {_suffix(path)[1:].upper()} image "
+        f"({type(err).__name__}: {err})."
+    )
 
 
-def _verify_nifti(path: Path, label: str, spatial_2d: bool, decode: bool, max_slice_pixels: int) -> None:
+def _verify_nifti(path: Path, label: str, spatial_2d: bool, decode: bool, shape_rules: Mapping[str, Any]) -> None:
     import nibabel as nib
 
     try:
         img = nib.load(str(path))  # header only
-        shape = tuple(int(s) for s in img.shape)
+        shape = tuple(int(s) for s in img.header.get_data_shape())
     except Exception as err:
         raise ValueError(f"{label} {str(path)!r} is not a readable NIfTI file: {err}") from err
-    if len(shape) < 2 or any(s == 0 for s in shape):
-        raise ValueError(f"{label} {str(path)!r} has shape {shape}: no 2D slice.")
-    if shape[0] * shape[1] > max_slice_pixels:
-        raise ValueError(
-            f"{label} {str(path)!r} has slices of {shape[0]} x {shape[1]} pixels, more than {max_slice_pixels}: "
-            "too large to load safely; downsample it first."
-        )
+    spatial, channels = _nifti_layout(shape)
+    check_image_shape(spatial, f"{label} {str(path)!r}", channels, **shape_rules)
     if spatial_2d and any(s > 1 for s in shape[2:]):
         raise ValueError(
             f"{label} {str(path)!r} is a 3D volume (shape {shape}), but this step needs 2D images. Slice volumes "

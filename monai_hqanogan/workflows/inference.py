@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor, create_file_basename
 from monai.inferers import Inferer
 from monai.transforms import MapTransform, Resize, SpatialPad
-from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils import IgniteInfo, MetaKeys, min_version, optional_import
 from torch import nn
 
 from monai_hqanogan.networks.nets.stylegan2 import check_resolution
@@ -42,6 +42,9 @@ from monai_hqanogan.utils.checkpoint import write_text_atomic
 from monai_hqanogan.workflows.checks import (
     IMAGE_SUFFIXES,
     MAX_SLICE_PIXELS,
+    MAX_VOLUME_VOXELS,
+    check_image_shape,
+    check_size_caps,
     check_slice_axis,
     datalist_items,
     verify_image_file,
@@ -70,10 +73,16 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 
 
 def _like_input(values: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """``values`` as a MetaTensor carrying the input batch's meta data (affine, file names) for the image writers."""
+    """``values`` (one channel on the input's spatial grid) as a MetaTensor carrying the input batch's meta data
+    (affine, file names) for the image writers. The meta data say that the map has no channel dimension of its own
+    (MONAI's ``original_channel_dim``): the input's says where its colour channels (RGB, RGBA, LA) or its 4th NIfTI
+    dimension were, and MONAI's writers would look for them in the map and fail after the work is done."""
     if not isinstance(inputs, MetaTensor):
         return values
-    out = MetaTensor(values, meta=dict(inputs.meta))
+    meta = dict(inputs.meta)
+    no_channel = float("nan")  # MONAI's "no_channel", as its readers store it (a string does not collate)
+    meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = torch.full((values.shape[0],), no_channel) if inputs.is_batch else no_channel
+    out = MetaTensor(values, meta=meta)
     out.is_batch = inputs.is_batch
     return out
 
@@ -106,9 +115,22 @@ def _inference_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def list_inference_inputs(
-    path: str | os.PathLike, datalist_key: str = "test", base_dir: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    datalist_key: str = "test",
+    base_dir: str | os.PathLike | None = None,
+    resolution: int | None = None,
+    slice_axis: int = -1,
+    max_slice_pixels: int = MAX_SLICE_PIXELS,
+    max_volume_voxels: int = MAX_VOLUME_VOXELS,
 ) -> list[dict[str, Any]]:
     """The data dictionaries to run inference on, from a file, a folder or a datalist, checked before any work.
+
+    Every file is checked by :func:`~monai_hqanogan.workflows.checks.verify_image_file`, its size and shape from its
+    header before any pixel is read (:func:`~monai_hqanogan.workflows.checks.check_image_shape`): at most
+    ``max_slice_pixels`` per slice and ``max_volume_voxels`` in all, 2D images or 3D volumes (a 4th NIfTI dimension
+    holds channels, averaged like colour channels), and slices (along ``slice_axis``) with no side under
+    :data:`~monai_hqanogan.workflows.checks.MIN_SIDE` pixels, in the file or at ``resolution``. So every image that
+    passes is scored and its map written back on its own spatial grid (one channel).
 
     Args:
         path: an image file; a folder of images (PNG, JPEG, NIfTI, ...; a sub-folder of ``.dcm`` files is one DICOM
@@ -118,13 +140,21 @@ def list_inference_inputs(
             images to score.
         datalist_key: the list to read from a datalist JSON.
         base_dir: base folder of the datalist's relative paths (default: the JSON's folder).
+        resolution: the model resolution (each slice's longest side is resized to it); None: not checked.
+        slice_axis: the axis along which volumes are sliced (as the inferer's).
+        max_slice_pixels: the pixel cap of one 2D image or volume slice (:data:`MAX_SLICE_PIXELS`).
+        max_volume_voxels: the voxel cap of one image, channels included
+            (:data:`~monai_hqanogan.workflows.checks.MAX_VOLUME_VOXELS`).
 
     Raises:
         FileNotFoundError: when ``path`` or a listed file does not exist.
         ValueError: when a folder holds no image, a datalist is not JSON or has no ``datalist_key``, or a file is
-            empty, truncated, not an image, too large (:data:`MAX_SLICE_PIXELS`) or has a dimension of size 0.
+            empty, truncated, not an image, beyond a size cap, not 2D or 3D, has a dimension of size 0, or a side
+            the networks cannot use (under 2 px, in the file or at ``resolution``), naming the file.
         ImportError: for DICOM without pydicom.
     """
+    check_size_caps(max_slice_pixels, max_volume_voxels)
+    slice_axis = check_slice_axis(slice_axis)
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"inference input {str(path)!r} does not exist; give an image, a folder or a datalist.")
@@ -147,7 +177,14 @@ def list_inference_inputs(
         if not items:
             raise ValueError(f"folder {str(path)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
     for item in items:
-        verify_image_file(item["image"], "image listed for inference")
+        verify_image_file(
+            item["image"],
+            "image listed for inference",
+            resolution=resolution,
+            slice_axis=slice_axis,
+            max_slice_pixels=max_slice_pixels,
+            max_volume_voxels=max_volume_voxels,
+        )
     return items
 
 
@@ -161,8 +198,11 @@ class SliceAnomalyInferer(Inferer):
     slice's own size. Volume slices that preparation drops from training (constant, or fewer than
     ``min_foreground`` of their pixels above 5% of the volume's intensity window: :func:`is_background_slice`)
     are not scored, so near-empty end slices are not stretched into noise: their map is 0 and they are left out of
-    the volume's score, which is the maximum slice score. Images holding NaN or inf, constant images and slices
-    larger than ``max_slice_pixels`` are refused with an error naming the file.
+    the volume's score, which is the maximum slice score. Images holding NaN or inf, constant images, slices
+    larger than ``max_slice_pixels`` and slices with a side the networks cannot use (under
+    :data:`~monai_hqanogan.workflows.checks.MIN_SIDE` pixels, in the image or at ``resolution``: see
+    :func:`~monai_hqanogan.workflows.checks.check_image_shape`) are refused with an error naming the file. Channels
+    (RGB, or the 4th dimension of a NIfTI file) are averaged to one; the map has the input's spatial grid.
 
     Returns a dict per batch: ``pred`` (anomaly map on the input grid, a ``MetaTensor`` with the input's meta
     data), ``pred_label`` (uint8 map, 1 where the map reaches the calibrated pixel threshold), ``pred_score`` [B],
@@ -261,13 +301,18 @@ class SliceAnomalyInferer(Inferer):
         volume = image.ndim == 4
         spatial = list(image.shape[1:])
         axis = self.slice_axis % 3 + 1 if volume else 0
+        if 0 not in spatial:  # no 2D slice: named below
+            check_image_shape(
+                spatial,
+                what,
+                int(image.shape[0]),
+                slice_axis=self.slice_axis,
+                resolution=self.resolution,
+                max_slice_pixels=self.max_slice_pixels,
+                max_volume_voxels=None,  # loaded already: list_inference_inputs checks it from the header
+            )
         if volume:
             del spatial[axis - 1]
-        if math.prod(spatial) > self.max_slice_pixels:
-            raise ValueError(
-                f"{what} of shape {tuple(image.shape)} has slices of more than {self.max_slice_pixels} pixels: too "
-                "large to score safely; downsample it first (or raise max_slice_pixels)."
-            )
         ensure_finite(image, what, advice="fix the file or replace them before inference.")
         grey = image.float().mean(dim=0, keepdim=True)  # one channel, as ToSingleChannel
         if volume:
