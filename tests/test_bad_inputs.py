@@ -423,6 +423,18 @@ def test_slice_inferer_maps_any_2d_or_3d_shape_back_onto_its_grid(
     record_property("bad_input_kind", "non_square_image")
 
 
+def test_slice_inferer_drops_the_alpha_channel_as_training_does(detector):
+    """An RGBA image scores as its colour channels' grey (``ToSingleChannel``, the training transform), whatever its
+    alpha: a varying opacity must not leak into the score."""
+    grey = make_ellipse_images(1, 20, seed=6, inner=True)[0] * 100 + 100  # [1, 20, 20]
+    alpha = torch.rand(1, 20, 20, generator=torch.Generator().manual_seed(0)) * 255
+    rgba = torch.cat([grey, grey, grey, alpha])[None]
+    inferer = SliceAnomalyInferer(resolution=16)
+    out, expected = inferer(rgba, detector), inferer(grey[None], detector)
+    assert float(out["pred_score"][0]) == pytest.approx(float(expected["pred_score"][0]), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(torch.as_tensor(out["pred"]), torch.as_tensor(expected["pred"]))
+
+
 def test_slice_inferer_scales_volume_slices_by_the_2d_rule(detector):
     """One intensity rule for 2D images and volume slices (the rule of training): a slice scored inside a volume
     gets the map and score it gets as a 2D image, so a bright lesion on one slice leaves the other slices' scores

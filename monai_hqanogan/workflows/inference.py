@@ -37,7 +37,7 @@ from monai.utils import IgniteInfo, MetaKeys, min_version, optional_import
 from torch import nn
 
 from monai_hqanogan.networks.nets.stylegan2 import check_resolution
-from monai_hqanogan.transforms.array import ensure_finite, intensity_window, is_background_slice
+from monai_hqanogan.transforms.array import ToSingleChannel, ensure_finite, intensity_window, is_background_slice
 from monai_hqanogan.utils.checkpoint import write_text_atomic
 from monai_hqanogan.workflows.checks import (
     IMAGE_SUFFIXES,
@@ -314,7 +314,7 @@ class SliceAnomalyInferer(Inferer):
         if volume:
             del spatial[axis - 1]
         ensure_finite(image, what, advice="fix the file or replace them before inference.")
-        grey = image.float().mean(dim=0, keepdim=True)  # one channel, as ToSingleChannel
+        grey = torch.as_tensor(ToSingleChannel()(image.float()))  # one channel, as in training (alpha dropped)
         if volume:
             slices = grey.movedim(axis, 1)[0].unsqueeze(1)  # [S, 1, H', W']
         else:
