@@ -447,3 +447,17 @@ def test_the_training_data_check_uses_the_same_caps_and_names_the_file(kind, tmp
         check_datalist(tmp_path / "datalist.json", ["training"])
     assert maxrss_mb() - rss < 400 and hashes(tmp_path) == before
     record_property("bad_input_kind", kind)
+
+
+def test_the_training_data_check_refuses_a_side_that_rounds_away_at_the_model_resolution(tmp_path):
+    """A 2 x 256 image passes the 2-px rule in the file but its short side rounds to 0 px at resolution 64, which
+    would crash the resize in training: the train configs pass their resolution, so it is named before any work."""
+    png(tmp_path / "good.png", grey(1))
+    png(tmp_path / "strip.png", np.full((2, 256), 128, np.uint8))
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "good.png"}, {"image": "strip.png"}]}))
+    check_datalist(tmp_path / "datalist.json", ["training"])  # no resolution: only the file's own sides count
+    with pytest.raises(ValueError, match=r"strip\.png"):
+        check_datalist(tmp_path / "datalist.json", ["training"], resolution=64)
+    for name in ("train_generator", "train_encoder"):
+        config = json.loads((BUNDLE / "configs" / f"{name}.json").read_text())
+        assert "resolution=@resolution" in config["training_items"], name

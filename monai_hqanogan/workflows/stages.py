@@ -75,6 +75,7 @@ def check_datalist(
     min_items: int = 1,
     normal_keys: Sequence[str] = ("training",),
     labelled_keys: Sequence[str] = (),
+    resolution: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Load the ``keys`` lists of a MONAI datalist and check every listed file before training starts.
 
@@ -98,6 +99,8 @@ def check_datalist(
         min_items: fewest items each list must hold.
         normal_keys: those of ``keys`` that must hold normal items only.
         labelled_keys: those of ``keys`` whose every item needs a label 0 or 1.
+        resolution: the model resolution: images whose short side would round under 2 px when resized to it are
+            refused (:func:`~monai_hqanogan.workflows.checks.check_image_shape`).
 
     Returns:
         ``{key: items}`` with absolute paths.
@@ -134,8 +137,9 @@ def check_datalist(
             for field in ("image", "mask"):
                 if field in item:
                     verify_image_file(
-                        item[field], f"{field} listed in the datalist", spatial_2d=True, decode=verify_images
-                    )
+                        item[field], f"{field} listed in the datalist", spatial_2d=True, decode=verify_images,
+                        resolution=resolution,
+                    )  # fmt: skip
         out[key] = items
     return out
 
@@ -286,7 +290,9 @@ def load_split(
         ``"masks": [N, 1, R, R]`` with ``with_masks`` (items without a mask get an empty one).
     """
     labelled = [key] if require_labels else []
-    items = check_datalist(datalist, [key], base_dir=base_dir, verify_images=False, labelled_keys=labelled)[key]
+    items = check_datalist(
+        datalist, [key], base_dir=base_dir, verify_images=False, labelled_keys=labelled, resolution=resolution
+    )[key]
     path = Path(datalist).expanduser()
     items = [{**item, "label": int(_item_label(item, path, key, i))} for i, item in enumerate(items)]  # numbers
     if keep is not None:
