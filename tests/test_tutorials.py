@@ -132,7 +132,7 @@ def test_monai_label(tmp_path):
     assert "label shape (24, 24, 5) (input (24, 24, 5)); values [0, 1]" in text  # the small setting's volume
     assert "label affine matches the input: True" in text and "heat map affine matches the input: True" in text
     work = tmp_path / "04_monai_label"
-    assert (work / "studies" / "anomaly_heatmaps" / "head_volume.nii.gz").is_file()
+    assert len(list((work / "studies" / "anomaly_heatmaps").glob("head_volume_nii_gz-*.nii.gz"))) == 1
     assert (work / "head_volume_label.nii.gz").is_file()
     # the request's own pixel threshold reaches the server: half the calibrated one labels more voxels, twice fewer
     counts = {float(f): int(n) for f, n in re.findall(r"\((\d\.\d) x calibrated\):\s+(\d+) voxels labelled", text)}

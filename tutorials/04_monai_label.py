@@ -449,8 +449,9 @@ draw_slices(labels[0.5], f"pixel threshold {calibrated * 0.5:.3f} (half the cali
 #    `hqanogan_anomaly` and the label `anomaly` appear;
 # 3. *Next Sample* loads a study; under *Auto Segmentation* pick `hqanogan_anomaly` and press *Run*: the `anomaly`
 #    segment appears over the volume;
-# 4. for the heat map, load `<studies>/anomaly_heatmaps/<image id>.nii.gz` (*Add Data*) and show it as the
-#    foreground volume with a colour lookup table.
+# 4. for the heat map, load the file the result JSON names under `heatmap`
+#    (`<studies>/anomaly_heatmaps/<image id, made safe>-<12 hex digits>.nii.gz`, one per image) with *Add Data*
+#    and show it as the foreground volume with a colour lookup table.
 #
 # OHIF connects the same way for DICOM studies, through MONAI Label's DICOMweb support (not tried here: this app
 # is tested with NIfTI volumes and PNG images only).
