@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,33 @@ def make_tiny_dataset(root: Path, height: int = 24, width: int = 20) -> Path:
 def tiny_overrides(dataset_dir: Path, run_dir: Path, **extra) -> dict:
     """ConfigWorkflow keyword overrides: tiny settings, the tiny dataset and a temporary run folder."""
     return {"settings": dict(TINY_SETTINGS), "dataset_dir": str(dataset_dir), "run_dir": str(run_dir), **extra}
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder``, dot files too (relative path -> SHA-256); empty for a folder that does not
+    exist. Tests compare it before and after a refused run: nothing may change."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def error_chain(err: BaseException | None) -> list[BaseException]:
+    """``err`` and its causes (MONAI's bundle runner wraps errors), at most 20."""
+    out = []
+    while err is not None and len(out) < 20:
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def error_messages(err: BaseException | None) -> str:
+    """The ``Type: message`` lines of ``err`` and its causes."""
+    return "\n".join(f"{type(e).__name__}: {e}" for e in error_chain(err))
+
+
+def assert_clear(err: BaseException, kind: type, pattern: str) -> None:
+    """``err`` or one of its causes is a ``kind`` whose message matches ``pattern``."""
+    found = [e for e in error_chain(err) if isinstance(e, kind) and re.search(pattern, str(e), re.S)]
+    assert found, f"no {kind.__name__} matching {pattern!r} in:\n{error_messages(err)}"

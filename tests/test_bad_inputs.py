@@ -47,7 +47,7 @@ from monai_hqanogan.workflows import (
     export_detector,
     list_inference_inputs,
 )
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, make_tiny_dataset, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -85,20 +85,6 @@ def bomb_png(side: int = 40000) -> bytes:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (relative path -> bytes)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def chain(err: BaseException) -> list[BaseException]:
-    out = []
-    while err is not None and len(out) < 20:
-        out.append(err)
-        err = err.__cause__ or err.__context__
-    return out
-
-
-def assert_clear(err: BaseException, kind: type, pattern: str) -> None:
-    """``err`` or one of its causes (MONAI's bundle runner wraps errors) is a ``kind`` matching ``pattern``."""
-    found = [e for e in chain(err) if isinstance(e, kind) and re.search(pattern, str(e), re.S)]
-    assert found, f"no {kind.__name__} matching {pattern!r} in {[f'{type(e).__name__}: {e}' for e in chain(err)]}"
 
 
 def maxrss_mb() -> float:

@@ -10,7 +10,6 @@ hash of every file under the output folder before and after.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import re
@@ -26,7 +25,8 @@ from PIL import Image
 
 from monai_hqanogan.data import make_ellipse_images
 from monai_hqanogan.workflows import OUTPUT_MANIFEST, AnomalyScoreSaver, InferenceOutputFolder, export_detector
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, tiny_overrides
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, tiny_overrides
+from tests.bundle_utils import file_hashes as hashes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -40,15 +40,6 @@ def png(path: Path, seed: int = 0, height: int = 24, width: int = 20) -> Path:
     return path
 
 
-def hashes(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (relative path -> SHA-256); empty for a folder that does not exist."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def leftovers(out: Path) -> list[str]:
     """Hidden staging or replaced folders of ``out`` left next to it."""
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
@@ -59,20 +50,6 @@ def strict_json(path: Path):
         raise ValueError(f"{path.name} holds the non-standard JSON token {token}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
-
-
-def chain(err: BaseException) -> list[BaseException]:
-    out = []
-    while err is not None and len(out) < 20:
-        out.append(err)
-        err = err.__cause__ or err.__context__
-    return out
-
-
-def assert_clear(err: BaseException, kind: type, pattern: str) -> None:
-    """``err`` or one of its causes (MONAI's bundle runner wraps errors) is a ``kind`` matching ``pattern``."""
-    found = [e for e in chain(err) if isinstance(e, kind) and re.search(pattern, str(e), re.S)]
-    assert found, f"no {kind.__name__} matching {pattern!r} in {[f'{type(e).__name__}: {e}' for e in chain(err)]}"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ same stale lock exactly one wins. The other processes run the lock module alone 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,8 @@ from monai_hqanogan.utils import run_dir_lock as run_lock_module
 from monai_hqanogan.workflows import save_stage
 from monai_hqanogan.workflows.main_job import main
 from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+from tests.bundle_utils import error_messages as chain
+from tests.bundle_utils import file_hashes as hashes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,23 +77,6 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.stdin.close()
         proc.wait(timeout=30)
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (dot files too): relative path -> sha256."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def chain(err: BaseException) -> str:
-    out = []
-    while err is not None and len(out) < 20:
-        out.append(f"{type(err).__name__}: {err}")
-        err = err.__cause__ or err.__context__
-    return "\n".join(out)
 
 
 def write_lock(run_dir: Path, **fields) -> Path:

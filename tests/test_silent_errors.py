@@ -5,7 +5,6 @@ datalist's ``training`` list (they trained the generator), an out-of-range infer
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -20,26 +19,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai_hqanogan.workflows import SETTINGS_KEYS, check_datalist, check_settings, check_slice_axis, save_stage
 from monai_hqanogan.workflows.main_job import STAGES, main, run_main_job
 from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+from tests.bundle_utils import error_messages as chain
+from tests.bundle_utils import file_hashes as hashes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (dot files too): relative path -> sha256."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def chain(err: BaseException) -> str:
-    """The messages of ``err`` and its causes (MONAI's bundle runner wraps errors)."""
-    out = []
-    while err is not None and len(out) < 20:
-        out.append(f"{type(err).__name__}: {err}")
-        err = err.__cause__ or err.__context__
-    return "\n".join(out)
 
 
 @pytest.fixture(scope="module")

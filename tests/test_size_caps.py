@@ -14,7 +14,6 @@ records its kind (``record_property``; counted in the terminal summary, see ``te
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import re
@@ -43,7 +42,8 @@ from monai_hqanogan.workflows import (
     image_header_shape,
     list_inference_inputs,
 )
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, tiny_overrides
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, tiny_overrides
+from tests.bundle_utils import file_hashes as hashes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -81,32 +81,9 @@ def header_only_nifti(path: Path, shape: tuple[int, ...]) -> Path:
     return path
 
 
-def hashes(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (relative path -> SHA-256); empty for a folder that does not exist."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def leftovers(out: Path) -> list[str]:
     """Hidden staging or replaced folders of ``out`` left next to it."""
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
-
-
-def chain(err: BaseException) -> list[BaseException]:
-    out = []
-    while err is not None and len(out) < 20:
-        out.append(err)
-        err = err.__cause__ or err.__context__
-    return out
-
-
-def assert_clear(err: BaseException, kind: type, pattern: str) -> None:
-    """``err`` or one of its causes (MONAI's bundle runner wraps errors) is a ``kind`` matching ``pattern``."""
-    found = [e for e in chain(err) if isinstance(e, kind) and re.search(pattern, str(e), re.S)]
-    assert found, f"no {kind.__name__} matching {pattern!r} in {[f'{type(e).__name__}: {e}' for e in chain(err)]}"
 
 
 def maxrss_mb() -> float:
