@@ -110,3 +110,54 @@ def assert_clear(err: BaseException, kind: type, pattern: str) -> None:
     """``err`` or one of its causes is a ``kind`` whose message matches ``pattern``."""
     found = [e for e in error_chain(err) if isinstance(e, kind) and re.search(pattern, str(e), re.S)]
     assert found, f"no {kind.__name__} matching {pattern!r} in:\n{error_messages(err)}"
+
+
+def tiny_detector():
+    """A calibrated tiny detector built from the bundle's ``inference.json`` with :data:`TINY_SETTINGS` (its untrained
+    encoder's heads are re-drawn so that the codes depend on the image)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
+    torch.manual_seed(0)
+    det = parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        for head in det.encoder.heads:
+            head.linear.weight.normal_()
+    normal = make_ellipse_images(16, 16, seed=1)
+    det.calibrate(normal[:8], normal[8:])
+    return det.eval()
+
+
+def tiny_model_runs(runs: Path) -> Path:
+    """``runs`` holding ``models/model.pt``: :func:`tiny_detector` as ``calibrate.json`` exports it."""
+    from monai_hqanogan.workflows import export_detector
+
+    export_detector(tiny_detector(), Path(runs) / "models" / "model.pt")
+    return Path(runs)
+
+
+def run_tiny_inference(runs: Path, source: Path, out: Path, **extra) -> None:
+    """The bundle's ``inference.json`` with the tiny settings and the model of ``runs``: initialize (the checks of
+    every input, before any work) and run."""
+    import logging
+
+    from monai.bundle import ConfigWorkflow
+
+    logging.disable(logging.WARNING)
+    try:
+        w = ConfigWorkflow(
+            config_file=str(BUNDLE / "configs" / "inference.json"),
+            workflow_type="infer",
+            bundle_root=str(BUNDLE),
+            **tiny_overrides(Path(runs) / "no_dataset", runs),
+            input=str(source),
+            output_dir=str(out),
+            **extra,
+        )
+        w.initialize()
+        w.run()
+    finally:
+        logging.disable(logging.NOTSET)

@@ -30,7 +30,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -47,7 +47,7 @@ from monai_hqanogan.workflows import (
     export_detector,
     list_inference_inputs,
 )
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, make_tiny_dataset, tiny_overrides
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, make_tiny_dataset, tiny_detector, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -314,17 +314,7 @@ def test_check_datalist_names_the_problem(kind, tmp_path, monkeypatch, record_pr
 @pytest.fixture(scope="module")
 def detector():
     """A calibrated detector built from the bundle's inference config with the tiny settings."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
-    torch.manual_seed(0)
-    det = parser.get_parsed_content("network_def")
-    with torch.no_grad():  # make the untrained encoder's codes depend on the image
-        for head in det.encoder.heads:
-            head.linear.weight.normal_()
-    normal = make_ellipse_images(16, 16, seed=1)
-    det.calibrate(normal[:8], normal[8:])
-    return det.eval()
+    return tiny_detector()
 
 
 def _with(value: float, index: int, shape=(2, 1, 16, 16)) -> torch.Tensor:

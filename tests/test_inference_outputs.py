@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -19,14 +18,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from monai_hqanogan.data import make_ellipse_images
-from monai_hqanogan.workflows import OUTPUT_MANIFEST, AnomalyScoreSaver, InferenceOutputFolder, export_detector
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, tiny_overrides
+from monai_hqanogan.workflows import OUTPUT_MANIFEST, AnomalyScoreSaver, InferenceOutputFolder
+from tests.bundle_utils import assert_clear, tiny_model_runs
 from tests.bundle_utils import file_hashes as hashes
+from tests.bundle_utils import run_tiny_inference as infer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -55,38 +53,7 @@ def strict_json(path: Path):
 @pytest.fixture(scope="module")
 def model_runs(tmp_path_factory) -> Path:
     """A run folder whose ``models/model.pt`` is a tiny calibrated detector built from the bundle's inference config."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
-    torch.manual_seed(0)
-    det = parser.get_parsed_content("network_def")
-    with torch.no_grad():  # make the untrained encoder's codes depend on the image
-        for head in det.encoder.heads:
-            head.linear.weight.normal_()
-    normal = make_ellipse_images(16, 16, seed=1)
-    det.calibrate(normal[:8], normal[8:])
-    runs = tmp_path_factory.mktemp("runs")
-    export_detector(det.eval(), runs / "models" / "model.pt")
-    return runs
-
-
-def infer(runs: Path, source: Path, out: Path, **extra) -> None:
-    """The bundle's inference.json with the tiny settings: initialize (the checks) and run."""
-    logging.disable(logging.WARNING)
-    try:
-        w = ConfigWorkflow(
-            config_file=str(BUNDLE / "configs" / "inference.json"),
-            workflow_type="infer",
-            bundle_root=str(BUNDLE),
-            **tiny_overrides(runs / "no_dataset", runs),
-            input=str(source),
-            output_dir=str(out),
-            **extra,
-        )
-        w.initialize()
-        w.run()
-    finally:
-        logging.disable(logging.NOTSET)
+    return tiny_model_runs(tmp_path_factory.mktemp("runs"))
 
 
 def assert_one_set(out: Path, inputs: int) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import re
 import resource
 import shutil
@@ -25,7 +24,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 from PIL import Image
 
@@ -38,12 +36,12 @@ from monai_hqanogan.workflows import (
     SliceAnomalyInferer,
     check_datalist,
     check_image_shape,
-    export_detector,
     image_header_shape,
     list_inference_inputs,
 )
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, tiny_overrides
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, tiny_model_runs
 from tests.bundle_utils import file_hashes as hashes
+from tests.bundle_utils import run_tiny_inference as infer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -171,38 +169,7 @@ def test_the_inferer_refuses_a_slice_too_thin_at_the_model_resolution_naming_the
 @pytest.fixture(scope="module")
 def model_runs(tmp_path_factory) -> Path:
     """A run folder whose ``models/model.pt`` is a tiny calibrated detector built from the bundle's inference config."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
-    torch.manual_seed(0)
-    det = parser.get_parsed_content("network_def")
-    with torch.no_grad():  # make the untrained encoder's codes depend on the image
-        for head in det.encoder.heads:
-            head.linear.weight.normal_()
-    normal = make_ellipse_images(16, 16, seed=1)
-    det.calibrate(normal[:8], normal[8:])
-    runs = tmp_path_factory.mktemp("runs")
-    export_detector(det.eval(), runs / "models" / "model.pt")
-    return runs
-
-
-def infer(runs: Path, source: Path, out: Path, **extra) -> None:
-    """The bundle's inference.json with the tiny settings: initialize (the checks) and run."""
-    logging.disable(logging.WARNING)
-    try:
-        w = ConfigWorkflow(
-            config_file=str(BUNDLE / "configs" / "inference.json"),
-            workflow_type="infer",
-            bundle_root=str(BUNDLE),
-            **tiny_overrides(runs / "no_dataset", runs),
-            input=str(source),
-            output_dir=str(out),
-            **extra,
-        )
-        w.initialize()
-        w.run()
-    finally:
-        logging.disable(logging.NOTSET)
+    return tiny_model_runs(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture(scope="module")
