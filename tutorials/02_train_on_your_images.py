@@ -184,9 +184,10 @@ show_file(WORK / "data" / "preview.png")
 # ## 3. Settings
 #
 # Every bundle config reads `settings`, one entry of `configs/settings.json` (`demo` for a CPU, `full` for a
-# GPU) chosen with `--setting NAME`. Single values can be overridden with `--settings#KEY VALUE` (for example
-# `--settings#generator_kimg 200`), or the whole dict with `--settings '{...}'` as here: smaller networks than the
-# demo's, so that a CPU trains them in minutes.
+# GPU) chosen with `--setting NAME`. The whole dict can be replaced with `--settings '{...}'`, as here: smaller
+# networks than the demo's, so that a CPU trains them in minutes. Single values take `--settings#KEY VALUE` after
+# such a dict (`monai.bundle run` has no dict to reach into without one); the main job adds the setting's dict for
+# you, so `main_job ... --settings#generator_kimg 200` works on its own. A key the settings do not have is refused.
 
 # %%
 SETTINGS = json.loads((BUNDLE / "configs" / "settings.json").read_text())["demo"]
