@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
 from monai_hqanogan.metrics import compute_image_auroc
-from monai_hqanogan.scoring import SCORE_NAMES, WPlusGaussian, combine_with, select_weights
+from monai_hqanogan.scoring import SCORE_NAMES, AnomalyCalibration, WPlusGaussian, combine_with, select_weights
 from monai_hqanogan.scoring.selection import reconstruction_scores
 from monai_hqanogan.utils import write_text_atomic
 from monai_hqanogan.workflows import SHIPPED_SETTING, load_model_file, load_split, machine_description
@@ -104,23 +104,25 @@ class LatentCandidates:
 
     def __init__(self, fit: Mapping[str, torch.Tensor], k: int = 5) -> None:
         self.k = k
-        per_layer = self._cycle_per_layer(fit)
-        self.layer_mean, self.layer_std = per_layer.mean(0), per_layer.std(0).clamp_min(1e-8)
         num_ws, w_dim = fit["ws"].shape[1:]
+        # the detector's own per-layer standardisation, so the study's cycle_fine is the detector's score
+        self.calibration = AnomalyCalibration(num_ws, w_dim)
+        self.calibration.fit_cycle(self._cycle_per_layer(fit))
         self.cycle_gauss = WPlusGaussian(num_ws, w_dim).fit((fit["ws"] - fit["ws_cycle"]).double())
         self.fit_codes = fit["ws"].flatten(1).double()
-        thirds = torch.arange(num_ws).tensor_split(3)
-        self.groups = dict(zip(("cycle_coarse", "cycle_middle", "cycle_fine"), thirds))
+        self.groups = dict(zip(("cycle_coarse", "cycle_middle"), torch.arange(num_ws).tensor_split(3)))
 
     @staticmethod
     def _cycle_per_layer(raw: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return (raw["ws"] - raw["ws_cycle"]).double().square().sum(-1)  # [N, num_ws]
 
     def __call__(self, raw: Mapping[str, torch.Tensor], exclude_self: bool = False) -> dict[str, torch.Tensor]:
-        z = (self._cycle_per_layer(raw) - self.layer_mean) / self.layer_std
+        cal, per_layer = self.calibration, self._cycle_per_layer(raw)
+        z = (per_layer - cal.cycle_mean.double()) / cal.cycle_std.double()
         out = {name: raw[name].double() for name in (*FAMILY, "latent_cycle", "mahalanobis", "w_avg_distance")}
         out["cycle_z"] = z.mean(1)
         out.update({name: z[:, idx].mean(1) for name, idx in self.groups.items()})
+        out["cycle_fine"] = cal.cycle_fine(per_layer).double()
         out["cycle_mahalanobis"] = self.cycle_gauss((raw["ws"] - raw["ws_cycle"]).double())
         dist = torch.cdist(raw["ws"].flatten(1).double(), self.fit_codes)
         if exclude_self:  # a fit image is its own nearest neighbour

@@ -93,7 +93,7 @@ def is_background_slice(
 ) -> bool:
     """Whether a 2D slice of a volume holds (almost) nothing to learn from or score: constant, or fewer than
     ``min_foreground`` of its pixels at or above ``level`` of the volume's intensity ``window``. The rule that
-    :func:`~monai_hqanogan.data.prepare_images` uses to drop slices, so inference skips the slices that training
+    :func:`~monai_hqanogan.data.prepare_image_folder` uses to drop slices, so inference skips the slices that training
     never sees.
 
     Args:
