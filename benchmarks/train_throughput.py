@@ -7,6 +7,8 @@ every step, and with path length at every step; the amortised cost of one iterat
 
     python benchmarks/train_throughput.py                           # CPU: 32, 64, 128 px
     python benchmarks/train_throughput.py --device cuda --batch 64  # GPU, bfloat16 autocast
+    python benchmarks/train_throughput.py --demo --compare-layouts  # the bundle's demo networks at 32 px: float32
+                                                                    # and bfloat16, contiguous and channels-last
     python benchmarks/train_throughput.py --markdown benchmarks/results/<date>-<machine>.md
 
 Prints a Markdown table (images/s and kimg/h per resolution) and optionally appends it to a file with the machine
@@ -52,7 +54,8 @@ def time_iterations(
         d_optimizer=stylegan2_adam(d.parameters(), reg_interval=16),
         augment_pipe=AdaptiveAugmentPipe(p=0.2),
         ada_mode="fixed",
-        amp=device.startswith("cuda"),
+        amp=args.amp,
+        channels_last=args.channels_last,
         **trainer_kwargs,
     )
     stamps: list[float] = []
@@ -92,29 +95,52 @@ def main() -> None:
     parser.add_argument("--mapping-layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--markdown", default=None, help="append the table to this Markdown file")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bfloat16 autocast (default: on for CUDA, off on the CPU)")  # fmt: skip
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="the trainer's channels-last layout (default on, as in the trainers)")  # fmt: skip
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the bundle's demo/cpu networks: 32 px, channel_base 2048, channel_max 128, w_dim 128",
+    )
+    parser.add_argument(
+        "--compare-layouts",
+        action="store_true",
+        help="one row per float32/bfloat16 x contiguous/channels-last, the same models and data",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.demo:
+        args.resolutions, args.channel_base, args.channel_max, args.w_dim = [32], 2048, 128, 128
+    if args.amp is None:
+        args.amp = args.device.startswith("cuda")
 
     if args.device.startswith("cuda"):
-        machine = f"{torch.cuda.get_device_name()} (bfloat16 autocast)"
+        machine = torch.cuda.get_device_name()
     else:
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads (float32)"
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     header = (
-        "| resolution | batch | s/iter main | s/iter +R1 | s/iter +PL | s/iter amortised | images/s | kimg/h |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| resolution | batch | precision | layout | s/iter main | s/iter +R1 | s/iter +PL | s/iter amortised "
+        "| images/s | kimg/h |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"
     )
+    variants = [(args.amp, args.channels_last)]
+    if args.compare_layouts:
+        variants = [(amp, cl) for amp in (False, True) for cl in (False, True)]
     rows = []
     print(f"device: {args.device} - {machine}; channel_base={args.channel_base}, channel_max={args.channel_max}")
     print(header)
     for res in args.resolutions:
-        m = measure(res, args.batch, args.iterations, args.device, args)
-        row = (
-            f"| {res} | {args.batch} | {m['t_main']:.3f} | {m['t_r1']:.3f} | {m['t_pl']:.3f} | {m['amortised']:.3f} | "
-            f"{m['images_per_s']:.1f} | {m['images_per_s'] * 3.6:.1f} |"
-        )
-        rows.append(row)
-        print(row, flush=True)
+        for args.amp, args.channels_last in variants:
+            m = measure(res, args.batch, args.iterations, args.device, args)
+            row = (
+                f"| {res} | {args.batch} | {'bfloat16 autocast' if args.amp else 'float32'} | "
+                f"{'channels-last' if args.channels_last else 'contiguous'} | {m['t_main']:.3f} | {m['t_r1']:.3f} | "
+                f"{m['t_pl']:.3f} | {m['amortised']:.3f} | {m['images_per_s']:.1f} | {m['images_per_s'] * 3.6:.1f} |"
+            )
+            rows.append(row)
+            print(row, flush=True)
     if args.markdown:
         path = Path(args.markdown)
         path.parent.mkdir(parents=True, exist_ok=True)

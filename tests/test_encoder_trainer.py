@@ -10,7 +10,7 @@ from monai_hqanogan.engines import EncoderTrainer
 from monai_hqanogan.handlers import TrainingCheckpointHandler
 from monai_hqanogan.losses import DiscriminatorFeatureLoss, w_norm_loss
 from monai_hqanogan.networks.nets import PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
-from monai_hqanogan.utils import CheckpointError, list_checkpoints, load_checkpoint
+from monai_hqanogan.utils import CheckpointError, list_checkpoints, load_checkpoint, model_fingerprint
 
 RES = 16
 
@@ -155,3 +155,15 @@ def test_an_optional_perceptual_loss_is_used_with_its_weight():
     assert len(calls) == 2 and calls[0] == (8, 1, RES, RES)
     expected = out["loss/l2"] + 0.8 * out["loss/feature"] + 0.005 * out["loss/w_norm"] + 0.5 * out["loss/perceptual"]
     assert out["loss/E"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_bfloat16_autocast_on_a_capable_cpu_and_channels_last_train_the_encoder(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    g, d = make_models()
+    fingerprint = model_fingerprint(g, d)
+    trainer = make_trainer(g, d, generator_samples(g, 16, 1), amp=True, synthetic_batch=4)
+    assert trainer.use_amp
+    assert next(p for p in trainer.encoder.parameters() if p.ndim == 4).is_contiguous(memory_format=torch.channels_last)
+    trainer.run()
+    assert all(math.isfinite(v) for k, v in trainer.state.output.items() if k.startswith("loss/"))
+    assert model_fingerprint(g, d) == fingerprint  # the frozen networks changed layout, not values

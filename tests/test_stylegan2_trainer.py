@@ -263,8 +263,38 @@ def test_stylegan2_adam_lazy_regularisation():
     assert stylegan2_adam(params, lr=0.002).param_groups[0]["lr"] == 0.002
 
 
-def test_amp_is_ignored_on_cpu():
-    assert make_trainer(amp=True).use_amp is False
+def test_amp_on_a_cpu_without_bfloat16_kernels_warns_and_trains_in_float32(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="float32"):
+        trainer = make_trainer(amp=True)
+    assert trainer.use_amp is False
+    assert not isinstance(trainer._autocast(), torch.autocast)
+
+
+def test_amp_on_a_cpu_with_bfloat16_kernels_trains_in_bfloat16(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    trainer = make_trainer(amp=True, max_epochs=1)
+    assert trainer.use_amp is True
+    with trainer._autocast():
+        assert trainer.discriminator(torch.zeros(2, 1, RES, RES)).dtype == torch.bfloat16
+    trainer.run()
+    assert math.isfinite(trainer.state.output["loss/G"]) and math.isfinite(trainer.state.output["loss/D"])
+    assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())  # autocast, not a cast
+
+
+def test_channels_last_changes_the_layout_not_the_values():
+    """Same seed, same data: the channels-last run ends where the contiguous one does, up to float rounding, and
+    its networks (and so its checkpoints and fingerprints) hold the same values in the other layout."""
+    runs = {}
+    for channels_last in (False, True):
+        trainer = make_trainer(max_epochs=1, channels_last=channels_last)
+        conv = trainer.generator.synthesis.blocks[-1].convs[-1].conv.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) is channels_last
+        trainer.run()
+        runs[channels_last] = (flat_params(trainer.generator), flat_params(trainer.discriminator), trainer.state.output)
+    for a, b in zip(runs[False][:2], runs[True][:2]):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+    assert runs[True][2]["loss/D"] == pytest.approx(runs[False][2]["loss/D"], rel=1e-3, abs=1e-4)
 
 
 def test_an_iterable_dataset_without_length_trains():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -42,10 +43,22 @@ class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN or inf. Raised before the optimiser step, so no weight was changed."""
 
 
+def bfloat16_autocast_available(device: torch.device | str) -> bool:
+    """Whether bfloat16 autocast pays on ``device``: always on CUDA; on the CPU only where oneDNN has native
+    bfloat16 kernels (AVX512-BF16 or AMX), since emulated bfloat16 convolutions are slower than float32 ones."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class KimgTrainer(Trainer):
-    """Base trainer: progress in images (``nimg``, ``kimg``), optional stop at ``total_kimg``, bfloat16 autocast on
-    CUDA, checked image batches, resumable state and data parallelism. Subclasses implement ``_iteration`` and may
-    add state through ``_extra_state`` / ``_load_extra_state`` and the objects of ``checkpoint_dict``.
+    """Base trainer: progress in images (``nimg``, ``kimg``), optional stop at ``total_kimg``, bfloat16 autocast,
+    channels-last convolutions, checked image batches, resumable state and data parallelism. Subclasses implement
+    ``_iteration`` and may add state through ``_extra_state`` / ``_load_extra_state`` and the objects of
+    ``checkpoint_dict``.
 
     Data parallelism (``distributed``): every rank holds a plain replica of the networks (no
     ``DistributedDataParallel`` wrapper, so checkpoints have the same keys as single-process ones) and trains on its
@@ -60,7 +73,7 @@ class KimgTrainer(Trainer):
     ``_replicated_modules`` and their running statistics in ``_running_statistics``.
 
     Args:
-        device: device to train on; ``amp`` applies only on CUDA.
+        device: device to train on.
         max_epochs: passes over ``train_data_loader`` (training also stops at ``total_kimg`` if given).
         train_data_loader: batches of images [B, C, R, R]: dicts (``image_key``), tensors, or tuples whose first
             element is the images.
@@ -72,7 +85,12 @@ class KimgTrainer(Trainer):
             passed since the run started (None: no limit). Counted per run, not across resumes; ``stopped_by`` then
             says ``"max_seconds"``. With data parallelism the ranks stop together at the slowest rank's clock.
         image_key: key of the images when batches are dicts.
-        amp: bfloat16 autocast on CUDA (no loss scaling needed); float32 elsewhere.
+        amp: bfloat16 autocast (no loss scaling needed) on CUDA, and on CPUs with native bfloat16 kernels
+            (:func:`bfloat16_autocast_available`; about 2x faster convolutions there); float32 elsewhere, with a
+            warning. Mixed precision changes the results beyond float noise: it is an opt-in speed setting.
+        channels_last: run the networks and image batches in the channels-last memory format, which oneDNN's
+            (CPU) and cuDNN's convolutions prefer. The values are the same up to float rounding; ``False`` keeps
+            the contiguous layout.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
         non_blocking: non-blocking host-to-device copies.
         prepare_batch: kept for MONAI compatibility (batches are parsed by ``_get_real_images``).
@@ -105,6 +123,7 @@ class KimgTrainer(Trainer):
         event_names: list | None = None,
         to_kwargs: dict | None = None,
         distributed: bool | None = None,
+        channels_last: bool = True,
     ) -> None:
         if isinstance(train_data_loader, DataLoader) and hasattr(train_data_loader.dataset, "__len__"):
             n = len(train_data_loader.dataset)  # type: ignore[arg-type]
@@ -147,7 +166,14 @@ class KimgTrainer(Trainer):
         self.stopped_by: str | None = None
         self._run_started = time.perf_counter()
         self.image_key = image_key
-        self.use_amp = bool(amp) and self.state.device.type == "cuda"
+        self.use_amp = bool(amp) and bfloat16_autocast_available(self.state.device)
+        if amp and not self.use_amp:
+            warnings.warn(
+                f"amp=True: bfloat16 autocast has no native kernels on {self.state.device} here (the CPU lacks "
+                "AVX512-BF16/AMX), so training runs in float32.",
+                stacklevel=2,
+            )
+        self.channels_last = bool(channels_last)
         self.nimg = 0
         self._distributed_arg = distributed
         self.distributed, self.rank, self.world_size = False, 0, 1
@@ -275,7 +301,15 @@ class KimgTrainer(Trainer):
             self.terminate()
 
     def _autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
+        return torch.autocast(self.state.device.type, dtype=torch.bfloat16) if self.use_amp else nullcontext()
+
+    def _set_memory_format(self, *modules: nn.Module | None) -> None:
+        """Put the 4-D parameters and buffers of ``modules`` in the channels-last layout when ``channels_last``
+        (in place: optimisers keep their parameters)."""
+        if self.channels_last:
+            for module in modules:
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
 
     def _get_real_images(self, batchdata: Any) -> torch.Tensor:
         """The batch's images on the device as float32, refused with a clear error if their shape does not match
@@ -298,6 +332,8 @@ class KimgTrainer(Trainer):
                 f"scale them in the data pipeline, e.g. with monai_hqanogan.transforms.gan_image_transforms."
             )
         images = images.to(self.state.device, dtype=torch.float32, non_blocking=self.non_blocking, **self.to_kwargs)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return ensure_finite(images, "training batch", f"at iteration {self.state.iteration}")
 
     def _check_finite(self, name: str, loss: torch.Tensor, module: nn.Module | None = None) -> None:

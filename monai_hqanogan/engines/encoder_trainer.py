@@ -65,11 +65,13 @@ class EncoderTrainer(KimgTrainer):
         total_kimg: stop after this many thousand real images.
         max_seconds: wall-clock budget of this run (see :class:`KimgTrainer`; None: no limit).
         image_key: key of the images when batches are dicts.
-        amp: bfloat16 autocast on CUDA.
+        amp: bfloat16 autocast, on CUDA and on CPUs with native bfloat16 kernels (see :class:`KimgTrainer`).
         epoch_length, non_blocking, prepare_batch, train_handlers, event_names, to_kwargs: as in MONAI's trainers.
         distributed: data-parallel training over the ranks of the ``torch.distributed`` process group (None: when
             one is initialised with more than one rank). E starts from rank 0's; the frozen G and D must match on
             every rank (checked through their fingerprint when training starts).
+        channels_last: E, the frozen G and D, and the batches in the channels-last layout (see
+            :class:`KimgTrainer`).
 
     Raises:
         ValueError: when E, G and D do not fit together, or a batch does not fit the models or holds NaN/inf.
@@ -108,6 +110,7 @@ class EncoderTrainer(KimgTrainer):
         event_names: list | None = None,
         to_kwargs: dict | None = None,
         distributed: bool | None = None,
+        channels_last: bool = True,
     ) -> None:
         self._check_models(encoder, generator, discriminator)
         if feature_weight > 0 and discriminator is None:
@@ -131,10 +134,12 @@ class EncoderTrainer(KimgTrainer):
             event_names=event_names,
             to_kwargs=to_kwargs,
             distributed=distributed,
+            channels_last=channels_last,
         )
         self.encoder, self.optimizer = encoder, optimizer
         self.generator = generator.eval().requires_grad_(False)
         self.discriminator = discriminator
+        self._set_memory_format(self.encoder, self.generator, self.discriminator)
         self.encoder.set_w_avg(generator.w_avg)
         self.feature_loss = (
             DiscriminatorFeatureLoss(discriminator, feature_layers) if discriminator is not None else None

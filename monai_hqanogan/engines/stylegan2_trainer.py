@@ -110,7 +110,8 @@ class StyleGAN2Trainer(KimgTrainer):
         total_kimg: stop after this many thousand real images (None: run ``max_epochs``).
         max_seconds: wall-clock budget of this run (see :class:`KimgTrainer`; None: no limit).
         image_key: key of the images when batches are dicts.
-        amp: bfloat16 autocast for the main G and D passes on CUDA (regularisation passes stay in float32).
+        amp: bfloat16 autocast for the main G and D passes, on CUDA and on CPUs with native bfloat16 kernels
+            (regularisation passes stay in float32; see :class:`KimgTrainer`).
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
         non_blocking: non-blocking host-to-device copies.
         prepare_batch: MONAI ``prepare_batch`` used for dict batches.
@@ -120,6 +121,7 @@ class StyleGAN2Trainer(KimgTrainer):
         distributed: data-parallel training over the ranks of the ``torch.distributed`` process group (None: when
             one is initialised with more than one rank). G, D, G_ema, the augmentation pipe and the path-length
             mean start from rank 0's; batch sizes (``ema_kimg``, the automatic ``r1_gamma``) are global ones.
+        channels_last: G, G_ema, D and the batches in the channels-last layout (see :class:`KimgTrainer`).
 
     Raises:
         ValueError: on mismatched G and D, an empty data loader, and (at the first iteration) images whose
@@ -162,6 +164,7 @@ class StyleGAN2Trainer(KimgTrainer):
         event_names: list | None = None,
         to_kwargs: dict | None = None,
         distributed: bool | None = None,
+        channels_last: bool = True,
     ) -> None:
         self._check_models(generator, discriminator)
         if r1_interval < 1 or pl_interval < 1 or pl_batch_shrink < 1:
@@ -183,11 +186,13 @@ class StyleGAN2Trainer(KimgTrainer):
             event_names=event_names,
             to_kwargs=to_kwargs,
             distributed=distributed,
+            channels_last=channels_last,
         )
         self.generator = generator
         self.discriminator = discriminator
         self.generator_ema = copy.deepcopy(generator) if generator_ema is None else generator_ema
         self.generator_ema.eval().requires_grad_(False)
+        self._set_memory_format(self.generator, self.generator_ema, self.discriminator)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.augment_pipe = (AdaptiveAugmentPipe() if augment_pipe is None else augment_pipe).to(self.state.device)
         self.ada = AdaptiveAugmentController(
