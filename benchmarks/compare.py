@@ -574,6 +574,65 @@ def run_record(data: dict, out: dict, split: str, seed: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def parse_merge_source(source: str) -> tuple[Path, list[dict[str, Any]], tuple[str, ...] | None]:
+    """``REPORT.json`` or ``REPORT.json:METHOD,METHOD`` -> (path, its runs, the methods to take or None for all)."""
+    path_text, methods = source, None
+    if not Path(source).exists() and ":" in source:
+        path_text, _, names = source.rpartition(":")
+        methods = tuple(n.strip() for n in names.split(",") if n.strip())
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise SystemExit(f"--merge {source}: unknown method(s) {unknown}; the methods are {list(METHODS)}.")
+    path = Path(path_text)
+    if not path.is_file():
+        raise SystemExit(f"--merge: no such report file {path}.")
+    runs = json.loads(path.read_text())
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict) and {"split", "seed", "table"} <= set(r) for r in runs
+    ):
+        raise SystemExit(f"--merge: {path} is not a compare.py report (.json list of runs).")
+    return path, runs, methods
+
+
+def merge_runs(sources: list[tuple[Path, list[dict[str, Any]], tuple[str, ...] | None]]) -> list[dict[str, Any]]:
+    """One run per (split, seed): each method's numbers from the last source that has numbers for it (and, when a
+    source names its methods, only those). A method without numbers in any source keeps a note saying so; the run's
+    notes say which file each method came from; HQ-AnoGAN's training record and ablations come with it."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for path, runs, methods in sources:
+        for run in runs:
+            key = (run["split"], run["seed"])
+            target = merged.setdefault(key, {
+                "split": run["split"], "seed": run["seed"], "resolution": run["resolution"],
+                "training_images": run["training_images"], "notes": {}, "ablations": [], "hq_training": None,
+                "table": {p: {k: {} for k in run["table"][p]} for p in run["table"]},
+            })  # fmt: skip
+            if (run["resolution"], run["training_images"]) != (target["resolution"], target["training_images"]):
+                raise SystemExit(f"--merge: {path} has split {key[0]} seed {key[1]} at another resolution or size.")
+            for name in METHODS:
+                if methods is not None and name not in methods:
+                    continue
+                if "note" in run["table"]["normal-only"]["test"].get(name, {"note": ""}):
+                    continue
+                for protocol, sets in run["table"].items():
+                    for set_name, rows in sets.items():
+                        target["table"][protocol].setdefault(set_name, {})[name] = rows[name]
+                target["notes"].pop(name, None)
+                target.setdefault("sources", {})[name] = path.name
+                if name == "HQ-AnoGAN":
+                    target["ablations"], target["hq_training"] = run.get("ablations", []), run.get("hq_training")
+    files = ", ".join(path.name for path, *_ in sources)
+    for run in merged.values():
+        for name in METHODS:
+            if name not in run.get("sources", {}):
+                note = f"no numbers for this split and seed in the merged reports ({files})"
+                for sets in run["table"].values():
+                    for rows in sets.values():
+                        rows[name] = {"note": note}
+                run["notes"][name] = note
+    return list(merged.values())
+
+
 def plain(value: Any) -> Any:
     """JSON-ready copy of nested metrics (tensors and numpy numbers to floats)."""
     return json.loads(json.dumps(value, default=float))
@@ -620,6 +679,9 @@ def write_report(out_dir: Path, mode: str, runs: list[dict[str, Any]], args: arg
     ]  # fmt: skip
     for run in runs:
         lines += [f"## Run: split {run['split']}, training seed {run['seed']}", ""]
+        if run.get("sources"):
+            taken = [f"{m} from `{run['sources'][m]}`" for m in METHODS if m in run["sources"]]
+            lines += ["Merged: " + "; ".join(taken) + ".", ""]
         if run.get("hq_training"):
             t = run["hq_training"]
             lines += [
@@ -717,15 +779,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--encoder_s", type=float, default=None, help="override the mode's E training seconds")
     parser.add_argument("--skip", default="", help="comma-separated methods not to run, e.g. 'AnoGAN,GANomaly'")
     parser.add_argument(
-        "--merge", type=Path, nargs="+", default=None,
-        help="run nothing: combine the runs of earlier reports' .json files (e.g. seeds run in parallel)",
+        "--merge", nargs="+", default=None, metavar="REPORT.json[:METHOD,...]",
+        help="run nothing: combine the runs of earlier reports' .json files (e.g. seeds run in parallel). Runs of "
+        "one split and seed become one run; ':METHOD,...' takes only those methods from that file; a method in "
+        "several files comes from the last one",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.merge:
-        runs = [run for path in args.merge for run in json.loads(path.read_text())]
-        modes = {path.stem for path in args.merge}
+        runs = merge_runs([parse_merge_source(str(source)) for source in args.merge])
         path = write_report(args.out, args.mode, runs, args, float("nan"))
-        print(f"[compare] {len(runs)} run(s) from {sorted(modes)} -> {path}")
+        print(f"[compare] {len(runs)} run(s) from {len(args.merge)} report(s) -> {path}")
         return path
     if not args.toy and args.dataset_dir is None and (args.data_cache is None or not args.data_cache.exists()):
         parser.error("give --dataset_dir (a folder prepared by monai_hqanogan.data.prepare), --data_cache or --toy")

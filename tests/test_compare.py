@@ -140,3 +140,51 @@ def test_skipped_methods_keep_their_row(compare_module, tmp_path, single_thread)
     assert {"HQ-AnoGAN", "AnoGAN", "PCA", "mean intensity"} <= set(out["results"])
     # a zero-second generator budget stops at the first batch
     assert out["results"]["HQ-AnoGAN"]["training"]["generator_kimg"] == 0
+
+
+TRAINING = {"generator_kimg": 16.0, "generator_s": 1.0, "encoder_kimg": 8.0, "encoder_s": 1.0, "ada_p": 0.0}
+
+
+def _report(tmp_path, name, split, seed, aurocs):
+    """A compare.py .json report with one run: ``aurocs`` method -> test image AUROC (others not run)."""
+
+    methods = ("HQ-AnoGAN", "f-AnoGAN", "AnoGAN", "GANomaly", "autoencoder", "PCA", "mean intensity")
+
+    def rows():
+        return {
+            m: {"image_auroc": aurocs[m], "score": "map_max"} if m in aurocs else {"note": "skipped"} for m in methods
+        }
+
+    table = {p: {"test": rows(), "localisation_test": rows()} for p in ("normal-only", "labelled-validation")}
+    run = {"split": split, "seed": seed, "resolution": 16, "training_images": 8, "table": table, "notes": {},
+           "ablations": [{"variant": name, "image AUROC": 0.5}] if "HQ-AnoGAN" in aurocs else [],
+           "hq_training": {**TRAINING, "from": name} if "HQ-AnoGAN" in aurocs else None}  # fmt: skip
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps([run]))
+    return str(path)
+
+
+def test_merge_joins_one_split_and_seed_and_takes_named_methods_from_each_file(compare_module, tmp_path):
+    cmp = compare_module
+    old = _report(tmp_path, "old", "s0", 0, {"HQ-AnoGAN": 0.80, "AnoGAN": 0.70, "PCA": 0.75})
+    new = _report(tmp_path, "new", "s0", 0, {"HQ-AnoGAN": 0.90})
+    gan = _report(tmp_path, "gan", "s0", 0, {"GANomaly": 0.60})
+    other = _report(tmp_path, "other", "s1", 0, {"PCA": 0.65})
+    runs = cmp.merge_runs([cmp.parse_merge_source(s) for s in (f"{old}:PCA", new, f"{gan}:GANomaly", other)])
+    assert [(r["split"], r["seed"]) for r in runs] == [("s0", 0), ("s1", 0)]
+    test = runs[0]["table"]["normal-only"]["test"]
+    assert test["HQ-AnoGAN"]["image_auroc"] == 0.90 and test["PCA"]["image_auroc"] == 0.75
+    assert test["GANomaly"]["image_auroc"] == 0.60
+    assert "note" in test["AnoGAN"]  # only PCA was taken from the old file
+    assert runs[0]["hq_training"]["from"] == "new" and runs[0]["ablations"][0]["variant"] == "new"
+    assert runs[0]["sources"] == {"HQ-AnoGAN": "new.json", "GANomaly": "gan.json", "PCA": "old.json"}
+    # without a filter the last file wins
+    last = cmp.merge_runs([cmp.parse_merge_source(s) for s in (new, old)])
+    assert last[0]["table"]["normal-only"]["test"]["HQ-AnoGAN"]["image_auroc"] == 0.80
+    # the merged runs make a report whose headline averages over both splits
+    report = cmp.main(["--merge", f"{old}:PCA", new, other, "--out", str(tmp_path / "out"), "--name", "merged"])
+    text = report.read_text()
+    assert "| PCA | 0.700 ± 0.071 |" in text
+    assert "Merged: HQ-AnoGAN from `new.json`; PCA from `old.json`." in text
+    with pytest.raises(SystemExit, match="unknown method"):
+        cmp.parse_merge_source(f"{old}:HQ-AnoGANN")
