@@ -777,6 +777,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--prepare_only", action="store_true", help="write --data_cache and stop")
     parser.add_argument("--generator_s", type=float, default=None, help="override the mode's G training seconds")
     parser.add_argument("--encoder_s", type=float, default=None, help="override the mode's E training seconds")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="HQ-AnoGAN trains with bfloat16 autocast (CUDA, or a CPU with native bf16 kernels)",
+    )
     parser.add_argument("--skip", default="", help="comma-separated methods not to run, e.g. 'AnoGAN,GANomaly'")
     parser.add_argument(
         "--merge", nargs="+", default=None, metavar="REPORT.json[:METHOD,...]",
@@ -802,6 +807,8 @@ def main(argv: list[str] | None = None) -> Path:
             budget, hq_generator_s=args.generator_s or budget.hq_generator_s,
             hq_encoder_s=args.encoder_s or budget.hq_encoder_s,
         )  # fmt: skip
+    if args.amp:
+        budget = dataclasses.replace(budget, hq={**budget.hq, "amp": True})
     resolution = budget.hq["resolution"]
     start = time.perf_counter()
     splits = [None] if args.toy or args.dataset_dir is None else list(args.dataset_dir)
