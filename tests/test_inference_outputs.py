@@ -4,7 +4,8 @@ Inputs with one file name in different folders keep their own map, label and pan
 output name are refused before any work; a run failing partway leaves the output folder as it was; an output folder
 holding anything but an unchanged set of an earlier run is refused, and so is one that is, contains or lies inside an
 input folder; ``scores.json`` and ``manifest.json`` are standard JSON. Every refusal and failure is checked against a
-hash of every file under the output folder before and after.
+hash of every file under the output folder before and after. Issue 18: PNG inputs get PNG maps in their own
+orientation (an asymmetric, non-square image), NIfTI inputs NIfTI maps, one run mixing both.
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from monai_hqanogan.data import make_ellipse_images
-from monai_hqanogan.workflows import OUTPUT_MANIFEST, AnomalyScoreSaver, InferenceOutputFolder
+from monai_hqanogan.workflows import (
+    OUTPUT_MANIFEST,
+    PNG_THRESHOLD_LEVEL,
+    AnomalyScoreSaver,
+    InferenceOutputFolder,
+    SaveAnomalyMapsd,
+)
 from tests.bundle_utils import assert_clear, tiny_model_runs
 from tests.bundle_utils import file_hashes as hashes
 from tests.bundle_utils import run_tiny_inference as infer
@@ -63,7 +71,7 @@ def assert_one_set(out: Path, inputs: int) -> dict:
     assert set(files) == set(manifest["files"]) | {OUTPUT_MANIFEST}
     assert all(files[name] == info["sha256"] for name, info in manifest["files"].items())
     assert len(strict_json(out / "scores.json")["rows"]) == inputs == len(manifest["inputs"])
-    assert len(list(out.rglob("*_anomaly_map.nii.gz"))) == inputs == len(list(out.rglob("*_anomaly_label.nii.gz")))
+    assert len(list(out.rglob("*_anomaly_map.*"))) == inputs == len(list(out.rglob("*_anomaly_label.*")))
     return manifest
 
 
@@ -88,10 +96,10 @@ def test_same_file_name_in_two_folders_gets_its_own_map_label_and_panel(model_ru
     infer(model_runs, datalist, out)
     manifest = assert_one_set(out, 2)
     for site in ("site_a", "site_b"):  # the inputs' sub-folders below their common folder, as SaveImage keeps them
-        for name in ("case_anomaly_map.nii.gz", "case_anomaly_label.nii.gz"):
+        for name in ("case_anomaly_map.png", "case_anomaly_label.png"):  # PNG maps for PNG inputs
             assert (out / site / "t1" / name).is_file()
         assert (out / "panels" / site / "t1" / "case_panel.png").is_file()
-    maps = [np.asarray(nib.load(str(out / s / "t1" / "case_anomaly_map.nii.gz")).dataobj) for s in ("site_a", "site_b")]
+    maps = [np.asarray(Image.open(out / s / "t1" / "case_anomaly_map.png")) for s in ("site_a", "site_b")]
     assert not np.array_equal(*maps)  # two inputs, two maps: the second did not overwrite the first
     rows = strict_json(out / "scores.json")["rows"]
     assert sorted(Path(r["image"]).parent.parent.name for r in rows) == ["site_a", "site_b"]
@@ -102,7 +110,7 @@ def test_same_file_name_in_two_folders_gets_its_own_map_label_and_panel(model_ru
 @pytest.mark.parametrize("kind", ["extension", "letter_case", "listed_twice"])
 def test_inputs_that_would_share_an_output_name_are_refused_before_any_work(kind, model_runs, earlier_set, tmp_path):
     data = tmp_path / "data"
-    if kind == "extension":  # one folder, x.png and x.nii.gz: both would be x_anomaly_map.nii.gz
+    if kind == "extension":  # one folder, x.png and x.nii.gz: both would be x_panel.png (maps x_anomaly_map.*)
         png(data / "x.png")
         nib.save(nib.Nifti1Image(np.random.rand(20, 24).astype(np.float32), np.eye(4)), str(data / "x.nii.gz"))
         source, message = data, r"inputs '.*x\.nii\.gz' and '.*x\.png' would both be written as"
@@ -147,7 +155,7 @@ def test_a_run_failing_partway_leaves_the_output_folder_as_it_was(
     with pytest.raises(Exception) as info:
         infer(model_runs, data, out)
     assert_clear(info.value, ValueError, "c_constant.png'.*is constant")
-    assert "a_anomaly_map.nii.gz" in staged and "b_anomaly_label.nii.gz" in staged  # it failed partway
+    assert "a_anomaly_map.png" in staged and "b_anomaly_label.png" in staged  # it failed partway
     assert hashes(out) == before and out.exists() == earlier and leftovers(out) == []
     if earlier:
         assert_one_set(out, 2)
@@ -162,7 +170,7 @@ def test_a_completed_run_replaces_an_unchanged_earlier_set_it_wrote(model_runs, 
     infer(model_runs, tmp_path / "data", out)
     manifest = assert_one_set(out, 1)
     assert sorted(manifest["files"]) == [
-        "new_anomaly_label.nii.gz", "new_anomaly_map.nii.gz", "panels/new_panel.png", "scores.csv", "scores.json"
+        "new_anomaly_label.png", "new_anomaly_map.png", "panels/new_panel.png", "scores.csv", "scores.json"
     ]  # fmt: skip
     assert leftovers(out) == [] and neighbour.read_bytes() == kept
 
@@ -172,7 +180,7 @@ OCCUPIED = {  # kind: (what the output folder holds besides / instead of an earl
     "old_scores": ("hand-written scores", r"is not empty \(scores\.csv, scores\.json\) and holds no manifest\.json"),
     "extra_file": ("set + notes", r"also files that set did not write \(notes\.txt\)"),
     "extra_folder": ("set + empty folder", r"also files that set did not write \(mine\)"),
-    "changed_map": ("set, one map edited", r"files changed since it was written \(earlier_0_anomaly_map\.nii\.gz\)"),
+    "changed_map": ("set, one map edited", r"files changed since it was written \(earlier_0_anomaly_map\.png\)"),
     "not_a_folder": ("a file", "is a file"),
 }
 
@@ -194,7 +202,7 @@ def test_an_output_folder_holding_anything_but_an_earlier_set_is_refused_before_
     elif kind == "extra_folder":
         (out / "mine").mkdir()
     elif kind == "changed_map":
-        with open(out / "earlier_0_anomaly_map.nii.gz", "ab") as f:
+        with open(out / "earlier_0_anomaly_map.png", "ab") as f:
             f.write(b"\0")
     else:
         out.mkdir(exist_ok=True)
@@ -291,3 +299,98 @@ def test_files_written_into_the_output_folder_during_a_run_are_kept_and_so_is_th
         folder.commit()
     folder.discard()  # what the engine's failure handler calls: the complete set stays
     assert hashes(out) == before and sorted(hashes(staging)) == [OUTPUT_MANIFEST, "scores.csv"]
+
+
+# ---------------------------------------------------------------------------------------------------- 5. formats
+def block_png(path: Path, height: int = 24, width: int = 32) -> Path:
+    """A dark, non-square grey image with one bright block at rows 6-10, columns 15-20 (as Pillow reads it): a
+    transposed map would put the block at rows 15-20, columns 6-10, in a 32 x 24 array."""
+    image = np.zeros((height, width), np.uint8)
+    image[6:11, 15:21] = 230
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_png_inputs_get_png_maps_in_their_own_orientation(model_runs, tmp_path):
+    """Issue 18: with the defaults, a PNG input's map and label are PNG files of the input's (rows, columns), the
+    map's mass on the input's block (the foreground rule zeroes the map away from it); the PNG values are the map
+    relative to the pixel threshold in scores.json (128 = threshold, label 255 exactly where the map is >= 128),
+    and the same run with ``output_ext=".nii.gz"`` gives the raw map in MONAI's (width, height) layout."""
+    image = block_png(tmp_path / "data" / "block.png")
+    out = tmp_path / "out"
+    infer(model_runs, image, out)
+    manifest = assert_one_set(out, 1)
+    assert sorted(manifest["files"]) == [
+        "block_anomaly_label.png", "block_anomaly_map.png", "panels/block_panel.png", "scores.csv", "scores.json"
+    ]  # fmt: skip
+    amap = np.asarray(Image.open(out / "block_anomaly_map.png"))
+    label = np.asarray(Image.open(out / "block_anomaly_label.png"))
+    assert amap.shape == label.shape == (24, 32) and amap.dtype == label.dtype == np.uint8
+    assert amap.max() > 0 and set(np.unique(label)) <= {0, 255}
+    rows, cols = np.nonzero(amap)
+    weights = amap[rows, cols].astype(np.float64)
+    centre = (np.average(rows, weights=weights), np.average(cols, weights=weights))
+    assert 6 <= centre[0] <= 10 and 15 <= centre[1] <= 20, centre  # on the block, not at rows 15-20 / cols 6-10
+    # the map's support (the block's foreground, dilated) covers the block and keeps off the far rows and columns
+    assert rows.min() <= 6 and rows.max() >= 10 and cols.min() <= 15 and cols.max() >= 20
+    assert rows.max() < 18 and 6 < cols.min() and cols.max() < 29, (rows.max(), cols.min(), cols.max())
+    assert np.array_equal(label == 255, amap >= 128)
+    scores = strict_json(out / "scores.json")
+    threshold = scores["pixel_threshold"]
+    assert threshold > 0 and np.isfinite(scores["rows"][0]["score"])
+
+    raw = tmp_path / "raw"
+    infer(model_runs, image, raw, output_ext=".nii.gz")
+    raw_map = np.asarray(nib.load(str(raw / "block_anomaly_map.nii.gz")).dataobj)
+    assert raw_map.shape == (32, 24)  # MONAI's (width, height): the transpose of the image as Pillow reads it
+    expected = np.clip(np.floor(raw_map.T * 128 / threshold), 0, 255)
+    np.testing.assert_allclose(amap.astype(np.float64), expected, atol=1)
+
+
+def test_a_folder_of_png_and_nifti_inputs_gets_maps_of_each_inputs_format(model_runs, tmp_path):
+    """``output_ext="auto"``: PNG maps for the PNG, NIfTI maps with the input's affine for the NIfTI volume, in one
+    run and one manifest; a NIfTI input's maps are unchanged by the PNG rule."""
+    data = tmp_path / "data"
+    block_png(data / "slice.png")
+    volume = np.zeros((20, 24, 3), dtype=np.float32)
+    volume[4:16, 6:18, :] = 50.0 + np.random.default_rng(0).random((12, 12, 3), dtype=np.float32)
+    affine = np.diag([0.9, 0.8, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), str(data / "volume.nii.gz"))
+    out = tmp_path / "out"
+    infer(model_runs, data, out)
+    manifest = assert_one_set(out, 2)
+    assert {name for name in manifest["files"] if "_anomaly_" in name} == {
+        "slice_anomaly_map.png", "slice_anomaly_label.png", "volume_anomaly_map.nii.gz", "volume_anomaly_label.nii.gz"
+    }  # fmt: skip
+    written = nib.load(str(out / "volume_anomaly_map.nii.gz"))
+    assert written.shape == (20, 24, 3) and np.allclose(written.affine, affine)
+    assert np.asarray(written.dataobj).dtype == np.float32
+    label = np.asarray(nib.load(str(out / "volume_anomaly_label.nii.gz")).dataobj)
+    assert label.shape == (20, 24, 3) and set(np.unique(label)) <= {0, 1}
+    assert np.asarray(Image.open(out / "slice_anomaly_map.png")).shape == (24, 32)
+
+
+@pytest.mark.parametrize("kind", ["unknown", "png_of_a_volume"])
+def test_an_output_format_that_cannot_hold_the_maps_is_refused_before_any_work(kind, model_runs, tmp_path):
+    data = tmp_path / "data"
+    block_png(data / "slice.png")
+    if kind == "unknown":
+        ext, message = ".jpg", r"output_ext must be one of 'auto', '\.nii\.gz', '\.nii', '\.png', got '\.jpg'"
+    else:
+        nib.save(nib.Nifti1Image(np.random.rand(20, 24, 3).astype(np.float32), np.eye(4)), str(data / "v.nii.gz"))
+        ext, message = ".png", r"output_ext '\.png' cannot hold the map of the 3D input '.*v\.nii\.gz'"
+    before = hashes(tmp_path)
+    with pytest.raises(Exception) as info:
+        infer(model_runs, data, tmp_path / "out", output_ext=ext)
+    assert_clear(info.value, ValueError, message)
+    assert hashes(tmp_path) == before and not (tmp_path / "out").exists() and leftovers(tmp_path / "out") == []
+
+
+def test_png_map_levels_are_relative_to_the_pixel_threshold():
+    threshold = 0.3  # not a power of two: 0.3 * (128 / 0.3) rounds below 128 in float32
+    values = torch.tensor([[-1.0, 0.0, np.nextafter(np.float32(0.3), np.float32(0)), 0.3, 0.46, 0.6, 5.0, np.nan]])
+    levels = SaveAnomalyMapsd.png_levels(values, threshold)
+    assert levels.dtype == torch.uint8
+    assert levels.tolist() == [[0, 0, 127, 128, 196, 255, 255, 0]]
+    assert PNG_THRESHOLD_LEVEL == 128

@@ -23,12 +23,17 @@ from .checks import (
 from .evaluate import evaluate_detector, machine_description
 from .inference import (
     IMAGE_SUFFIXES,
+    OUTPUT_EXTS,
     OUTPUT_MANIFEST,
+    PNG_THRESHOLD_LEVEL,
     AnomalyPanelSaver,
     AnomalyScoreSaver,
     FlattenAnomalyRecordd,
     InferenceOutputFolder,
+    SaveAnomalyMapsd,
     SliceAnomalyInferer,
+    anomaly_map_ext,
+    check_output_ext,
     list_inference_inputs,
     output_stem,
 )
