@@ -161,3 +161,21 @@ def run_tiny_inference(runs: Path, source: Path, out: Path, **extra) -> None:
         w.run()
     finally:
         logging.disable(logging.NOTSET)
+
+
+def record_main_job_steps(monkeypatch) -> dict[str, list[str]]:
+    """Replace the main job's ``monai.bundle run`` subprocesses by a recorder, so that no step runs: the dict it returns
+    fills with step name -> that step's latest command line."""
+    import subprocess
+
+    from monai_hqanogan.workflows.main_job import STAGES
+
+    commands: dict[str, list[str]] = {}
+
+    def record(command, check=False):
+        config = Path(command[command.index("--config_file") + 1]).name
+        commands[next(s for s, c in STAGES.items() if c == config)] = command
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", record)
+    return commands

@@ -17,8 +17,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_hqanogan.workflows import SETTINGS_KEYS, check_datalist, check_settings, check_slice_axis, save_stage
-from monai_hqanogan.workflows.main_job import STAGES, main, run_main_job
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+from monai_hqanogan.workflows.main_job import main, run_main_job
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, record_main_job_steps, tiny_overrides
 from tests.bundle_utils import error_messages as chain
 from tests.bundle_utils import file_hashes as hashes
 
@@ -123,14 +123,7 @@ def test_a_key_only_other_steps_read_is_refused_for_the_steps_that_run(data, ear
 
 def test_documented_overrides_reach_the_steps_that_read_them(data, tmp_path, monkeypatch, capsys):
     """Every documented pass-through key still works, and each step's command holds those its config defines."""
-    commands: dict[str, list[str]] = {}
-
-    def record(command, check=False):
-        config = Path(command[command.index("--config_file") + 1]).name
-        commands[next(s for s, c in STAGES.items() if c == config)] = command
-        return subprocess.CompletedProcess(command, 0)
-
-    monkeypatch.setattr(subprocess, "run", record)
+    commands = record_main_job_steps(monkeypatch)
     overrides = [
         "--settings#generator_kimg", "0.032",  # before the dict on purpose: the job puts the dict first
         "--settings", json.dumps(TINY_SETTINGS),

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
 from .checkpoint import TrainingCheckpointHandler
-from .progress import KimgProgressBar
+from .progress import EngineProgressBar, KimgProgressBar
 from .reconstructions import ReconstructionSampleHandler
 from .samples import GeneratorSampleHandler

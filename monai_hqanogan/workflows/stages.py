@@ -32,7 +32,8 @@ from torch import nn
 from monai_hqanogan.transforms.dictionary import ToSingleChanneld
 from monai_hqanogan.transforms.presets import gan_image_transforms
 from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_atomic, write_text_atomic
-from monai_hqanogan.workflows.checks import datalist_items, read_json_object, verify_image_file
+from monai_hqanogan.utils.progress import progress_bar
+from monai_hqanogan.workflows.checks import as_bool, datalist_items, read_json_object, verify_image_file
 
 __all__ = [
     "check_writable",
@@ -277,13 +278,16 @@ def load_split(
     upper_percentile: float = 99.5,
     keep: Callable[[Mapping[str, Any]], bool] | None = None,
     require_labels: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """One list of a datalist as tensors on the model grid.
 
     ``keep`` (item -> bool) selects items before anything is read (e.g. only the normal ones); ``limit`` then caps
     their number. An item without a label (or ``null``) counts as normal (label 0), as in :func:`is_normal_item`,
     unless ``require_labels``: then every item of the list needs a label 0 or 1 (for metrics; see
-    :func:`check_datalist`'s ``labelled_keys``). A label that is not a number is refused, naming the item.
+    :func:`check_datalist`'s ``labelled_keys``). A label that is not a number is refused, naming the item. With
+    ``progress``, a bar over the images read shows on stderr when it is a terminal
+    (:func:`~monai_hqanogan.utils.progress_bar`).
 
     Returns:
         ``{"images": [N, 1, R, R], "labels": [N] long (0 where an item has no label), "names": [N] str}`` plus
@@ -315,11 +319,13 @@ def load_split(
 
     loader = DataLoader(Dataset(items, transform), batch_size=32, num_workers=num_workers)
     parts: dict[str, list[torch.Tensor]] = {"images": [], "labels": [], "masks": []}
-    for batch in loader:
-        parts["images"].append(torch.as_tensor(batch["image"]).float())
-        parts["labels"].append(torch.as_tensor(batch["label"]).long())
-        if with_masks:
-            parts["masks"].append(torch.as_tensor(batch["mask"]).float())
+    with progress_bar(progress=progress, total=len(items), desc=f"loading {key}", unit="img") as bar:
+        for batch in loader:
+            parts["images"].append(torch.as_tensor(batch["image"]).float())
+            parts["labels"].append(torch.as_tensor(batch["label"]).long())
+            if with_masks:
+                parts["masks"].append(torch.as_tensor(batch["mask"]).float())
+            bar.update(len(parts["labels"][-1]))
     out: dict[str, Any] = {
         "images": torch.cat(parts["images"]),
         "labels": torch.cat(parts["labels"]),
@@ -348,6 +354,7 @@ def calibrate_detector(
     base_dir: str | os.PathLike | None = None,
     protocol: str = "normal-only",
     storage_dtype: str | None = None,
+    progress: bool | str = True,
 ) -> dict[str, Any]:
     """Calibrate an :class:`HQAnoGANDetector` on a datalist and save it as the bundle's ``model.pt``.
 
@@ -369,6 +376,10 @@ def calibrate_detector(
     is made from (``pixel_key``, and ``val_key`` under ``labelled-validation``) need a label 0 or 1 on every item,
     and are refused before any image is read otherwise.
 
+    ``progress`` (true or false, also as a string: the bundle's ``--progress false``) shows bars over the images read
+    and scored, on stderr and only when it is a terminal (:func:`~monai_hqanogan.utils.progress_bar`); the report
+    and the model file are the same either way.
+
     Returns:
         the calibration report (also written to ``report_file`` as JSON, and kept in the detector's calibration);
         its ``protocol`` entry names the protocol and ``weights_from`` / ``threshold_from`` what each choice was made
@@ -377,6 +388,7 @@ def calibrate_detector(
     from monai_hqanogan.scoring import check_protocol
 
     check_protocol(protocol)
+    progress = as_bool(progress, "progress")
     start = time.perf_counter()
     if storage_dtype is not None:
         round_networks_to_half(detector)
@@ -385,11 +397,11 @@ def calibrate_detector(
     normal_only = protocol == "normal-only"
     labelled = ([] if normal_only else [val_key]) + ([pixel_key] if pixel_key else [])  # labels the choices use
     lists = check_datalist(datalist, keys, base_dir=base_dir, verify_images=False, labelled_keys=labelled)
-    fit = load_split(datalist, fit_key, resolution, base_dir=base_dir, limit=fit_limit)
+    fit = load_split(datalist, fit_key, resolution, base_dir=base_dir, limit=fit_limit, progress=progress)
     val_items = lists[val_key]
     val = load_split(
         datalist, val_key, resolution, base_dir=base_dir, keep=is_normal_item if normal_only else None,
-        require_labels=not normal_only,
+        require_labels=not normal_only, progress=progress,
     )  # fmt: skip
     if not normal_only and not bool(val["labels"].any()):
         raise ValueError(
@@ -398,11 +410,14 @@ def calibrate_detector(
         )
     loc = None
     if pixel_key:
-        loc = load_split(datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True, require_labels=True)
+        loc = load_split(
+            datalist, pixel_key, resolution, base_dir=base_dir, with_masks=True, require_labels=True, progress=progress
+        )
     report = detector.calibrate(
         fit["images"], val["images"], None if normal_only else val["labels"], fpr=fpr, pixel_fpr=pixel_fpr,
         batch_size=batch_size, protocol=protocol, selection_images=None if loc is None else loc["images"],
         selection_labels=None if loc is None else loc["labels"], selection_masks=None if loc is None else loc["masks"],
+        progress=progress,
     )  # fmt: skip
     if normal_only:
         report["ignored_abnormal"] = len(val_items) - len(val["images"])

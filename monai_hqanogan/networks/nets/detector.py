@@ -25,6 +25,7 @@ from monai_hqanogan.scoring.calibration import SCORE_NAMES, AnomalyCalibration, 
 from monai_hqanogan.scoring.selection import check_protocol, foreground_mask, reconstruction_scores
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import model_fingerprint
+from monai_hqanogan.utils.progress import progress_bar
 
 __all__ = ["HQAnoGANDetector"]
 
@@ -212,26 +213,47 @@ class HQAnoGANDetector(nn.Module):
 
     # ------------------------------------------------------------------ calibration
     @torch.no_grad()
-    def _batched(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
+    def _batched(
+        self,
+        images: torch.Tensor | Iterable[torch.Tensor],
+        batch_size: int,
+        progress: bool = False,
+        desc: str = "scoring",
+    ) -> dict[str, torch.Tensor]:
         chunks = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+        total = len(images) if isinstance(images, torch.Tensor) else None  # images; batches of an iterable unknown
         parts: dict[str, list[torch.Tensor]] = {}
         device = next(self.generator.parameters()).device
-        for chunk in chunks:
-            for k, v in self.score_components(chunk.to(device)).items():
-                parts.setdefault(k, []).append(v.cpu())
+        with progress_bar(progress=progress, total=total, desc=desc, unit="img") as bar:
+            for chunk in chunks:
+                for k, v in self.score_components(chunk.to(device)).items():
+                    parts.setdefault(k, []).append(v.cpu())
+                bar.update(len(chunk))
         if not parts:
             raise ValueError("no images were given.")
         return {k: torch.cat(v) for k, v in parts.items()}
 
     @torch.no_grad()
     def detect_all(
-        self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64
+        self,
+        images: torch.Tensor | Iterable[torch.Tensor],
+        batch_size: int = 64,
+        progress: bool = False,
+        desc: str = "scoring",
     ) -> dict[str, torch.Tensor]:
         """:meth:`score_components` of many images, batched, gathered on the CPU, plus ``pred_score`` (the calibrated
-        combined score). For evaluations that need every image's score, map and reconstruction at once."""
+        combined score). For evaluations that need every image's score, map and reconstruction at once.
+
+        Args:
+            images: images [N, C, R, R] (or an iterable of batches).
+            batch_size: images per forward pass.
+            progress: show a bar over the images on stderr when it is a terminal
+                (:func:`~monai_hqanogan.utils.progress_bar`).
+            desc: the bar's label.
+        """
         if not bool(self.calibration.calibrated):
             raise RuntimeError("the detector is not calibrated: call calibrate(...) or load a calibration file first.")
-        comps = self._batched(images, batch_size)
+        comps = self._batched(images, batch_size, progress, desc)
         device = self.calibration.weights.device
         comps["pred_score"] = self._finite(
             self.calibration.combine({k: comps[k].to(device) for k in SCORE_NAMES}).cpu(), comps["anomaly_map"]
@@ -266,6 +288,7 @@ class HQAnoGANDetector(nn.Module):
         selection_images: torch.Tensor | None = None,
         selection_labels: torch.Tensor | None = None,
         selection_masks: torch.Tensor | None = None,
+        progress: bool = False,
     ) -> dict[str, Any]:
         """Fit the scorer and thresholds under a named protocol; returns a report (also kept in
         ``calibration.info``).
@@ -299,6 +322,8 @@ class HQAnoGANDetector(nn.Module):
                 ``normal-only`` and, with ``selection_masks``, the pixel threshold under either protocol.
             selection_labels: 1 where a lesion was pasted, 0 otherwise.
             selection_masks: the pasted lesions' masks [M, 1, H, W], for the pixel threshold.
+            progress: show a bar over the images of each set scored on stderr when it is a terminal
+                (:func:`~monai_hqanogan.utils.progress_bar`).
         """
         check_protocol(protocol)
         if selection_images is not None and selection_labels is None:
@@ -317,11 +342,13 @@ class HQAnoGANDetector(nn.Module):
             val_images, val_labels = val_images[keep.to(val_images.device)], None
         else:
             ignored = 0
-        fit = self._batched(fit_images, batch_size)
+        fit = self._batched(fit_images, batch_size, progress, "calibration: fit images")
         cal.density.fit(fit["ws"])
         cal.fit_cycle(fit["cycle_layers"])
-        comps = self._batched(val_images, batch_size)
-        selection = None if selection_images is None else self._batched(selection_images, batch_size)
+        comps = self._batched(val_images, batch_size, progress, "calibration: validation")
+        selection = None
+        if selection_images is not None:
+            selection = self._batched(selection_images, batch_size, progress, "calibration: synthetic lesions")
         report = fit_scores(
             cal,
             {k: comps[k] for k in SCORE_NAMES},
