@@ -30,9 +30,9 @@ from monai_hqanogan.engines.distributed import (
     distributed_world,
     split_rng_streams,
 )
-from monai_hqanogan.networks.nets.stylegan2 import check_image_batch
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import get_rng_states, set_rng_states
+from monai_hqanogan.utils.validation import check_image_batch
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 

@@ -15,8 +15,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from monai_hqanogan.networks.nets.stylegan2 import check_resolution
 from monai_hqanogan.transforms.dictionary import ToSingleChanneld
+from monai_hqanogan.utils.validation import check_resolution
 
 __all__ = ["gan_image_transforms"]
 

@@ -21,3 +21,9 @@ from .run_dir_lock import (
     release_run_lock,
     run_lock,
 )
+from .validation import (
+    MAX_RESOLUTION,
+    MIN_RESOLUTION,
+    check_image_batch,
+    check_resolution,
+)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_hqanogan.networks.nets.stylegan2 import check_resolution
+from monai_hqanogan.utils.validation import MAX_RESOLUTION, MIN_RESOLUTION, check_resolution
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -445,7 +445,7 @@ def _slice_axis(value: Any) -> bool:
 
 #: setting (or top-level override) -> (check, what it must be)
 SETTING_RULES = {
-    "resolution": (_resolution, "a power of two between 8 and 1024"),
+    "resolution": (_resolution, f"a power of two between {MIN_RESOLUTION} and {MAX_RESOLUTION}"),
     **{k: (_positive_int, "a positive integer") for k in _POSITIVE_INTS},
     **{k: (_non_negative_int, "an integer >= 0") for k in _COUNTS},
     **{k: (_positive_number, "a positive number") for k in _POSITIVE_NUMBERS},

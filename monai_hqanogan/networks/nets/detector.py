@@ -19,13 +19,14 @@ from torch import nn
 from monai_hqanogan.losses.encoder_losses import discriminator_feature_distance
 from monai_hqanogan.networks.layers.modulated import check_deterministic_noise_mode
 from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
-from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator, check_image_batch
+from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator
 from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
 from monai_hqanogan.scoring.calibration import SCORE_NAMES, AnomalyCalibration, fit_scores
 from monai_hqanogan.scoring.selection import check_protocol, foreground_mask, reconstruction_scores
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import model_fingerprint
 from monai_hqanogan.utils.progress import progress_bar
+from monai_hqanogan.utils.validation import check_image_batch
 
 __all__ = ["HQAnoGANDetector"]
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_hqanogan.networks.layers import EqualizedLinear
-from monai_hqanogan.networks.nets.stylegan2 import check_image_batch, check_resolution
 from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint
+from monai_hqanogan.utils.validation import check_image_batch, check_resolution
 
 __all__ = ["PSPEncoder", "style_groups"]
 

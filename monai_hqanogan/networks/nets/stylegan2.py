@@ -13,13 +13,13 @@ of all blocks.
 
 from __future__ import annotations
 
-import math
-import operator
-
 import torch
 from torch import nn
 
 from monai_hqanogan.networks.layers import EqualizedLinear, StyleConvLayer, ToImageLayer, Upsample2x
+
+# the checks live in monai_hqanogan.utils.validation; imported here so that the old import paths keep working
+from monai_hqanogan.utils.validation import MAX_RESOLUTION, MIN_RESOLUTION, check_image_batch, check_resolution
 
 __all__ = [
     "StyleGAN2MappingNetwork",
@@ -27,37 +27,10 @@ __all__ = [
     "StyleGAN2Generator",
     "check_resolution",
     "check_image_batch",
+    "MIN_RESOLUTION",
+    "MAX_RESOLUTION",
     "feature_channels",
 ]
-
-MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
-
-
-def check_resolution(resolution: int) -> int:
-    """Return ``log2(resolution)``; raise a ValueError naming the value unless it is a power of two in [8, 1024]."""
-    try:
-        value = None if isinstance(resolution, bool) else operator.index(resolution)  # ints and NumPy integers
-    except TypeError:
-        value = None
-    if value is None or value < MIN_RESOLUTION or value > MAX_RESOLUTION or value & (value - 1):
-        raise ValueError(
-            f"resolution must be a power of two between {MIN_RESOLUTION} and {MAX_RESOLUTION}, got {resolution!r}. "
-            "Resize (and pad non-square images to a square) in the data pipeline, e.g. with "
-            "monai_hqanogan.transforms.gan_image_transforms."
-        )
-    return int(math.log2(value))
-
-
-def check_image_batch(x: torch.Tensor, img_channels: int, resolution: int, owner: str) -> None:
-    """Raise a ValueError naming ``owner`` and the expected shape unless ``x`` is a [B, C, R, R] tensor."""
-    expected = (img_channels, resolution, resolution)
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(
-            f"{owner} expects images of shape [batch, {img_channels}, {resolution}, {resolution}] in [-1, 1], got "
-            f"{shape}. Convert to {img_channels} channel(s) and resize/pad to a square with "
-            f"monai_hqanogan.transforms.gan_image_transforms({resolution}), which never crops."
-        )
 
 
 def feature_channels(resolution: int, channel_base: int, channel_max: int) -> int:

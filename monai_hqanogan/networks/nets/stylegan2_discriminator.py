@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from monai_hqanogan.networks.layers import EqualizedConv2d, EqualizedLinear
-from monai_hqanogan.networks.nets.stylegan2 import check_image_batch, check_resolution, feature_channels
+from monai_hqanogan.networks.nets.stylegan2 import feature_channels
+from monai_hqanogan.utils.validation import check_image_batch, check_resolution
 
 __all__ = ["StyleGAN2Discriminator", "minibatch_stddev"]
 

@@ -1,0 +1,68 @@
+"""Argument checks shared by the networks, transforms, engines and workflows.
+
+They live here, below every other package, so that a transform or a workflow can check a resolution or an image
+batch without importing a network module. This module imports only the standard library and torch.
+
+Each check raises a ValueError that names the argument and says what it must be, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+
+__all__ = [
+    "MIN_RESOLUTION",
+    "MAX_RESOLUTION",
+    "check_resolution",
+    "check_image_batch",
+]
+
+#: the smallest and largest model resolution (image side, in pixels) the networks are built for
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
+
+
+def check_resolution(resolution: int) -> int:
+    """Return ``log2(resolution)``; raise a ValueError naming the value unless it is a power of two in [8, 1024].
+
+    Args:
+        resolution: the model resolution, an int or a NumPy integer (a bool or a float is refused).
+
+    Raises:
+        ValueError: ``resolution`` is not a power of two between :data:`MIN_RESOLUTION` and :data:`MAX_RESOLUTION`.
+    """
+    try:
+        value = None if isinstance(resolution, bool) else operator.index(resolution)  # ints and NumPy integers
+    except TypeError:
+        value = None
+    if value is None or value < MIN_RESOLUTION or value > MAX_RESOLUTION or value & (value - 1):
+        raise ValueError(
+            f"resolution must be a power of two between {MIN_RESOLUTION} and {MAX_RESOLUTION}, got {resolution!r}. "
+            "Resize (and pad non-square images to a square) in the data pipeline, e.g. with "
+            "monai_hqanogan.transforms.gan_image_transforms."
+        )
+    return int(math.log2(value))
+
+
+def check_image_batch(x: torch.Tensor, img_channels: int, resolution: int, owner: str) -> None:
+    """Raise a ValueError naming ``owner`` and the expected shape unless ``x`` is a [B, C, R, R] tensor.
+
+    Args:
+        x: the batch to check.
+        img_channels: the required channel count C.
+        resolution: the required height and width R.
+        owner: who expects the batch (a class name), for the error message.
+
+    Raises:
+        ValueError: ``x`` is not a tensor of shape [B, ``img_channels``, ``resolution``, ``resolution``].
+    """
+    expected = (img_channels, resolution, resolution)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"{owner} expects images of shape [batch, {img_channels}, {resolution}, {resolution}] in [-1, 1], got "
+            f"{shape}. Convert to {img_channels} channel(s) and resize/pad to a square with "
+            f"monai_hqanogan.transforms.gan_image_transforms({resolution}), which never crops."
+        )

@@ -1,0 +1,68 @@
+"""The shared argument checks live in ``monai_hqanogan.utils.validation``, below the networks (issue 19).
+
+The transforms, engines, workflows and the other networks import them from there, not from a network module; the old
+import paths (``monai_hqanogan.networks.nets.stylegan2``, ``monai_hqanogan.networks.nets``) still give the same
+objects.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import monai_hqanogan.utils.validation as validation
+from monai_hqanogan.utils import MAX_RESOLUTION, MIN_RESOLUTION, check_image_batch, check_resolution
+
+PACKAGE = Path(validation.__file__).resolve().parents[1]
+NAMES = {"check_resolution", "check_image_batch", "MIN_RESOLUTION", "MAX_RESOLUTION"}
+#: module (relative to the package) -> the validation names it uses
+USERS = {
+    "transforms/presets.py": {"check_resolution"},
+    "engines/base.py": {"check_image_batch"},
+    "workflows/checks.py": {"check_resolution"},
+    "networks/nets/detector.py": {"check_image_batch"},
+    "networks/nets/psp_encoder.py": {"check_image_batch", "check_resolution"},
+    "networks/nets/stylegan2_discriminator.py": {"check_image_batch", "check_resolution"},
+}
+
+
+def _from_imports(path: Path) -> list[tuple[str, set[str]]]:
+    """(module, imported names) of every absolute ``from ... import ...`` in the file at ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        (node.module or "", {a.name for a in node.names})
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0
+    ]
+
+
+@pytest.mark.parametrize("module", sorted(USERS))
+def test_users_import_the_checks_from_utils_not_from_a_network(module):
+    imports = _from_imports(PACKAGE / module)
+    from_networks = {n for m, names in imports if m.startswith("monai_hqanogan.networks") for n in names & NAMES}
+    assert not from_networks, f"{module} imports {sorted(from_networks)} from a network module"
+    from_utils = {n for m, names in imports if m == "monai_hqanogan.utils.validation" for n in names}
+    assert USERS[module] <= from_utils
+
+
+def test_old_import_paths_give_the_same_objects():
+    import monai_hqanogan.networks.nets as nets
+    import monai_hqanogan.networks.nets.stylegan2 as stylegan2
+
+    assert nets.check_resolution is stylegan2.check_resolution is validation.check_resolution is check_resolution
+    assert stylegan2.check_image_batch is validation.check_image_batch is check_image_batch
+    assert (stylegan2.MIN_RESOLUTION, stylegan2.MAX_RESOLUTION) == (MIN_RESOLUTION, MAX_RESOLUTION) == (8, 1024)
+
+
+def test_check_resolution_and_image_batch():
+    assert check_resolution(MIN_RESOLUTION) == 3 and check_resolution(MAX_RESOLUTION) == 10
+    with pytest.raises(ValueError, match="power of two between 8 and 1024, got 2048"):
+        check_resolution(2048)
+    check_image_batch(torch.zeros(2, 1, 8, 8), 1, 8, "Owner")
+    with pytest.raises(ValueError, match=r"Owner expects images of shape \[batch, 1, 8, 8\].*got \(2, 3, 8, 8\)"):
+        check_image_batch(torch.zeros(2, 3, 8, 8), 1, 8, "Owner")
+    with pytest.raises(ValueError, match="got list"):
+        check_image_batch([], 1, 8, "Owner")
