@@ -2,7 +2,8 @@
 
 The transforms, engines, workflows and the other networks import them from there, not from a network module; the old
 import paths (``monai_hqanogan.networks.nets.stylegan2``, ``monai_hqanogan.networks.nets``) still give the same
-objects.
+objects, and ``monai_hqanogan.utils`` imports nothing from the other packages (so none of them can form a cycle
+through it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,22 @@ def test_users_import_the_checks_from_utils_not_from_a_network(module):
     assert USERS[module] <= from_utils
 
 
+def test_utils_imports_no_other_package_of_the_plugin():
+    for path in sorted((PACKAGE / "utils").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue  # relative imports stay inside monai_hqanogan.utils
+            for name in modules:
+                assert name.split(".")[0] != "monai_hqanogan" or name.startswith("monai_hqanogan.utils"), (
+                    f"utils/{path.name} imports {name}"
+                )
+
+
 def test_old_import_paths_give_the_same_objects():
     import monai_hqanogan.networks.nets as nets
     import monai_hqanogan.networks.nets.stylegan2 as stylegan2
@@ -66,3 +83,15 @@ def test_check_resolution_and_image_batch():
         check_image_batch(torch.zeros(2, 3, 8, 8), 1, 8, "Owner")
     with pytest.raises(ValueError, match="got list"):
         check_image_batch([], 1, 8, "Owner")
+
+
+def test_as_bool_lives_in_utils_and_the_workflows_name_is_the_same_object():
+    import monai_hqanogan.workflows as workflows
+    import monai_hqanogan.workflows.checks as checks
+
+    # the bundle configs call monai_hqanogan.workflows.as_bool
+    assert workflows.as_bool is checks.as_bool is validation.as_bool
+    assert validation.as_bool(" False ") is False and validation.as_bool(True) is True
+    assert validation.as_bool("yes", None) is None
+    with pytest.raises(ValueError, match=r"amp must be true or false, got 'yes' \(str\)"):
+        validation.as_bool("yes", "amp")

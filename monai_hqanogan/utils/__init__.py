@@ -24,6 +24,7 @@ from .run_dir_lock import (
 from .validation import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
+    as_bool,
     check_image_batch,
     check_resolution,
 )

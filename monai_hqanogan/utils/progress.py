@@ -15,13 +15,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from monai_hqanogan.utils.validation import as_bool
+
 __all__ = ["progress_disable", "progress_shown", "progress_bar"]
 
 
 def _switch(progress: Any) -> bool:
     # MONAI's command line gives ``--progress false`` as the string "false"; as_bool reads it and refuses the rest
-    from monai_hqanogan.workflows.checks import as_bool  # here: the workflows import this module
-
     return bool(as_bool(progress, "progress"))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import torch
 
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_RESOLUTION",
     "check_resolution",
     "check_image_batch",
+    "as_bool",
 ]
 
 #: the smallest and largest model resolution (image side, in pixels) the networks are built for
@@ -66,3 +68,24 @@ def check_image_batch(x: torch.Tensor, img_channels: int, resolution: int, owner
             f"{shape}. Convert to {img_channels} channel(s) and resize/pad to a square with "
             f"monai_hqanogan.transforms.gan_image_transforms({resolution}), which never crops."
         )
+
+
+def as_bool(value: Any, name: str | None = "value") -> bool | None:
+    """``value`` as a bool: a bool, or the strings ``"true"``/``"false"`` (any case), which is what a JSON ``true``
+    in ``--settings '{...}'`` becomes through MONAI's command line (it parses Python literals, so ``false`` stays a
+    string, and a non-empty string is truthy).
+
+    Args:
+        value: the value to read.
+        name: the argument's name, for the error message; None: return None for a value that is not a bool.
+
+    Raises:
+        ValueError: ``value`` is neither a bool nor ``"true"``/``"false"``, and ``name`` is not None.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if name is None:
+        return None
+    raise ValueError(f"{name} must be true or false, got {value!r} ({type(value).__name__}).")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_hqanogan.utils.validation import MAX_RESOLUTION, MIN_RESOLUTION, check_resolution
+from monai_hqanogan.utils.validation import MAX_RESOLUTION, MIN_RESOLUTION, as_bool, check_resolution
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -389,20 +389,6 @@ def datalist_items(
 
 
 # ---------------------------------------------------------------------- bundle settings
-def as_bool(value: Any, name: str | None = "value") -> bool | None:
-    """``value`` as a bool: a bool, or the strings ``"true"``/``"false"`` (any case), which is what a JSON ``true``
-    in ``--settings '{...}'`` becomes through MONAI's command line (it parses Python literals, so ``false`` stays a
-    string, and a non-empty string is truthy). Anything else raises a ValueError naming ``name`` (None: returns
-    None instead)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if name is None:
-        return None
-    raise ValueError(f"{name} must be true or false, got {value!r} ({type(value).__name__}).")
-
-
 def _positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
