@@ -95,3 +95,15 @@ def test_as_bool_lives_in_utils_and_the_workflows_name_is_the_same_object():
     assert validation.as_bool("yes", None) is None
     with pytest.raises(ValueError, match=r"amp must be true or false, got 'yes' \(str\)"):
         validation.as_bool("yes", "amp")
+
+
+def test_the_baselines_converting_batch_check_is_as_image_batch_with_the_old_name_kept():
+    import monai_hqanogan.baselines as baselines
+    from monai_hqanogan.baselines.base import as_image_batch
+
+    assert baselines.as_image_batch is as_image_batch and baselines.check_image_batch is as_image_batch
+    assert baselines.check_image_batch is not check_image_batch  # the raising check of the networks is another one
+    out = as_image_batch(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "images", channels=1, size=8)
+    assert out.dtype == torch.float32 and out.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="images must be square"):
+        as_image_batch(torch.zeros(2, 1, 8, 4))

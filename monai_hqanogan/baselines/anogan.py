@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from monai_hqanogan.networks.layers.modulated import check_deterministic_noise_mode
 
-from .base import ImageBatches, ReferenceBaseline, check_image_batch, iterate_image_batches
+from .base import ImageBatches, ReferenceBaseline, as_image_batch, iterate_image_batches
 
 __all__ = ["AnoGANScorer"]
 
@@ -454,7 +454,7 @@ class AnoGANScorer(ReferenceBaseline):
         """
         self._check_fitted()
         shape = self._image_shape()
-        images = check_image_batch(images, "images", *(shape or (None, None)))
+        images = as_image_batch(images, "images", *(shape or (None, None)))
         start = time.perf_counter()
         show = self.progress if progress is None else bool(progress)
         nets = self._networks()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .base import ImageBatches, ReconstructionBaseline, check_image_batch
+from .base import ImageBatches, ReconstructionBaseline, as_image_batch
 
 __all__ = ["ConvAutoencoderBaseline"]
 
@@ -217,7 +217,7 @@ class ConvAutoencoderBaseline(ReconstructionBaseline):
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}.")
         if isinstance(images, torch.Tensor):
-            images = check_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
+            images = as_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
             if images.shape[0] < 2:
                 raise ValueError(f"fit needs at least 2 images, got {images.shape[0]}.")
         device = torch.device(device) if device is not None else self._device()

@@ -13,7 +13,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-__all__ = ["ReferenceBaseline", "ImageBatches", "iterate_image_batches"]
+__all__ = ["ReferenceBaseline", "ImageBatches", "as_image_batch", "iterate_image_batches"]
 
 #: what ``fit``/``score``/``anomaly_map`` accept: one tensor [N, C, R, R], or an iterable (e.g. a DataLoader) of
 #: batches, each a tensor, a dict with an ``"image"`` entry, or a tuple/list whose first item holds the images
@@ -44,10 +44,13 @@ def _batch_images(batch: Any, image_key: str, index: int) -> torch.Tensor:
     return images
 
 
-def check_image_batch(
+def as_image_batch(
     images: torch.Tensor, what: str = "images", channels: int | None = None, size: int | None = None
 ) -> torch.Tensor:
-    """Check a batch of square images [B, C, R, R] with finite values; return it as a plain float tensor.
+    """Convert a batch of square images [B, C, R, R] with finite values to a plain float tensor, checking it first.
+
+    Unlike :func:`monai_hqanogan.utils.check_image_batch` (which only raises), this returns the batch: a MONAI
+    MetaTensor becomes a plain tensor and integer images become float.
 
     Args:
         images: the batch.
@@ -89,22 +92,22 @@ def iterate_image_batches(
 ) -> Iterator[torch.Tensor]:
     """Yield checked batches [B, C, R, R] from a tensor (split into ``batch_size`` chunks) or an iterable of batches.
 
-    Every batch goes through :func:`check_image_batch`; batches after the first must match its channels and size.
+    Every batch goes through :func:`as_image_batch`; batches after the first must match its channels and size.
 
     Raises:
-        ValueError: as :func:`check_image_batch`, or when the input holds no batch at all.
+        ValueError: as :func:`as_image_batch`, or when the input holds no batch at all.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if isinstance(images, torch.Tensor):
-        images = check_image_batch(images, what, channels, size)
+        images = as_image_batch(images, what, channels, size)
         yield from images.split(batch_size)
         return
     if isinstance(images, (str, bytes)) or not isinstance(images, Iterable):
         raise TypeError(f"{what} must be a tensor [N, C, R, R] or an iterable of batches, got {type(images).__name__}.")
     count = 0
     for i, batch in enumerate(images):
-        checked = check_image_batch(_batch_images(batch, image_key, i), f"{what} (batch {i})", channels, size)
+        checked = as_image_batch(_batch_images(batch, image_key, i), f"{what} (batch {i})", channels, size)
         channels, size = checked.shape[1], checked.shape[2]
         count += 1
         yield checked

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .base import ImageBatches, ReconstructionBaseline, check_image_batch
+from .base import ImageBatches, ReconstructionBaseline, as_image_batch
 
 __all__ = [
     "FAnoGANGenerator",
@@ -502,7 +502,7 @@ class FAnoGANBaseline(ReconstructionBaseline):
         if not 0 < gan_time_fraction < 1:
             raise ValueError(f"gan_time_fraction must lie in (0, 1), got {gan_time_fraction!r}.")
         if isinstance(images, torch.Tensor):
-            images = check_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
+            images = as_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
             if images.shape[0] < 2:
                 raise ValueError(f"fit needs at least 2 images, got {images.shape[0]}.")
         device = torch.device(device) if device is not None else self._device()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import ImageBatches, ReconstructionBaseline, check_image_batch
+from .base import ImageBatches, ReconstructionBaseline, as_image_batch
 
 __all__ = ["AnomalibGANomalyBaseline", "anomalib_available"]
 
@@ -165,7 +165,7 @@ class AnomalibGANomalyBaseline(ReconstructionBaseline):
             ImportError: anomalib does not import here.
             ValueError: bad images, or fewer images than ``batch_size``.
         """
-        images = check_image_batch(images, "GANomaly training images", self.in_channels, self.image_size)
+        images = as_image_batch(images, "GANomaly training images", self.in_channels, self.image_size)
         if len(images) < batch_size:
             raise ValueError(f"GANomaly needs at least batch_size={batch_size} training images, got {len(images)}.")
         if epochs < 1:
@@ -185,7 +185,7 @@ class AnomalibGANomalyBaseline(ReconstructionBaseline):
             kwargs["max_time"] = datetime.timedelta(seconds=float(time_limit_s))
         if validation_images is None:
             validation_images, validation_labels = images[:64], None
-        validation_images = check_image_batch(
+        validation_images = as_image_batch(
             validation_images, "GANomaly validation images", self.in_channels, self.image_size
         )
         if validation_labels is None:
@@ -244,7 +244,7 @@ class AnomalibGANomalyBaseline(ReconstructionBaseline):
     def score(self, images: ImageBatches, batch_size: int = 256) -> torch.Tensor:
         """GANomaly's score: mean squared distance between the latent code of the image and of its reconstruction."""
         self._check_fitted()
-        images = check_image_batch(images, "images", self.in_channels, self.image_size)
+        images = as_image_batch(images, "images", self.in_channels, self.image_size)
         net = self.model.model  # type: ignore[union-attr]
         net.eval()
         out = []
