@@ -107,3 +107,14 @@ def test_the_baselines_converting_batch_check_is_as_image_batch_with_the_old_nam
     assert out.dtype == torch.float32 and out.shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="images must be square"):
         as_image_batch(torch.zeros(2, 1, 8, 4))
+
+
+def test_the_preparation_settings_check_is_not_named_like_the_bundle_settings_check(tmp_path):
+    import monai_hqanogan.data.datalists as datalists
+    import monai_hqanogan.workflows as workflows
+
+    assert datalists.check_settings is datalists.check_preparation_settings  # the deprecated alias
+    assert "check_settings" not in datalists.__all__ and "check_preparation_settings" in datalists.__all__
+    assert workflows.check_settings is not datalists.check_preparation_settings
+    with pytest.raises(ValueError, match="max_size must be at least 8, got 4"):
+        datalists.check_preparation_settings(4, 0.9, (0.6, 0.2, 0.2), (0.5, 0.5), tmp_path)

@@ -57,7 +57,7 @@ from monai_hqanogan.data.datalists import (
     PREPARATION_FORMAT,
     PreparedImage,
     check_output_dir,
-    check_settings,
+    check_preparation_settings,
     fingerprint_files,
     image_thumbnail,
     lesion_settings,
@@ -280,10 +280,10 @@ def prepare_br35h(
         path of ``output_dir/datalist.json``.
     """
     started = time.time()
-    check_settings(max_size, threshold, normal_fractions, abnormal_fractions, output_dir)
+    check_preparation_settings(max_size, threshold, normal_fractions, abnormal_fractions, output_dir)
     kind, path = find_br35h_source(source, download=download, cache_dir=cache_dir)
     if kind == "folder":
-        check_settings(max_size, threshold, normal_fractions, abnormal_fractions, output_dir, [path])
+        check_preparation_settings(max_size, threshold, normal_fractions, abnormal_fractions, output_dir, [path])
     images = list_br35h_images(kind, path)
     settings = {
         "dataset": "br35h",

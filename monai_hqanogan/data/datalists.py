@@ -20,7 +20,7 @@ A preparation never deletes what it did not write: it marks the output folder as
 :data:`PREPARED_MARKER`, replaces only its own entries (``datalist.json``, ``images/``, ``masks/``, ``README.md``,
 ``preview.png``) and only in a marked folder, refuses a non-empty unmarked folder (with ``overwrite=True`` too when
 one of those names is already there), and refuses an output folder that is, contains or lies inside an input folder
-(see :func:`check_settings` and :func:`check_output_dir`).
+(see :func:`check_preparation_settings` and :func:`check_output_dir`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ __all__ = [
     "PREPARED_MARKER",
     "PreparedImage",
     "lesion_settings",
-    "check_settings",
+    "check_preparation_settings",
     "resize_longest",
     "image_thumbnail",
     "group_near_duplicates",
@@ -139,7 +139,7 @@ class PreparedImage:
     from_normal: bool = True
 
 
-def check_settings(
+def check_preparation_settings(
     max_size: int,
     threshold: float,
     normal_fractions: Sequence[float],
@@ -147,7 +147,9 @@ def check_settings(
     output_dir: str | os.PathLike,
     inputs: Sequence[str | os.PathLike | None] = (),
 ) -> None:
-    """Raise ``ValueError`` for settings that would fail late: called before any image is read.
+    """Raise ``ValueError`` for preparation settings that would fail late: called before any image is read.
+
+    Not the bundle's :func:`monai_hqanogan.workflows.check_settings`, which checks a bundle's settings dict.
 
     Args:
         max_size: longest side of the stored images (at least 8).
@@ -182,6 +184,10 @@ def check_settings(
                     f"the input folder {root} lies inside the output folder {out}, where the preparation writes and "
                     "replaces its outputs: choose an output folder outside every input folder."
                 )
+
+
+# deprecated alias (the name clashed with the bundle's monai_hqanogan.workflows.check_settings)
+check_settings = check_preparation_settings
 
 
 def lesion_settings(

@@ -40,7 +40,7 @@ from monai_hqanogan.data.datalists import (
     PREPARATION_FORMAT,
     PreparedImage,
     check_output_dir,
-    check_settings,
+    check_preparation_settings,
     fingerprint_files,
     image_thumbnail,
     lesion_settings,
@@ -406,7 +406,7 @@ def prepare_image_folder(
         FileExistsError: a non-empty output folder not marked as a preparation's (see ``overwrite``).
     """
     started = time.time()
-    check_settings(
+    check_preparation_settings(
         max_size, threshold, normal_fractions, abnormal_fractions, output_dir, [normal_dir, abnormal_dir, mask_dir]
     )
     if slice_axis not in (-3, -2, -1, 0, 1, 2):
