@@ -118,3 +118,31 @@ def test_the_preparation_settings_check_is_not_named_like_the_bundle_settings_ch
     assert workflows.check_settings is not datalists.check_preparation_settings
     with pytest.raises(ValueError, match="max_size must be at least 8, got 4"):
         datalists.check_preparation_settings(4, 0.9, (0.6, 0.2, 0.2), (0.5, 0.5), tmp_path)
+
+
+def test_positive_int_number_and_time_limit_checks():
+    import numpy as np
+
+    validation.check_positive_int("epochs", 3)
+    for bad in (0, -1, True, 2.0, "3", np.int64(3)):  # a Python int only, as the baselines always required
+        with pytest.raises(ValueError, match=r"epochs must be a positive integer, got"):
+            validation.check_positive_int("epochs", bad)
+    for good in (1e-3, 2, np.float32(0.5)):
+        validation.check_positive_number("lr", good)
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "0.1", None):
+        with pytest.raises(ValueError, match=r"lr must be a positive number, got"):
+            validation.check_positive_number("lr", bad)
+    for good in (None, 0.5, 60):
+        validation.check_time_limit("time_limit_s", good)
+    for bad in (0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match=r"time_limit_s must be None or > 0, got"):
+            validation.check_time_limit("time_limit_s", bad)
+
+
+@pytest.mark.parametrize("module", ["baselines/autoencoder.py", "baselines/fanogan.py", "baselines/anogan.py"])
+def test_the_baselines_use_the_shared_positive_checks(module):
+    imports = _from_imports(PACKAGE / module)
+    imported = {n for m, names in imports if m == "monai_hqanogan.utils.validation" for n in names}
+    assert "check_positive_number" in imported
+    text = (PACKAGE / module).read_text(encoding="utf-8")
+    assert "must be a positive number" not in text and "must be None or > 0" not in text

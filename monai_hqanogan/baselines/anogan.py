@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from monai_hqanogan.networks.layers.modulated import check_deterministic_noise_mode
+from monai_hqanogan.utils.validation import check_positive_number
 
 from .base import ImageBatches, ReferenceBaseline, as_image_batch, iterate_image_batches
 
@@ -296,8 +297,7 @@ class AnoGANScorer(ReferenceBaseline):
         self.feature_layer = _check_int("feature_layer", feature_layer, minimum=-(2**62))
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must be a number in [0, 1], got {lam!r}.")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}.")
+        check_positive_number("lr", lr)
         self.lam, self.lr = float(lam), float(lr)
         self._noise_mode = check_deterministic_noise_mode(noise_mode)
         self._latent_space = latent_space

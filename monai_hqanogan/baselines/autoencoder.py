@@ -6,7 +6,6 @@ reaches an image AUROC of 0.88-0.90 (DESIGN.md, section 8), far above PCA (0.74)
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from monai_hqanogan.utils.validation import check_positive_int, check_positive_number, check_time_limit
 
 from .base import ImageBatches, ReconstructionBaseline, as_image_batch
 
@@ -80,8 +81,7 @@ class ConvAutoencoderBaseline(ReconstructionBaseline):
             ("max_channels", max_channels),
             ("latent_dim", latent_dim),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
+            check_positive_int(arg, value)
         max_levels = _halvings(image_size)
         if max_levels == 0:
             raise ValueError(
@@ -208,14 +208,11 @@ class ConvAutoencoderBaseline(ReconstructionBaseline):
             ValueError: bad arguments, empty input, wrong shape or channels, non-finite values, fewer than 2 images.
             FloatingPointError: the loss became NaN or inf (training diverged); the model stays unfitted.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-        if time_limit_s is not None and not time_limit_s > 0:
-            raise ValueError(f"time_limit_s must be None or > 0, got {time_limit_s!r}.")
+        check_positive_int("epochs", epochs)
+        check_time_limit("time_limit_s", time_limit_s)
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (BatchNorm needs two images per step), got {batch_size}.")
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}.")
+        check_positive_number("lr", lr)
         if isinstance(images, torch.Tensor):
             images = as_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
             if images.shape[0] < 2:

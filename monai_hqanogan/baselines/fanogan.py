@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from monai_hqanogan.utils.validation import check_positive_int, check_positive_number, check_time_limit
+
 from .base import ImageBatches, ReconstructionBaseline, as_image_batch
 
 __all__ = [
@@ -39,11 +41,6 @@ _NORMS = ("layer", "none")
 _PRIORS = ("uniform", "normal")
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
 def _check_architecture(image_size: Any, in_channels: Any, base_channels: Any, max_channels: Any) -> int:
     """Validate the shared architecture arguments; return the number of stride-2 levels (``log2(image_size) - 2``)."""
     for name, value in (
@@ -52,7 +49,7 @@ def _check_architecture(image_size: Any, in_channels: Any, base_channels: Any, m
         ("base_channels", base_channels),
         ("max_channels", max_channels),
     ):
-        _check_positive_int(name, value)
+        check_positive_int(name, value)
     if image_size < 8 or image_size > 1024 or image_size & (image_size - 1):
         raise ValueError(
             f"image_size must be a power of two from 8 to 1024 (the networks go from 4 x 4 to image_size in stride-2 "
@@ -117,7 +114,7 @@ class FAnoGANGenerator(nn.Module):
     ) -> None:
         super().__init__()
         levels = _check_architecture(image_size, out_channels, base_channels, max_channels)
-        _check_positive_int("z_dim", z_dim)
+        check_positive_int("z_dim", z_dim)
         self.image_size = image_size
         self.out_channels = out_channels
         self.z_dim = z_dim
@@ -226,7 +223,7 @@ class FAnoGANEncoder(nn.Module):
     ) -> None:
         super().__init__()
         levels = _check_architecture(image_size, in_channels, base_channels, max_channels)
-        _check_positive_int("z_dim", z_dim)
+        check_positive_int("z_dim", z_dim)
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
         if output not in self._outputs:
@@ -488,15 +485,13 @@ class FAnoGANBaseline(ReconstructionBaseline):
             ("encoder_iterations", encoder_iterations),
             ("n_critic", n_critic),
         ):
-            _check_positive_int(arg, value)
+            check_positive_int(arg, value)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
             raise ValueError(f"batch_size must be an integer >= 2 (the generator's BatchNorm), got {batch_size!r}.")
-        if time_limit_s is not None and not time_limit_s > 0:
-            raise ValueError(f"time_limit_s must be None or > 0, got {time_limit_s!r}.")
+        check_time_limit("time_limit_s", time_limit_s)
         encoder_lr = lr if encoder_lr is None else encoder_lr
         for arg, value in (("lr", lr), ("encoder_lr", encoder_lr)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{arg} must be a positive number, got {value!r}.")
+            check_positive_number(arg, value)
         if not (math.isfinite(gp_weight) and gp_weight >= 0):
             raise ValueError(f"gp_weight must be a finite number >= 0, got {gp_weight!r}.")
         if not 0 < gan_time_fraction < 1:

@@ -26,5 +26,8 @@ from .validation import (
     MIN_RESOLUTION,
     as_bool,
     check_image_batch,
+    check_positive_int,
+    check_positive_number,
     check_resolution,
+    check_time_limit,
 )

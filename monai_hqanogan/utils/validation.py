@@ -1,4 +1,4 @@
-"""Argument checks shared by the networks, transforms, engines and workflows.
+"""Argument checks shared by the networks, transforms, engines, workflows and baselines.
 
 They live here, below every other package, so that a transform or a workflow can check a resolution or an image
 batch without importing a network module. This module imports only the standard library and torch.
@@ -9,6 +9,7 @@ Each check raises a ValueError that names the argument and says what it must be,
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any
 
@@ -20,6 +21,9 @@ __all__ = [
     "check_resolution",
     "check_image_batch",
     "as_bool",
+    "check_positive_int",
+    "check_positive_number",
+    "check_time_limit",
 ]
 
 #: the smallest and largest model resolution (image side, in pixels) the networks are built for
@@ -89,3 +93,45 @@ def as_bool(value: Any, name: str | None = "value") -> bool | None:
     if name is None:
         return None
     raise ValueError(f"{name} must be true or false, got {value!r} ({type(value).__name__}).")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a Python int >= 1 (a bool is refused).
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value to check.
+
+    Raises:
+        ValueError: ``value`` is not an int, is a bool, or is below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_positive_number(name: str, value: Any) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a finite real number > 0 (a bool is refused).
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value to check (an int, a float or a NumPy scalar).
+
+    Raises:
+        ValueError: ``value`` is not a real number, is a bool, is NaN or infinite, or is not above 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+
+
+def check_time_limit(name: str, value: Any) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is None (no limit) or a number of seconds > 0.
+
+    Args:
+        name: the argument's name, for the error message (e.g. ``"time_limit_s"``).
+        value: the wall-clock limit in seconds, or None.
+
+    Raises:
+        ValueError: ``value`` is not None and not above 0.
+    """
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be None or > 0, got {value!r}.")
