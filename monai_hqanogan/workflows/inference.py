@@ -39,9 +39,9 @@ from monai.transforms import MapTransform, Resize, SaveImage, SpatialPad
 from monai.utils import IgniteInfo, MetaKeys, min_version, optional_import
 from torch import nn
 
-from monai_hqanogan.networks.nets.stylegan2 import check_resolution
 from monai_hqanogan.transforms.array import ToSingleChannel, ensure_finite, intensity_window, is_background_slice
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.utils.validation import check_resolution
 from monai_hqanogan.workflows.checks import (
     IMAGE_SUFFIXES,
     MAX_SLICE_PIXELS,
