@@ -53,6 +53,7 @@ from monai_hqanogan.losses.encoder_losses import discriminator_feature_distance
 from monai_hqanogan.metrics import compute_image_auroc
 from monai_hqanogan.networks.nets import HQAnoGANDetector, PSPEncoder, StyleGAN2Discriminator, StyleGAN2Generator
 from monai_hqanogan.scoring import FAMILY_NAMES, PROTOCOLS, SCORE_NAMES, ScoreSelection
+from monai_hqanogan.transforms import AdaptiveAugmentPipe
 from monai_hqanogan.utils import load_checkpoint, write_text_atomic
 from monai_hqanogan.workflows import load_split, machine_description
 
@@ -80,6 +81,7 @@ class Budget:
     fanogan_seconds: float | None = None
     ganomaly_epochs: int = 1
     ganomaly_seconds: float | None = None
+    hq_augment: dict[str, Any] = dataclasses.field(default_factory=dict)  # AdaptiveAugmentPipe options of HQ's ADA
 
 
 TINY_HQ = {
@@ -216,6 +218,7 @@ def train_hqanogan(
         device, 1_000_000, loader, g, d, stylegan2_adam(g.parameters(), lr=s["generator_lr"], reg_interval=4),
         stylegan2_adam(d.parameters(), lr=s["generator_lr"], reg_interval=16), ada_mode=ada_mode,
         total_kimg=s["generator_kimg"], amp=s["amp"], max_seconds=budget.hq_generator_s,
+        augment_pipe=AdaptiveAugmentPipe(**budget.hq_augment) if budget.hq_augment else None,
     )  # fmt: skip
     gan.run()
     g_kimg, g_s = gan.kimg, time.perf_counter() - start
@@ -782,6 +785,13 @@ def main(argv: list[str] | None = None) -> Path:
         action="store_true",
         help="HQ-AnoGAN trains with bfloat16 autocast (CUDA, or a CPU with native bf16 kernels)",
     )
+    parser.add_argument(
+        "--ada",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="options of HQ-AnoGAN's ADA pipe, e.g. '{\"clamp\": true}' or '{\"lumaflip\": 0}'",
+    )
     parser.add_argument("--skip", default="", help="comma-separated methods not to run, e.g. 'AnoGAN,GANomaly'")
     parser.add_argument(
         "--merge", nargs="+", default=None, metavar="REPORT.json[:METHOD,...]",
@@ -809,6 +819,12 @@ def main(argv: list[str] | None = None) -> Path:
         )  # fmt: skip
     if args.amp:
         budget = dataclasses.replace(budget, hq={**budget.hq, "amp": True})
+    if args.ada:
+        try:  # refuse unknown options before any work
+            AdaptiveAugmentPipe(**args.ada)
+        except (TypeError, ValueError) as err:
+            parser.error(f"--ada {json.dumps(args.ada)}: {err}")
+        budget = dataclasses.replace(budget, hq_augment=dict(args.ada))
     resolution = budget.hq["resolution"]
     start = time.perf_counter()
     splits = [None] if args.toy or args.dataset_dir is None else list(args.dataset_dir)
