@@ -610,7 +610,7 @@ def merge_runs(sources: list[tuple[Path, list[dict[str, Any]], tuple[str, ...] |
             target = merged.setdefault(key, {
                 "split": run["split"], "seed": run["seed"], "resolution": run["resolution"],
                 "training_images": run["training_images"], "notes": {}, "ablations": [], "hq_training": None,
-                "table": {p: {k: {} for k in run["table"][p]} for p in run["table"]},
+                "sources": {}, "table": {p: {k: {} for k in run["table"][p]} for p in run["table"]},
             })  # fmt: skip
             if (run["resolution"], run["training_images"]) != (target["resolution"], target["training_images"]):
                 raise SystemExit(f"--merge: {path} has split {key[0]} seed {key[1]} at another resolution or size.")
@@ -622,14 +622,13 @@ def merge_runs(sources: list[tuple[Path, list[dict[str, Any]], tuple[str, ...] |
                 for protocol, sets in run["table"].items():
                     for set_name, rows in sets.items():
                         target["table"][protocol].setdefault(set_name, {})[name] = rows[name]
-                target["notes"].pop(name, None)
-                target.setdefault("sources", {})[name] = path.name
+                target["sources"][name] = path.name
                 if name == "HQ-AnoGAN":
                     target["ablations"], target["hq_training"] = run.get("ablations", []), run.get("hq_training")
     files = ", ".join(path.name for path, *_ in sources)
     for run in merged.values():
         for name in METHODS:
-            if name not in run.get("sources", {}):
+            if name not in run["sources"]:
                 note = f"no numbers for this split and seed in the merged reports ({files})"
                 for sets in run["table"].values():
                     for rows in sets.values():

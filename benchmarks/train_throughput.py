@@ -29,6 +29,7 @@ from monai_hqanogan.data import make_ellipse_images
 from monai_hqanogan.engines import StyleGAN2Trainer, stylegan2_adam
 from monai_hqanogan.networks.nets import StyleGAN2Discriminator, StyleGAN2Generator
 from monai_hqanogan.transforms import AdaptiveAugmentPipe
+from monai_hqanogan.workflows import load_settings
 
 
 def time_iterations(
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="the bundle's demo/cpu networks: 32 px, channel_base 2048, channel_max 128, w_dim 128",
+        help="the bundle's demo/cpu networks, resolution and batch size (its configs/settings.json)",
     )
     parser.add_argument(
         "--compare-layouts",
@@ -113,7 +114,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.demo:
-        args.resolutions, args.channel_base, args.channel_max, args.w_dim = [32], 2048, 128, 128
+        demo = load_settings(Path(__file__).resolve().parents[1] / "bundles" / "brain_mri_anomaly_hqanogan", "demo")
+        args.resolutions, args.batch = [demo["resolution"]], demo["batch_size"]
+        for key in ("channel_base", "channel_max", "mapping_layers", "w_dim"):
+            setattr(args, key, demo[key])
     if args.amp is None:
         args.amp = args.device.startswith("cuda")
 
