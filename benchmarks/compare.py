@@ -219,6 +219,7 @@ def train_hqanogan(
         device, 1_000_000, loader, g, d, stylegan2_adam(g.parameters(), lr=s["generator_lr"], reg_interval=4),
         stylegan2_adam(d.parameters(), lr=s["generator_lr"], reg_interval=16), ada_mode=ada_mode,
         total_kimg=s["generator_kimg"], amp=s["amp"], max_seconds=budget.hq_generator_s,
+        channels_last=s.get("channels_last", True),
         augment_pipe=AdaptiveAugmentPipe(**budget.hq_augment) if budget.hq_augment else None,
     )  # fmt: skip
     gan.run()
@@ -230,6 +231,7 @@ def train_hqanogan(
     enc = EncoderTrainer(
         device, 1_000_000, loader, e, gan.generator_ema, torch.optim.Adam(e.parameters(), lr=s["encoder_lr"]),
         discriminator=d, total_kimg=s["encoder_kimg"], amp=s["amp"], max_seconds=budget.hq_encoder_s,
+        channels_last=s.get("channels_last", True),
     )  # fmt: skip
     t0 = time.perf_counter()
     enc.run()
@@ -787,6 +789,12 @@ def main(argv: list[str] | None = None) -> Path:
         help="HQ-AnoGAN trains with bfloat16 autocast (CUDA, or a CPU with native bf16 kernels)",
     )
     parser.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="HQ-AnoGAN trains in the contiguous layout (channels_last=False): repeats runs made before channels-last "
+        "became the trainers' default exactly",
+    )
+    parser.add_argument(
         "--ada",
         type=json.loads,
         default=None,
@@ -820,6 +828,8 @@ def main(argv: list[str] | None = None) -> Path:
         )  # fmt: skip
     if args.amp:
         budget = dataclasses.replace(budget, hq={**budget.hq, "amp": True})
+    if args.contiguous:
+        budget = dataclasses.replace(budget, hq={**budget.hq, "channels_last": False})
     if args.ada:
         try:  # refuse unknown options before any work
             AdaptiveAugmentPipe(**args.ada)
