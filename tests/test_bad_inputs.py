@@ -707,12 +707,37 @@ def test_prepare_drops_the_alpha_channel_before_averaging(good_folder, tmp_path,
     }
     from monai_hqanogan.transforms import ToSingleChannel
 
-    channel_first = torch.from_numpy(rgba).permute(2, 0, 1).float()
-    expected = ToSingleChannel()(channel_first)[0].round().to(torch.uint8).numpy()
-    np.testing.assert_array_equal(expected, image)
+    for source in (rgba, rgba[..., [0, 3]]):  # RGBA and LA: what training and inference make of them
+        channel_first = torch.from_numpy(source).permute(2, 0, 1).float()
+        expected = ToSingleChannel()(channel_first)[0].round().to(torch.uint8).numpy()
+        np.testing.assert_array_equal(expected, image)
     np.testing.assert_array_equal(stored["rgba.png"], image)
     np.testing.assert_array_equal(stored["la.png"], image)
     record_property("bad_input_kind", "alpha_channel")
+
+
+def test_prepare_reads_palette_and_cmyk_images_as_the_grey_they_show(good_folder, tmp_path, record_property):
+    """A palette PNG was stored as its palette indices (0..7 for an 8-colour palette: a black image) and a CMYK JPEG
+    as the average of its ink channels; both now give the grey of the colours they show."""
+    image = grey(31)
+    palette = Image.fromarray(image).quantize(8)  # indices 0..7, colours spread over 0..255
+    cmyk = Image.fromarray(np.stack([image] * 3, axis=-1)).convert("CMYK")
+    files = {}
+    for name, img, fmt in (("palette.png", palette, "PNG"), ("cmyk.jpg", cmyk, "JPEG")):
+        buffer = io.BytesIO()
+        img.save(buffer, format=fmt, **({"quality": 100} if fmt == "JPEG" else {}))
+        files[name] = buffer.getvalue()
+    assert prepare(with_extra(good_folder, tmp_path, files), tmp_path / "out") == 0
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    stored = {
+        i["source"]: np.asarray(Image.open(tmp_path / "out" / i["image"]), dtype=np.float32)
+        for k in ("training", "validation", "test")
+        for i in datalist[k]
+    }
+    shown = np.asarray(palette.convert("L"), dtype=np.float32)
+    assert np.abs(stored["palette.png"] - shown).max() <= 1 and stored["palette.png"].max() > 100
+    assert np.abs(stored["cmyk.jpg"] - image).mean() < 3  # JPEG rounding only
+    record_property("bad_input_kind", "palette_cmyk_image")
 
 
 @pytest.mark.parametrize("suffix, cut", [(".nii", 1), (".nii", 352), (".nii.gz", 352)])

@@ -94,12 +94,36 @@ def test_bad_mode_raises(mode):
         ToSingleChanneld(keys="image", mode=mode)
 
 
-@pytest.mark.parametrize("channels", [2, 5])
+@pytest.mark.parametrize("channels", [5, 6])
 def test_luminance_needs_three_channels(channels):
-    with pytest.raises(ValueError, match="3"):
+    with pytest.raises(ValueError, match="RGB or RGBA"):
         ToSingleChannel(mode="luminance")(torch.rand(channels, 4, 4))
     # "mean" accepts any channel count
     assert ToSingleChannel()(torch.rand(channels, 4, 4)).shape == (1, 4, 4)
+
+
+@pytest.mark.parametrize("as_numpy", [True, False])
+@pytest.mark.parametrize("mode", ["mean", "luminance", "first"])
+def test_la_gives_its_grey_channel(as_numpy, mode):
+    """A 2-channel image is LA (grey + alpha): the alpha channel is ignored, not averaged into the grey value."""
+    grey = np.array([[[0.0, 10.0], [20.0, 30.0]]], dtype=np.float32)
+    alpha = np.array([[[255.0, 0.0], [128.0, 255.0]]], dtype=np.float32)  # opacity varying over the image
+    la = np.concatenate([grey, alpha])
+    out = ToSingleChannel(mode=mode)(la if as_numpy else torch.from_numpy(la))
+    assert isinstance(out, np.ndarray if as_numpy else torch.Tensor)
+    np.testing.assert_allclose(np.asarray(out), grey)
+
+
+def test_alpha_switch():
+    """``alpha=False`` treats every channel as an intensity; ``alpha=True`` drops the last channel of any image."""
+    img = torch.tensor([[[2.0]], [[4.0]], [[9.0]]])  # three channels of one pixel
+    assert ToSingleChannel()(img[:2]).item() == 2.0  # LA by default
+    assert ToSingleChannel(alpha=False)(img[:2]).item() == 3.0
+    assert ToSingleChannel(alpha=False)(torch.cat([img, img[:1]])).item() == pytest.approx(17 / 4)
+    assert ToSingleChannel(alpha=True)(img).item() == 3.0
+    assert ToSingleChannel()(img).item() == pytest.approx(5.0)  # RGB: no alpha
+    with pytest.raises(ValueError, match="alpha"):
+        ToSingleChannel(alpha="yes")
 
 
 def test_too_few_dims_raises():

@@ -50,7 +50,7 @@ from monai_hqanogan.data.datalists import (
     save_grey_png,
     write_prepared_datalist,
 )
-from monai_hqanogan.transforms.array import intensity_window, is_background_slice
+from monai_hqanogan.transforms.array import ToSingleChannel, intensity_window, is_background_slice
 from monai_hqanogan.workflows.checks import (
     MAX_SLICE_PIXELS,
     MAX_VOLUME_VOXELS,
@@ -167,20 +167,22 @@ def _check_header(file: ImageFile, options: dict[str, Any], what: str = "image")
 
 
 def _read(file: ImageFile) -> np.ndarray:
-    """The file as a float32 array of spatial dims (channels averaged), through MONAI's ``LoadImage``; NaN and inf
-    become the minimum of the finite values (with a warning). The alpha channel of a PNG/JPEG (RGBA, LA) is dropped
-    before the average, as :class:`~monai_hqanogan.transforms.ToSingleChannel` does for 4-channel images: it is
-    opacity, not intensity. Unusable files raise OSError, RuntimeError (MONAI's readers) or ``_UnusableFile``."""
+    """The file as a float32 array of spatial dims (one grey channel), through MONAI's ``LoadImage``; NaN and inf
+    become the minimum of the finite values (with a warning). Channels become one grey channel by
+    :class:`~monai_hqanogan.transforms.ToSingleChannel`, the rule of training and inference: a 2- or 4-channel image
+    is LA or RGBA, whose alpha (opacity, not intensity) is ignored, and the colour channels are averaged. Palette,
+    CMYK and 1-bit PNG/JPEG images are read as the colours they show (:func:`_shown_colours`), not as palette
+    indices or ink. Unusable files raise OSError, RuntimeError (MONAI's readers) or ``_UnusableFile``."""
+    from monai.data import PILReader
     from monai.transforms import LoadImage
 
-    reader = {"image": "PILReader", "nifti": "NibabelReader", "dicom": "PydicomReader"}[file.kind]
+    reader: Any = {"image": PILReader(converter=_shown_colours), "nifti": "NibabelReader", "dicom": "PydicomReader"}
     try:
-        array = np.asarray(LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(str(file.path)))
+        loader = LoadImage(image_only=True, ensure_channel_first=True, reader=reader[file.kind])
+        array = np.asarray(loader(str(file.path)))
     except (EOFError, zlib.error) as e:  # a truncated or corrupt .nii.gz: gzip raises these, not OSError
         raise _UnusableFile(f"truncated or corrupt file ({type(e).__name__}: {e})") from e
-    if file.kind == "image" and array.shape[0] > 1 and _has_alpha(file.path, array.shape[0]):
-        array = array[:-1]
-    array = array.astype(np.float32).mean(axis=0)
+    array = ToSingleChannel()(array.astype(np.float32))[0]
     finite = np.isfinite(array)
     if not finite.all():
         if not finite.any():
@@ -198,11 +200,14 @@ def _read(file: ImageFile) -> np.ndarray:
     return array
 
 
-def _has_alpha(path: Path, channels: int) -> bool:
-    """Whether the PNG/JPEG at ``path`` has an alpha band last (RGBA, LA, ...) among its ``channels`` bands."""
-    with Image.open(path) as img:  # the header only
-        bands = img.getbands()
-    return len(bands) == channels and bands[-1] == "A"
+def _shown_colours(img: Image.Image) -> Image.Image:
+    """A palette image (P, PA) as RGB, CMYK as RGB and a 1-bit image as 8-bit grey: the grey values they show (read
+    as they are, they would give palette indices, ink amounts or 0/1); other images unchanged."""
+    if img.mode in ("P", "PA", "CMYK"):
+        return img.convert("RGB")
+    if img.mode == "1":
+        return img.convert("L")
+    return img
 
 
 def _to_uint8(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -342,9 +347,10 @@ def prepare_image_folder(
     """Prepare your own normal (and optionally abnormal) images for anomaly detection, like :func:`prepare_br35h`.
 
     Inputs, searched recursively and read with MONAI's ``LoadImage``: PNG and JPEG; NIfTI (.nii, .nii.gz), 2D or
-    3D; DICOM series (each folder of .dcm files is one series; needs pydicom). Channels are averaged to one grey
-    channel; the alpha channel of an RGBA or LA image (opacity, not intensity) is dropped first, as
-    :class:`~monai_hqanogan.transforms.ToSingleChannel` drops it. 3D volumes are cut into 2D slices along
+    3D; DICOM series (each folder of .dcm files is one series; needs pydicom). Channels become one grey channel as
+    :class:`~monai_hqanogan.transforms.ToSingleChannel` makes it in training and inference: the colour channels are
+    averaged and the alpha channel of an RGBA or LA image (opacity, not intensity) is ignored; palette and CMYK
+    images give the grey of the colours they show. 3D volumes are cut into 2D slices along
     ``slice_axis``; empty or constant slices (fewer than ``min_foreground`` of the pixels above 5% of the volume's
     intensity window) are skipped. Intensities become 8 bits (8-bit PNG/JPEG as they are; otherwise the minimum to
     0 and the 99.5th percentile to 255, per volume), and the longest side at most ``max_size``.

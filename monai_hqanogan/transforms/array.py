@@ -16,20 +16,29 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 class ToSingleChannel(Transform):
     """Convert a channel-first image [C, *spatial] to one channel [1, *spatial].
 
-    Medical slices exported as JPEG/PNG are often grey stored as RGB (or RGBA). A 4-channel image is taken as
-    RGBA and its alpha channel is dropped first.
+    Medical slices exported as JPEG/PNG are often grey stored as RGB, RGBA or LA (grey + alpha). Alpha is opacity,
+    not intensity, so it is ignored: by default (``alpha=None``) a 2-channel image is taken as LA and a 4-channel
+    image as RGBA, and their last channel is dropped before ``mode`` combines the colour channels (LA gives its grey
+    channel whatever the mode). :func:`~monai_hqanogan.data.prepare_image_folder` stores images by the same rule, so
+    training and inference see the same grey values.
 
     Args:
-        mode: ``"mean"`` (average of the channels, default), ``"luminance"`` (BT.601 weights, 3 channels only)
-            or ``"first"`` (keep channel 0).
+        mode: ``"mean"`` (average of the colour channels, default), ``"luminance"`` (BT.601 weights, RGB or RGBA
+            only) or ``"first"`` (keep channel 0).
+        alpha: whether the last channel is alpha and is ignored: None (default) for 2 and 4 channels (LA, RGBA),
+            True for any image of 2 or more channels, False never (every channel is an intensity, e.g. a multi-echo
+            volume stored as channels).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, mode: str = "mean") -> None:
+    def __init__(self, mode: str = "mean", alpha: bool | None = None) -> None:
         if mode not in ("mean", "luminance", "first"):
             raise ValueError(f"mode must be 'mean', 'luminance' or 'first', got {mode!r}.")
+        if alpha not in (None, True, False):
+            raise ValueError(f"alpha must be None, True or False, got {alpha!r}.")
         self.mode = mode
+        self.alpha = alpha
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         if img.ndim < 2:
@@ -37,13 +46,13 @@ class ToSingleChannel(Transform):
         x, *_ = convert_data_type(img, torch.Tensor)
         if x.shape[0] == 1:
             return img
-        if x.shape[0] == 4:
-            x = x[:3]
+        if self.alpha or (self.alpha is None and x.shape[0] in (2, 4)):
+            x = x[:-1]  # alpha: opacity, not intensity
         if self.mode == "first":
             out = x[:1]
-        elif self.mode == "luminance":
+        elif self.mode == "luminance" and x.shape[0] != 1:  # one channel left (LA): its grey, as for "mean"
             if x.shape[0] != 3:
-                raise ValueError(f"mode='luminance' needs 3 (RGB) channels, got {x.shape[0]}.")
+                raise ValueError(f"mode='luminance' needs RGB or RGBA channels, got {x.shape[0]} colour channel(s).")
             w = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32, device=x.device).view(3, *([1] * (x.ndim - 1)))
             out = (x.float() * w).sum(dim=0, keepdim=True)
         else:
