@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import zipfile
@@ -591,6 +592,106 @@ def test_prepare_folder_reruns_into_its_own_marked_folder(study, tmp_path):
     assert tree_hashes(out) == before
     assert read(prepare_image_folder(out, study / "images", seed=2, overwrite=True, **FAST))["info"]["seed"] == 2
     assert (out / PREPARED_MARKER).is_file() and (out / "notes.txt").is_file()
+
+
+def _links_tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` without following links: relative path -> file hash, "dir" or "link -> target"."""
+    out = {}
+    for here, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            p = Path(here, name)
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                out[rel] = f"link -> {os.readlink(p)}"
+            else:
+                out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("link", ["images", "README.md", "images/normal/n0.png", ".staging", "masks"])
+def test_prepare_folder_never_replaces_or_deletes_through_a_symlink(study, link, tmp_path, capsys):
+    """A symbolic link among (or inside) the entries a preparation replaces, in its own marked folder, is refused
+    before any change, naming the link; neither the output folder nor the link's target changes."""
+    out = tmp_path / "out"
+    prepare_image_folder(out, study / "images", **FAST)
+    user = tmp_path / "user"  # the user's data, where the link points
+    save_png(user / "n0.png", fake_brain(7, size=(20, 20)))
+    (user / "notes.md").write_text("mine")
+    entry = out / link
+    if entry.is_dir():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink(missing_ok=True)
+    target = user / "notes.md" if link == "README.md" else user / "n0.png" if link.endswith(".png") else user
+    entry.symlink_to(target, target_is_directory=target.is_dir())
+    before = _links_tree(tmp_path)
+    message = re.escape(f"{entry} is a symbolic link (to {target})") + ".*nothing was changed"
+    with pytest.raises(FileExistsError, match=message):
+        prepare_image_folder(out, study / "images", seed=1, overwrite=True, **FAST)
+    assert _links_tree(tmp_path) == before
+    if link == "images":  # the command line: a clear error, exit status 1, nothing changed
+        capsys.readouterr()
+        args = ["folder", "--normal", str(study / "images"), "--output", str(out), "--overwrite", "--no-progress"]
+        assert prepare_main([*args, "--seed", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "is a symbolic link" in err and "Traceback" not in err
+        assert _links_tree(tmp_path) == before
+
+
+def test_prepare_commit_checks_for_links_again(study, tmp_path, monkeypatch):
+    """A link made while the preparation runs (after the first check) is refused at the commit, before the earlier
+    datalist or any output is replaced."""
+    out = tmp_path / "out"
+    prepare_image_folder(out, study / "images", **FAST)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "keep.txt").write_text("mine")
+    real_commit = datalists_module._commit
+
+    def link_then_commit(staging, output_dir):
+        (output_dir / "masks" / "mine").symlink_to(user, target_is_directory=True)
+        return real_commit(staging, output_dir)
+
+    monkeypatch.setattr(datalists_module, "_commit", link_then_commit)
+    before = tree_hashes(out)
+    with pytest.raises(FileExistsError, match=re.escape(f"{out / 'masks' / 'mine'} is a symbolic link")):
+        prepare_image_folder(out, study / "images", seed=1, overwrite=True, **FAST)
+    (out / "masks" / "mine").unlink()
+    assert tree_hashes(out) == before and (user / "keep.txt").read_text() == "mine"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_prepare_folder_clears_the_staging_folder_of_a_killed_run_and_nothing_else(study, tmp_path):
+    """``kill -9`` during a preparation leaves ``<out>/.staging`` with its owner file: the next run removes it. A
+    look-alike without the owner file, or one whose process still runs, is refused and kept."""
+    from monai_hqanogan.utils.staging import STAGING_OWNER
+
+    out = tmp_path / "out"
+    prepare_image_folder(out, study / "images", **FAST)
+    staging = out / ".staging"
+    staging.mkdir()
+    (staging / "images").mkdir()
+    (staging / "images" / "half.png").write_bytes(b"partial")
+    (staging / "datalist.json").write_text("{}")
+    before = tree_hashes(out)
+    with pytest.raises(FileExistsError, match=re.escape(f"{staging} has no {STAGING_OWNER} owner file")):
+        prepare_image_folder(out, study / "images", seed=1, overwrite=True, **FAST)
+    assert tree_hashes(out) == before  # the look-alike and the earlier output are kept
+    owner = {"pid": os.getppid(), "host": socket.gethostname(), "process_start": None, "purpose": "a preparation"}
+    (staging / STAGING_OWNER).write_text(json.dumps(owner))  # a preparation that still runs
+    before = tree_hashes(out)
+    with pytest.raises(FileExistsError, match=rf"PID {os.getppid()} .*still runs"):
+        prepare_image_folder(out, study / "images", seed=1, overwrite=True, **FAST)
+    assert tree_hashes(out) == before
+    (staging / STAGING_OWNER).write_text(json.dumps({**owner, "pid": _dead_pid()}))  # killed: its process ended
+    with pytest.warns(UserWarning, match=re.escape(f"removed {staging}")):
+        path = prepare_image_folder(out, study / "images", seed=1, overwrite=True, **FAST)
+    assert read(path)["info"]["seed"] == 1 and not staging.exists()
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

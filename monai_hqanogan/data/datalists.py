@@ -20,7 +20,10 @@ A preparation never deletes what it did not write: it marks the output folder as
 :data:`PREPARED_MARKER`, replaces only its own entries (``datalist.json``, ``images/``, ``masks/``, ``README.md``,
 ``preview.png``) and only in a marked folder, refuses a non-empty unmarked folder (with ``overwrite=True`` too when
 one of those names is already there), and refuses an output folder that is, contains or lies inside an input folder
-(see :func:`check_preparation_settings` and :func:`check_output_dir`).
+(see :func:`check_preparation_settings` and :func:`check_output_dir`). A symbolic link among those entries (or inside
+``images/`` and ``masks/``) is refused, never deleted or written through (:func:`check_no_links`). The staging folder
+``.staging`` carries an owner file: the next preparation removes one whose process has ended (``kill -9``) and
+refuses one whose process still runs or that has no owner file (:func:`new_staging_dir`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from monai_hqanogan.data.synthetic import add_synthetic_lesions, brain_mask
+from monai_hqanogan.utils.staging import create_staging_dir
 
 __all__ = [
     "SPLIT_KEYS",
@@ -72,6 +76,7 @@ __all__ = [
     "check_output_dir",
     "reuse_existing",
     "new_staging_dir",
+    "check_no_links",
     "write_prepared_datalist",
     "save_grey_png",
     "load_grey_png",
@@ -419,7 +424,8 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> 
 
     Raises:
         FileExistsError: a non-empty folder not marked as a preparation's output, without ``overwrite``, or with
-            ``overwrite`` when it already holds an entry the preparation writes.
+            ``overwrite`` when it already holds an entry the preparation writes; a symbolic link among the entries
+            a preparation replaces (:func:`check_no_links`).
         PermissionError: the folder cannot be read, created or written.
     """
     out = Path(output_dir).expanduser()
@@ -442,6 +448,8 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> 
                 f"{'it' if len(clashes) == 1 else 'them'} away or choose a new or empty folder (overwrite=True "
                 "replaces only the outputs of an earlier preparation)."
             )
+    if out.is_dir():
+        check_no_links(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)  # a new name: clobbers nothing
@@ -525,17 +533,51 @@ def reuse_existing(output_dir: Path, settings: Mapping[str, Any], overwrite: boo
 
 
 def new_staging_dir(output_dir: Path) -> Path:
-    """An empty staging folder inside ``output_dir`` (a leftover of an interrupted run is removed)."""
-    staging = output_dir / _STAGING
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    return staging
+    """A new staging folder inside ``output_dir``, with an owner file naming this process
+    (:func:`~monai_hqanogan.utils.staging.create_staging_dir`). The staging folder of a preparation that was killed
+    (its owner file names a process that has ended) is removed first; one of a preparation that still runs, or one
+    without the owner file, is refused with an error naming it, and is not changed.
+
+    Raises:
+        FileExistsError: see above; also a symbolic link among the entries a preparation replaces
+            (:func:`check_no_links`).
+    """
+    check_no_links(output_dir)
+    return create_staging_dir(output_dir / _STAGING, f"a data preparation into {output_dir}")
+
+
+def check_no_links(output_dir: Path) -> None:
+    """Refuse, before any change, a symbolic link among the entries a preparation writes and replaces in
+    ``output_dir`` (``datalist.json``, ``images``, ``masks``, ``README.md``, ``preview.png``, ``.staging``, the
+    marker) or anywhere inside its ``images`` and ``masks`` folders: a preparation never creates links, so one there
+    was made by someone else and may lead to their data; replacing the entry would delete or write through it.
+
+    Raises:
+        FileExistsError: naming the link and where it points.
+    """
+    found = [output_dir / name for name in (*_OWNED, PREPARED_MARKER) if (output_dir / name).is_symlink()]
+    for name in ("images", "masks"):
+        folder = output_dir / name
+        if found or folder.is_symlink() or not folder.is_dir():
+            continue
+        for here, dirs, files in os.walk(folder):  # does not follow links
+            found += [Path(here, n) for n in (*dirs, *files) if Path(here, n).is_symlink()]
+            if found:
+                break
+    if found:
+        link = found[0]
+        raise FileExistsError(
+            f"{link} is a symbolic link (to {os.readlink(link)}), which a preparation never creates: replacing the "
+            f"preparation's outputs in {output_dir} would delete or write through it. Remove the link (its target is "
+            "not touched) or choose another output folder; nothing was changed."
+        )
 
 
 def _commit(staging: Path, output_dir: Path) -> Path:
     """Move the staged outputs into ``output_dir``, replacing only the entries a preparation writes (checked by
-    :func:`check_output_dir`), and mark it; the datalist goes last, so it never points at missing files."""
+    :func:`check_output_dir` and, again just before, :func:`check_no_links`), and mark it; the datalist goes last,
+    so it never points at missing files."""
+    check_no_links(output_dir)
     _mark(output_dir)  # a folder accepted unmarked (its other files kept, or a preparation without a marker)
     final = output_dir / "datalist.json"
     final.unlink(missing_ok=True)  # first: an interruption below must not leave the old datalist in place
