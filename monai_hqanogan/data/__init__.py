@@ -12,6 +12,20 @@ from .datalists import (
     image_thumbnail,
     split_groups,
 )
+from .image_files import (
+    IMAGE_SUFFIXES,
+    MAX_SLICE_PIXELS,
+    MAX_VOLUME_VOXELS,
+    MIN_SIDE,
+    NIFTI_SUFFIXES,
+    RASTER_SUFFIXES,
+    check_image_shape,
+    check_size_caps,
+    check_slice_axis,
+    image_header_shape,
+    image_suffix,
+    verify_image_file,
+)
 from .synthetic import (
     TOY_LESIONS,
     TOY_SHAPES,

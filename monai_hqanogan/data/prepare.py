@@ -50,19 +50,19 @@ from monai_hqanogan.data.datalists import (
     save_grey_png,
     write_prepared_datalist,
 )
-from monai_hqanogan.transforms.array import ToSingleChannel, intensity_window, is_background_slice
-from monai_hqanogan.workflows.checks import (
+from monai_hqanogan.data.image_files import (
     MAX_SLICE_PIXELS,
     MAX_VOLUME_VOXELS,
+    NIFTI_SUFFIXES,
+    RASTER_SUFFIXES,
     check_image_shape,
     check_size_caps,
     image_header_shape,
 )
+from monai_hqanogan.transforms.array import ToSingleChannel, intensity_window, is_background_slice
 
 __all__ = ["prepare_image_folder", "find_image_files", "main"]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _MASK_SUFFIXES = ("_mask", "_seg", "_label", "-mask")
 
 
@@ -84,7 +84,7 @@ class ImageFile:
     def stem(self) -> str:
         """The file name without its suffix (``.nii.gz`` counts as one); the folder name for DICOM."""
         name = self.path.name
-        for suffix in (".nii.gz", *_NIFTI_SUFFIXES, *_IMAGE_SUFFIXES):
+        for suffix in (*NIFTI_SUFFIXES, *RASTER_SUFFIXES):
             if self.kind != "dicom" and name.lower().endswith(suffix):
                 return name[: -len(suffix)]
         return name
@@ -97,8 +97,9 @@ class ImageFile:
 
 
 def find_image_files(folder: str | os.PathLike, what: str = "image") -> list[ImageFile]:
-    """PNG/JPEG files, NIfTI files (.nii, .nii.gz) and DICOM series (each folder holding .dcm files) under
-    ``folder``, recursively, sorted; hidden files are ignored.
+    """2D images (:data:`~monai_hqanogan.data.image_files.RASTER_SUFFIXES`: PNG, JPEG, BMP, TIFF), NIfTI files
+    (.nii, .nii.gz) and DICOM series (each folder holding .dcm files) under ``folder``, recursively, sorted; hidden
+    files are ignored.
 
     Args:
         folder: the folder to search.
@@ -118,12 +119,14 @@ def find_image_files(folder: str | os.PathLike, what: str = "image") -> list[Ima
             found.append(ImageFile(here, here.relative_to(root).as_posix(), "dicom"))
         for f in files:
             lower = f.lower()
-            if lower.endswith(_IMAGE_SUFFIXES):
+            if lower.endswith(RASTER_SUFFIXES):
                 found.append(ImageFile(here / f, (here / f).relative_to(root).as_posix(), "image"))
-            elif lower.endswith(_NIFTI_SUFFIXES):
+            elif lower.endswith(NIFTI_SUFFIXES):
                 found.append(ImageFile(here / f, (here / f).relative_to(root).as_posix(), "nifti"))
     if not found:
-        raise ValueError(f"{what} folder {root} holds no PNG, JPEG, NIfTI (.nii, .nii.gz) or DICOM (.dcm) file.")
+        raise ValueError(
+            f"{what} folder {root} holds no PNG, JPEG, NIfTI (.nii, .nii.gz), DICOM (.dcm), BMP or TIFF file."
+        )
     if any(f.kind == "dicom" for f in found) and importlib.util.find_spec("pydicom") is None:
         raise ImportError(f"{what} folder {root} holds DICOM files: reading them needs pydicom (pip install pydicom).")
     return found
@@ -134,14 +137,14 @@ class _UnusableFile(Exception):
     finite pixel, constant): skipped with a warning."""
 
 
-#: the size caps of :mod:`monai_hqanogan.workflows.checks`, the defaults of :func:`prepare_image_folder`
+#: the size caps of :mod:`monai_hqanogan.data.image_files`, the defaults of :func:`prepare_image_folder`
 _DEFAULT_CAPS = {"max_slice_pixels": MAX_SLICE_PIXELS, "max_volume_voxels": MAX_VOLUME_VOXELS}
 
 
 def _check_header(file: ImageFile, options: dict[str, Any], what: str = "image") -> None:
     """Refuse a PNG/JPEG or NIfTI input from its header, before any pixel is read: beyond the size caps, not 2D or
     3D, or a slice with a side under ``MIN_SIDE`` px in the file or once stored at ``max_size`` (by
-    :func:`~monai_hqanogan.workflows.checks.check_image_shape`), as ``_UnusableFile``. The spatial shape is the one
+    :func:`~monai_hqanogan.data.image_files.check_image_shape`), as ``_UnusableFile``. The spatial shape is the one
     :func:`_read` makes (channels averaged, trailing singleton dimensions dropped). A header that cannot be read is
     left to :func:`_read`, which says why; DICOM series are checked after loading."""
     try:
@@ -359,7 +362,7 @@ def prepare_image_folder(
     PNG/JPEG/NIfTI, images beyond Pillow's decompression-bomb limit, which are refused before decoding, constant 2D
     images, no finite pixel) are skipped with one warning naming them, and listed with the reason under
     ``info.skipped`` of the datalist. So are, from their header before any pixel is read
-    (:func:`~monai_hqanogan.workflows.checks.check_image_shape`), images beyond the size caps ``max_slice_pixels``
+    (:func:`~monai_hqanogan.data.image_files.check_image_shape`), images beyond the size caps ``max_slice_pixels``
     and ``max_volume_voxels`` and shapes the networks cannot use: not 2D or 3D, or a slice with a side under 2 px in
     the file or once its longest side is ``max_size`` (an extreme aspect ratio). NaN and inf pixels are set to the
     image's finite minimum, with a warning.
@@ -400,9 +403,9 @@ def prepare_image_folder(
             write into a non-empty unmarked folder that holds none of the preparation's entries.
         progress: show progress bars.
         max_slice_pixels: the pixel cap of one 2D image or volume slice
-            (:data:`~monai_hqanogan.workflows.checks.MAX_SLICE_PIXELS`); larger inputs are skipped unread.
+            (:data:`~monai_hqanogan.data.image_files.MAX_SLICE_PIXELS`); larger inputs are skipped unread.
         max_volume_voxels: the voxel cap of one input, channels included
-            (:data:`~monai_hqanogan.workflows.checks.MAX_VOLUME_VOXELS`); larger inputs are skipped unread.
+            (:data:`~monai_hqanogan.data.image_files.MAX_VOLUME_VOXELS`); larger inputs are skipped unread.
 
     Returns:
         path of ``output_dir/datalist.json``.
@@ -593,9 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(br35h)
     folder = sub.add_parser(
         "folder",
-        help="your own folders of PNG, JPEG, NIfTI or DICOM images",
-        description="Prepare your own images: PNG, JPEG, NIfTI (2D or 3D, sliced) and DICOM series (pydicom), "
-        "searched recursively.",
+        help="your own folders of PNG, JPEG, BMP, TIFF, NIfTI or DICOM images",
+        description="Prepare your own images: PNG, JPEG, BMP, TIFF, NIfTI (2D or 3D, sliced) and DICOM series "
+        "(pydicom), searched recursively.",
     )
     folder.add_argument("--normal", required=True, help="folder of normal images (label 0)")
     folder.add_argument("--abnormal", help="folder of abnormal images (label 1); optional")

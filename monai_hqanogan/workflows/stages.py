@@ -29,11 +29,12 @@ from monai.transforms import (
 )
 from torch import nn
 
+from monai_hqanogan.data.image_files import verify_image_file
 from monai_hqanogan.transforms.dictionary import ToSingleChanneld
 from monai_hqanogan.transforms.presets import gan_image_transforms
 from monai_hqanogan.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_atomic, write_text_atomic
 from monai_hqanogan.utils.progress import progress_bar
-from monai_hqanogan.workflows.checks import as_bool, datalist_items, read_json_object, verify_image_file
+from monai_hqanogan.workflows.checks import as_bool, datalist_items, read_json_object
 
 __all__ = [
     "check_writable",
@@ -101,7 +102,7 @@ def check_datalist(
         normal_keys: those of ``keys`` that must hold normal items only.
         labelled_keys: those of ``keys`` whose every item needs a label 0 or 1.
         resolution: the model resolution: images whose short side would round under 2 px when resized to it are
-            refused (:func:`~monai_hqanogan.workflows.checks.check_image_shape`).
+            refused (:func:`~monai_hqanogan.data.image_files.check_image_shape`).
 
     Returns:
         ``{key: items}`` with absolute paths.
