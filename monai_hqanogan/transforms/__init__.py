@@ -2,5 +2,12 @@ from __future__ import annotations
 
 from .ada import ADA_MODES, AdaptiveAugmentController, AdaptiveAugmentPipe
 from .array import ToSingleChannel, ensure_finite, intensity_window, is_background_slice
-from .dictionary import ToSingleChannelD, ToSingleChanneld, ToSingleChannelDict
+from .dictionary import (
+    FlattenAnomalyRecordD,
+    FlattenAnomalyRecordd,
+    FlattenAnomalyRecordDict,
+    ToSingleChannelD,
+    ToSingleChanneld,
+    ToSingleChannelDict,
+)
 from .presets import gan_image_transforms

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
 
 from monai_hqanogan.transforms.array import ToSingleChannel
 
-__all__ = ["ToSingleChanneld", "ToSingleChannelD", "ToSingleChannelDict"]
+__all__ = [
+    "ToSingleChanneld",
+    "ToSingleChannelD",
+    "ToSingleChannelDict",
+    "FlattenAnomalyRecordd",
+    "FlattenAnomalyRecordD",
+    "FlattenAnomalyRecordDict",
+]
 
 
 class ToSingleChanneld(MapTransform):
@@ -35,3 +43,40 @@ class ToSingleChanneld(MapTransform):
 
 
 ToSingleChannelD = ToSingleChannelDict = ToSingleChanneld
+
+
+class FlattenAnomalyRecordd(MapTransform):
+    """Post-processing: lift the inferer's record (a dict under ``keys``) to top-level keys of the data dict.
+
+    The record is what :class:`~monai_hqanogan.inferers.SliceAnomalyInferer` returns for a batch.
+    Afterwards ``pred`` is the anomaly map (what MONAI's ``SaveImaged`` and MONAI Label read) and the other
+    entries (``pred_label``, ``pred_score``, ...) sit next to it.
+
+    Args:
+        keys: key of the record (``pred``).
+        scale_for_png: also divide the map by twice the pixel threshold and clip to [0, 1], so that an 8-bit PNG
+            shows the threshold as mid-grey (for ``SaveImaged(..., scale=255)``); NIfTI maps keep raw values.
+            The bundle leaves it False: :class:`~monai_hqanogan.workflows.SaveAnomalyMapsd` scales the maps it
+            writes as PNG itself.
+        allow_missing_keys: as in MONAI.
+    """
+
+    def __init__(
+        self, keys: str | Sequence[str] = "pred", scale_for_png: bool = False, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scale_for_png = scale_for_png
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            record = d.pop(key)
+            if not isinstance(record, Mapping) or "pred" not in record:
+                raise TypeError(f"expected the SliceAnomalyInferer record under {key!r}, got {type(record).__name__}.")
+            d.update(record)
+            if self.scale_for_png:
+                d["pred"] = (d["pred"] / (2 * max(float(record["pixel_threshold"]), 1e-8))).clamp(0, 1)
+        return d
+
+
+FlattenAnomalyRecordD = FlattenAnomalyRecordDict = FlattenAnomalyRecordd

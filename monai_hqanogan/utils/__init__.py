@@ -21,6 +21,7 @@ from .run_dir_lock import (
     release_run_lock,
     run_lock,
 )
+from .strict_json import finite_or_none, strict_json
 from .validation import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,

@@ -1,0 +1,97 @@
+"""``workflows/`` holds only the bundle glue (issue 19, step 1).
+
+The inferer lives in ``monai_hqanogan.inferers``, the record transform in ``transforms/dictionary.py``, the score and
+panel writers in ``handlers/`` and the image-file checks in ``data/image_files.py``; the old import paths
+(``monai_hqanogan.workflows``, ``.workflows.inference``, ``.workflows.checks``) give the same objects, and no module
+of the lower packages imports from ``workflows`` or ``apps``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import monai_hqanogan.data.image_files as image_files
+import monai_hqanogan.workflows as workflows
+import monai_hqanogan.workflows.checks as checks
+import monai_hqanogan.workflows.inference as inference
+from monai_hqanogan.handlers import AnomalyPanelSaver, AnomalyScoreSaver
+from monai_hqanogan.inferers import SliceAnomalyInferer
+from monai_hqanogan.transforms import FlattenAnomalyRecordd
+
+PACKAGE = Path(image_files.__file__).resolve().parents[1]
+#: the packages below the bundle glue: none of their modules may import ``workflows`` or ``apps``
+LOWER = ("data", "handlers", "inferers", "transforms", "utils")
+
+MOVED = {
+    "SliceAnomalyInferer": SliceAnomalyInferer,
+    "FlattenAnomalyRecordd": FlattenAnomalyRecordd,
+    "AnomalyScoreSaver": AnomalyScoreSaver,
+    "AnomalyPanelSaver": AnomalyPanelSaver,
+    "IMAGE_SUFFIXES": image_files.IMAGE_SUFFIXES,
+    "output_stem": image_files.output_stem,
+}
+CHECKS = (
+    "IMAGE_SUFFIXES",
+    "MAX_SLICE_PIXELS",
+    "MAX_VOLUME_VOXELS",
+    "MIN_SIDE",
+    "SLICE_AXES",
+    "verify_image_file",
+    "image_header_shape",
+    "check_image_shape",
+    "check_size_caps",
+    "check_slice_axis",
+)
+
+
+def _imported_modules(path: Path) -> list[str]:
+    """The absolute modules imported by the file at ``path`` (``import x`` and ``from x import ...``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            out.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            out.extend(a.name for a in node.names)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MOVED))
+def test_moved_names_keep_their_old_import_paths(name):
+    assert getattr(inference, name) is MOVED[name]
+    assert getattr(workflows, name) is MOVED[name]
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_image_file_checks_keep_their_old_import_path(name):
+    assert getattr(checks, name) is getattr(image_files, name)
+
+
+@pytest.mark.parametrize("package", LOWER)
+def test_lower_packages_do_not_import_the_bundle_glue(package):
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        for module in _imported_modules(path):
+            assert not module.startswith(("monai_hqanogan.workflows", "monai_hqanogan.apps")), (
+                f"{path.relative_to(PACKAGE)} imports {module}"
+            )
+
+
+def test_one_suffix_list():
+    """``prepare``, ``br35h`` and inference read the suffixes of ``data/image_files.py``; none defines its own."""
+    from monai_hqanogan.data import br35h, prepare
+
+    assert image_files.IMAGE_SUFFIXES[: len(image_files.RASTER_SUFFIXES)] == image_files.RASTER_SUFFIXES
+    assert set(image_files.NIFTI_SUFFIXES) <= set(image_files.IMAGE_SUFFIXES)
+    for module in (prepare, br35h, inference):
+        assert module.RASTER_SUFFIXES is image_files.RASTER_SUFFIXES
+        lists = [n for n in vars(module) if n.endswith("_SUFFIXES") and n != "_MASK_SUFFIXES"]
+        assert all(getattr(module, n) is getattr(image_files, n, None) for n in lists), lists
+
+
+def test_image_suffix():
+    assert image_files.image_suffix("a/B.NII.GZ") == ".nii.gz"
+    assert image_files.image_suffix(Path("x.Png")) == ".png"
+    assert image_files.image_suffix("noext") == ""
