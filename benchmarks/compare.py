@@ -46,6 +46,7 @@ from monai_hqanogan.evaluation import (
     FAMILY_SMOOTHING,
     evaluate_detection,
     family_scores,
+    markdown_table,
     method_components,
     select_method_scores,
 )
@@ -60,6 +61,19 @@ from monai_hqanogan.workflows import load_split, machine_description
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = json.loads((ROOT / "bundles" / "brain_mri_anomaly_hqanogan" / "configs" / "settings.json").read_text())
 METHODS = ("HQ-AnoGAN", "f-AnoGAN", "AnoGAN", "GANomaly", "autoencoder", "PCA", "mean intensity")
+#: (key, header) of one run's per-set table and of the table over runs (mean ± sd)
+RUN_COLUMNS = (
+    ("image_auroc", "image AUROC"), ("f1_max", "F1-max"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
+    ("dice", "Dice"), ("FPR at threshold", "FPR at threshold"), ("TPR at threshold", "TPR at threshold"),
+    ("train s", "train s"), ("fit epochs", "epochs"), ("images/s", "images/s"), ("images", "images"),
+    ("score", "score"),
+)  # fmt: skip
+AGGREGATE_TEST_KEYS = ("image_auroc", "f1_max", "FPR at threshold", "TPR at threshold")
+AGGREGATE_COLUMNS = (
+    ("image_auroc", "test image AUROC"), ("f1_max", "F1-max"), ("FPR at threshold", "FPR at threshold"),
+    ("TPR at threshold", "TPR at threshold"), ("pixel_auroc", "lesion-set pixel AUROC"), ("aupro", "AUPRO"),
+    ("runs", "runs"), ("chosen", "score chosen (runs)"),
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -505,14 +519,6 @@ def metrics_table(data: dict, out: dict) -> dict[str, dict[str, dict[str, dict[s
     return table
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _mean_sd(values: list[float]) -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
@@ -527,48 +533,29 @@ def _mean_sd(values: list[float]) -> str:
 def aggregate_table(runs: list[dict[str, Any]], protocol: str) -> list[str]:
     """Markdown rows: per method, mean ± sd over the runs of test image AUROC, F1-max, synthetic-lesion pixel
     AUROC and AUPRO, the FPR and TPR at the protocol's threshold, and the scores each run chose."""
-    lines = [
-        "| method | test image AUROC | F1-max | FPR at threshold | TPR at threshold | lesion-set pixel AUROC | AUPRO "
-        "| runs | score chosen (runs) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    rows: dict[str, dict[str, str]] = {}
     for name in METHODS:
         test = [r["table"][protocol]["test"].get(name, {}) for r in runs]
         loc = [r["table"][protocol]["localisation_test"].get(name, {}) for r in runs]
         done = [t for t in test if "note" not in t]
         if not done:
-            note = next((t["note"] for t in test if "note" in t), "not run")
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a | n/a | n/a | 0 | {note[:120]} |")
+            rows[name] = {"runs": "0", "chosen": next((t["note"] for t in test if "note" in t), "not run")[:120]}
             continue
         chosen: dict[str, int] = {}
         for t in done:
             chosen[t["score"]] = chosen.get(t["score"], 0) + 1
-        cells = [
-            _mean_sd([t.get("image_auroc") for t in done]), _mean_sd([t.get("f1_max") for t in done]),
-            _mean_sd([t.get("FPR at threshold") for t in done]), _mean_sd([t.get("TPR at threshold") for t in done]),
-            _mean_sd([t.get("pixel_auroc") for t in loc if "note" not in t]),
-            _mean_sd([t.get("aupro") for t in loc if "note" not in t]), str(len(done)),
-            "; ".join(f"{k} ({v})" for k, v in chosen.items()),
-        ]  # fmt: skip
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+        rows[name] = {key: _mean_sd([t.get(key) for t in done]) for key in AGGREGATE_TEST_KEYS}
+        rows[name].update(
+            {key: _mean_sd([t.get(key) for t in loc if "note" not in t]) for key in ("pixel_auroc", "aupro")}
+        )
+        rows[name].update(runs=str(len(done)), chosen="; ".join(f"{k} ({v})" for k, v in chosen.items()))
+    return markdown_table(rows, AGGREGATE_COLUMNS, text_columns={"chosen"})
 
 
 def run_table(table: dict[str, Any], protocol: str, key: str) -> list[str]:
     """Markdown rows of one run, one protocol, one set."""
-    cols = ["image AUROC", "F1-max", "pixel AUROC", "AUPRO", "Dice", "FPR at threshold", "TPR at threshold",
-            "train s", "epochs", "images/s", "images", "score"]  # fmt: skip
-    keys = ["image_auroc", "f1_max", "pixel_auroc", "aupro", "dice", "FPR at threshold", "TPR at threshold",
-            "train s", "fit epochs", "images/s", "images", "score"]  # fmt: skip
-    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1) + "---|"]
-    for name in METHODS:
-        m = table[protocol][key][name]
-        if "note" in m:
-            lines.append(f"| {name} | " + " | ".join(["n/a"] * len(cols)) + " |")
-            continue
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k), 1 if k in ("train s", "images/s") else 3)
-                                                  for k in keys) + " |")  # fmt: skip
-    return lines
+    rows = {name: {} if "note" in table[protocol][key][name] else table[protocol][key][name] for name in METHODS}
+    return markdown_table(rows, RUN_COLUMNS, digits={"train s": 1, "images/s": 1}, text_columns={"score"})
 
 
 def run_record(data: dict, out: dict, split: str, seed: int) -> dict[str, Any]:
@@ -701,14 +688,10 @@ def write_report(out_dir: Path, mode: str, runs: list[dict[str, Any]], args: arg
         if run["notes"]:
             lines += ["Not run:", ""] + [f"- **{k}**: {v}" for k, v in run["notes"].items()] + [""]
         if run["ablations"]:
-            lines += [
-                "HQ-AnoGAN ablations (test split):",
-                "",
-                "| variant | image AUROC | ms per image |",
-                "|---|---:|---:|",
-            ]
-            for row in run["ablations"]:
-                lines.append(f"| {row['variant']} | {_fmt(row['image AUROC'])} | {_fmt(row.get('ms per image'), 1)} |")
+            ablations = {row["variant"]: row for row in run["ablations"]}
+            columns = (("image AUROC", "image AUROC"), ("ms per image", "ms per image"))
+            lines += ["HQ-AnoGAN ablations (test split):", ""]
+            lines += markdown_table(ablations, columns, label="variant", digits={"ms per image": 1})
             lines.append("")
     if figure_data is not None and importlib.util.find_spec("matplotlib") is None:
         lines += ["(No figure: matplotlib is not installed here.)", ""]

@@ -6,18 +6,16 @@ reaches an image AUROC of 0.88-0.90 (DESIGN.md, section 8), far above PCA (0.74)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from monai_hqanogan.utils.validation import check_positive_int, check_positive_number, check_time_limit
 
-from .base import ImageBatches, ReconstructionBaseline, as_image_batch
+from .base import FitClock, ImageBatches, ReconstructionBaseline, as_image_batch
 
 __all__ = ["ConvAutoencoderBaseline"]
 
@@ -225,65 +223,45 @@ class ConvAutoencoderBaseline(ReconstructionBaseline):
         self.to(device)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)
-        self.history, stopped_by, steps, seen = [], "epochs", 0, 0
-        start = time.perf_counter()
+        clock = FitClock(self.name, time_limit_s, progress)
         steps_per_epoch = self._steps_per_epoch(images, batch_size)
         total = epochs * steps_per_epoch if steps_per_epoch is not None else None
-        bar = tqdm(total=total, desc=f"{self.name} fit", unit="step", disable=not progress, leave=False)
+        hint = f"Lower lr (now {lr}) or check that the images are scaled to [-1, 1]."
         self.train()
         try:
-            for epoch in range(epochs):
-                loss_sum, epoch_images, epoch_steps = 0.0, 0, 0
-                for batch in self._epoch_batches(images, batch_size, generator):
-                    x = batch.to(device, torch.float32)
-                    loss = F.mse_loss(self.decode(self.encode(x)), x)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the {self.name} loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}: "
-                            f"training diverged. Lower lr (now {lr}) or check that the images are scaled to [-1, 1]."
+            with clock.stage("fit", total, "step", clock.deadline(), hint, done_reason="epochs") as stage:
+                for epoch in range(epochs):
+                    loss_sum, epoch_images, epoch_steps = 0.0, 0, 0
+                    for batch in self._epoch_batches(images, batch_size, generator):
+                        x = batch.to(device, torch.float32)
+                        loss = F.mse_loss(self.decode(self.encode(x)), x)
+                        stage.check_finite(loss, f"{self.name} loss", f"epoch {epoch + 1}, step {stage.steps + 1}")
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                        epoch_steps += 1
+                        loss_sum += loss.item() * x.shape[0]
+                        epoch_images += x.shape[0]
+                        stage.step(epoch=epoch + 1, loss=f"{loss.item():.4g}")
+                        if stage.out_of_time():
+                            break
+                    if epoch_images == 0:
+                        raise ValueError(
+                            f"epoch {epoch + 1} had no batch of 2 or more images: an empty data set, or a one-shot "
+                            "iterator already used up (pass a tensor or a DataLoader)."
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    steps += 1
-                    epoch_steps += 1
-                    loss_sum += loss.item() * x.shape[0]
-                    epoch_images += x.shape[0]
-                    bar.update(1)
-                    if steps % 10 == 1:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
-                    if time_limit_s is not None and time.perf_counter() - start >= time_limit_s:
-                        stopped_by = "time_limit"
+                    complete = stage.stopped_by == "epochs" or epoch_steps == steps_per_epoch
+                    record = {"epoch": epoch + 1, "loss": loss_sum / epoch_images, "images": epoch_images}
+                    stage.history.append({**record, "complete": complete, "seconds": clock.seconds})
+                    if stage.stopped_by == "time_limit":
                         break
-                if epoch_images == 0:
-                    raise ValueError(
-                        f"epoch {epoch + 1} had no batch of 2 or more images: an empty data set, or a one-shot "
-                        "iterator already used up (pass a tensor or a DataLoader)."
-                    )
-                seen += epoch_images
-                self.history.append(
-                    {
-                        "epoch": epoch + 1,
-                        "loss": loss_sum / epoch_images,
-                        "images": epoch_images,
-                        "complete": stopped_by == "epochs" or epoch_steps == steps_per_epoch,
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
-                if stopped_by == "time_limit":
-                    break
         finally:
-            bar.close()
             self.eval()
-        self.fit_info = {
-            "epochs": len(self.history),
-            "steps": steps,
-            "images_seen": seen,
-            "seconds": time.perf_counter() - start,
-            "stopped_by": stopped_by,
-            "final_loss": self.history[-1]["loss"],
-            "device": str(device),
-            "seed": seed,
-        }
+        self.history = stage.history
+        self.fit_info = clock.info(
+            device, seed, epochs=len(self.history), steps=stage.steps,
+            images_seen=sum(h["images"] for h in self.history), stopped_by=stage.stopped_by,
+            final_loss=self.history[-1]["loss"],
+        )  # fmt: skip
         self.fitted.fill_(True)
         return self

@@ -7,13 +7,15 @@ They all see the same preprocessed images as HQ-AnoGAN: ``[N, C, R, R]`` tensors
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-__all__ = ["ReferenceBaseline", "ImageBatches", "as_image_batch", "iterate_image_batches"]
+__all__ = ["ReferenceBaseline", "ImageBatches", "as_image_batch", "iterate_image_batches", "FitClock", "FitStage"]
 
 #: what ``fit``/``score``/``anomaly_map`` accept: one tensor [N, C, R, R], or an iterable (e.g. a DataLoader) of
 #: batches, each a tensor, a dict with an ``"image"`` entry, or a tuple/list whose first item holds the images
@@ -113,6 +115,109 @@ def iterate_image_batches(
         yield checked
     if count == 0:
         raise ValueError(f"{what} yielded no batch (an empty data set, or a one-shot iterator already used up).")
+
+
+class FitStage:
+    """One stage of a baseline's fit (e.g. f-AnoGAN's WGAN-GP): its progress bar, history, deadline and stop reason.
+
+    Made by :meth:`FitClock.stage` and used as a context manager (the bar closes on exit, also on an error). The
+    stage's loss code calls :meth:`check_finite` before each optimiser step, :meth:`step` after it and stops when
+    :meth:`out_of_time` says so; what stopped it is ``stopped_by`` (``done_reason`` or ``"time_limit"``).
+
+    Args:
+        desc: the progress bar's label.
+        total: the planned number of steps (None: unknown).
+        unit: the bar's unit (``"step"``, ``"it"``).
+        deadline: a ``time.perf_counter()`` value after which the stage stops (None: no deadline).
+        hint: appended to the divergence error, e.g. which learning rate to lower.
+        done_reason: ``stopped_by`` when the stage runs its planned steps (``"epochs"``, ``"iterations"``).
+        progress: show the bar.
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total: int | None,
+        unit: str,
+        deadline: float | None,
+        hint: str,
+        done_reason: str,
+        progress: bool,
+    ) -> None:
+        self.deadline, self.hint, self.stopped_by = deadline, hint, done_reason
+        self.history: list[dict[str, Any]] = []
+        self.steps = 0
+        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=not progress, leave=False)
+
+    def __enter__(self) -> FitStage:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.close()
+
+    def check_finite(self, loss: torch.Tensor, what: str, where: str) -> None:
+        """Raise ``FloatingPointError`` naming ``what`` and ``where`` when ``loss`` is NaN or inf (diverged)."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the {what} became {loss.item()} at {where}: training diverged. {self.hint}")
+
+    def step(self, record: Mapping[str, Any] | None = None, **postfix: Any) -> None:
+        """Count one optimiser step, append ``record`` to the history, show ``postfix`` on the bar every 10 steps."""
+        self.steps += 1
+        if record is not None:
+            self.history.append(dict(record))
+        self._bar.update(1)
+        if postfix and self.steps % 10 == 1:
+            self._bar.set_postfix(**postfix)
+
+    def out_of_time(self, finished: bool = False) -> bool:
+        """True (and ``stopped_by = "time_limit"``) when the deadline has passed and work remains (not ``finished``):
+        the stage stops after the first step that ends past its deadline."""
+        if finished or self.deadline is None or time.perf_counter() < self.deadline:
+            return False
+        self.stopped_by = "time_limit"
+        return True
+
+
+class FitClock:
+    """The clock of one baseline fit: when it started, the deadlines of its stages, and :class:`FitStage` s.
+
+    Every network baseline's ``fit`` shares this bookkeeping (the deadline, the progress bar, the finite-loss check,
+    the history and the common ``fit_info`` entries), so its own loop holds only its loss code.
+
+    Args:
+        name: the baseline's name, used in the bars' labels.
+        time_limit_s: the fit's wall-clock budget in seconds (None: no limit).
+        progress: show the stages' progress bars.
+    """
+
+    def __init__(self, name: str, time_limit_s: float | None, progress: bool) -> None:
+        self.name, self.time_limit_s, self.progress = name, time_limit_s, progress
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the fit started."""
+        return time.perf_counter() - self.start
+
+    def deadline(self, fraction: float = 1.0) -> float | None:
+        """The ``perf_counter`` time at ``fraction`` of the budget from the start (None without a budget)."""
+        return None if self.time_limit_s is None else self.start + fraction * self.time_limit_s
+
+    def stage(
+        self,
+        label: str,
+        total: int | None,
+        unit: str = "step",
+        deadline: float | None = None,
+        hint: str = "",
+        done_reason: str = "iterations",
+    ) -> FitStage:
+        """A :class:`FitStage` with the bar ``"<name> <label>"``."""
+        return FitStage(f"{self.name} {label}", total, unit, deadline, hint, done_reason, self.progress)
+
+    def info(self, device: torch.device, seed: int, **entries: Any) -> dict[str, Any]:
+        """``fit_info``: the baseline's ``entries`` followed by ``seconds``, ``device`` and ``seed``."""
+        return {**entries, "seconds": self.seconds, "device": str(device), "seed": seed}
 
 
 class ReferenceBaseline(nn.Module):

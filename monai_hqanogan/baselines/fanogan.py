@@ -16,18 +16,18 @@ score of an image is the same quantity, A(x) = A_R(x) + kappa * A_D(x), with kap
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
+from monai_hqanogan.losses.wgan_losses import wgan_gradient_penalty
+from monai_hqanogan.networks.nets.fanogan import FAnoGANCritic, FAnoGANEncoder, FAnoGANGenerator
 from monai_hqanogan.utils.validation import check_positive_int, check_positive_number, check_time_limit
 
-from .base import ImageBatches, ReconstructionBaseline, as_image_batch
+from .base import FitClock, FitStage, ImageBatches, ReconstructionBaseline, as_image_batch
 
 __all__ = [
     "FAnoGANGenerator",
@@ -37,235 +37,7 @@ __all__ = [
     "wgan_gradient_penalty",
 ]
 
-_NORMS = ("layer", "none")
 _PRIORS = ("uniform", "normal")
-
-
-def _check_architecture(image_size: Any, in_channels: Any, base_channels: Any, max_channels: Any) -> int:
-    """Validate the shared architecture arguments; return the number of stride-2 levels (``log2(image_size) - 2``)."""
-    for name, value in (
-        ("image_size", image_size),
-        ("in_channels", in_channels),
-        ("base_channels", base_channels),
-        ("max_channels", max_channels),
-    ):
-        check_positive_int(name, value)
-    if image_size < 8 or image_size > 1024 or image_size & (image_size - 1):
-        raise ValueError(
-            f"image_size must be a power of two from 8 to 1024 (the networks go from 4 x 4 to image_size in stride-2 "
-            f"steps), got {image_size}."
-        )
-    if base_channels > max_channels:
-        raise ValueError(f"base_channels ({base_channels}) must not exceed max_channels ({max_channels}).")
-    return int(math.log2(image_size)) - 2
-
-
-def _level_channels(levels: int, base_channels: int, max_channels: int) -> list[int]:
-    """Channels of the stride-2 levels from the finest (``image_size / 2``) to the coarsest (4 x 4)."""
-    return [min(base_channels * 2**i, max_channels) for i in range(levels)]
-
-
-def _downsampling_stack(
-    in_channels: int, channels: list[int], norm: str, negative_slope: float
-) -> tuple[nn.Sequential, int]:
-    """4x4 stride-2 convolutions with LeakyReLU; per-image LayerNorm on all but the first (norm="layer")."""
-    layers: list[nn.Module] = []
-    c_in = in_channels
-    for i, c_out in enumerate(channels):
-        layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=norm == "none" or i == 0))
-        if norm == "layer" and i > 0:
-            # GroupNorm with one group = LayerNorm over (C, H, W) with a per-channel affine; it is per image, so
-            # the gradient penalty (computed per interpolate) and the features stay independent of the batch
-            layers.append(nn.GroupNorm(1, c_out))
-        layers.append(nn.LeakyReLU(negative_slope))
-        c_in = c_out
-    return nn.Sequential(*layers), c_in * 4 * 4
-
-
-class FAnoGANGenerator(nn.Module):
-    """DCGAN-style generator of the f-AnoGAN WGAN-GP: latent codes ``[B, z_dim]`` -> images ``[B, C, R, R]`` in [-1, 1].
-
-    Radford, Metz, Chintala, "Unsupervised representation learning with deep convolutional generative adversarial
-    networks", ICLR 2016, https://arxiv.org/abs/1511.06434 (the layout), as trained with a gradient penalty by
-    Gulrajani et al. 2017, https://arxiv.org/abs/1704.00028, and used by f-AnoGAN
-    (https://doi.org/10.1016/j.media.2019.01.010).
-
-    A linear layer maps z to a 4 x 4 map with ``min(base_channels * 2**(L-1), max_channels)`` channels, followed by
-    BatchNorm and ReLU; then ``L - 1`` blocks of a 4x4 stride-2 transposed convolution, BatchNorm and ReLU halve the
-    channels (never below ``base_channels``) while doubling the size, and a last stride-2 transposed convolution to
-    ``out_channels`` with a tanh gives the image. ``L = log2(image_size) - 2``, so 64 px with 32 / 256 channels runs
-    through 256, 128, 64 and 32 channels at 4, 8, 16 and 32 px (the mirror image of :class:`FAnoGANCritic`).
-
-    Args:
-        image_size: output height and width, a power of two from 8 to 1024.
-        out_channels: image channels.
-        z_dim: latent dimension.
-        base_channels: channels of the finest hidden level (``image_size / 2``).
-        max_channels: channel cap of the coarser levels.
-    """
-
-    def __init__(
-        self,
-        image_size: int = 64,
-        out_channels: int = 1,
-        z_dim: int = 128,
-        base_channels: int = 32,
-        max_channels: int = 256,
-    ) -> None:
-        super().__init__()
-        levels = _check_architecture(image_size, out_channels, base_channels, max_channels)
-        check_positive_int("z_dim", z_dim)
-        self.image_size = image_size
-        self.out_channels = out_channels
-        self.z_dim = z_dim
-        channels = _level_channels(levels, base_channels, max_channels)[::-1]  # coarsest (4 x 4) first
-        self._start_shape = (channels[0], 4, 4)
-        self.project = nn.Linear(z_dim, channels[0] * 16, bias=False)
-        self.project_act = nn.Sequential(nn.BatchNorm2d(channels[0]), nn.ReLU())
-        blocks: list[nn.Module] = []
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
-            blocks += [
-                nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(),
-            ]
-        blocks += [nn.ConvTranspose2d(channels[-1], out_channels, 4, stride=2, padding=1), nn.Tanh()]
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, z: Tensor) -> Tensor:
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must have shape [B, {self.z_dim}], got {tuple(z.shape)}.")
-        h = self.project(z).view(z.shape[0], *self._start_shape)
-        return self.blocks(self.project_act(h))
-
-
-class FAnoGANCritic(nn.Module):
-    """WGAN-GP critic of f-AnoGAN: images ``[B, C, R, R]`` -> unbounded scores ``[B]``; :meth:`features` gives f(x).
-
-    Gulrajani et al., "Improved training of Wasserstein GANs", NeurIPS 2017, https://arxiv.org/abs/1704.00028;
-    f-AnoGAN, https://doi.org/10.1016/j.media.2019.01.010.
-
-    ``L = log2(image_size) - 2`` blocks of a 4x4 stride-2 convolution and LeakyReLU bring the image down to 4 x 4,
-    with ``base_channels`` doubling per level up to ``max_channels``; a linear layer maps the flattened 4 x 4 map
-    to one score. The gradient penalty is defined per image, so the critic must not mix images of a batch: no
-    BatchNorm; ``norm="layer"`` (default, as Gulrajani et al. recommend) normalises each image's activations over
-    (C, H, W) on every block but the first, ``norm="none"`` uses none.
-
-    Args:
-        image_size: input height and width, a power of two from 8 to 1024.
-        in_channels: image channels.
-        base_channels: channels of the first level.
-        max_channels: channel cap of the deeper levels.
-        norm: ``"layer"`` or ``"none"``.
-        negative_slope: slope of the LeakyReLU.
-    """
-
-    def __init__(
-        self,
-        image_size: int = 64,
-        in_channels: int = 1,
-        base_channels: int = 32,
-        max_channels: int = 256,
-        norm: str = "layer",
-        negative_slope: float = 0.2,
-    ) -> None:
-        super().__init__()
-        levels = _check_architecture(image_size, in_channels, base_channels, max_channels)
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.blocks, self.num_features = _downsampling_stack(
-            in_channels, _level_channels(levels, base_channels, max_channels), norm, negative_slope
-        )
-        self.head = nn.Linear(self.num_features, 1)
-
-    def features(self, x: Tensor) -> Tensor:
-        """The flattened output of the last convolution block, ``[B, num_features]`` (f(x) of f-AnoGAN)."""
-        return self.blocks(x).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x)).squeeze(1)
-
-
-class FAnoGANEncoder(nn.Module):
-    """The izi_f encoder of f-AnoGAN: images ``[B, C, R, R]`` -> latent codes ``[B, z_dim]``.
-
-    f-AnoGAN, https://doi.org/10.1016/j.media.2019.01.010: the encoder mirrors the critic (the same stride-2
-    convolution blocks, see :class:`FAnoGANCritic`) and ends with a linear layer to ``z_dim``. Its output must match
-    the generator's latent prior: ``output="tanh"`` bounds the codes to (-1, 1), the support of a uniform prior on
-    [-1, 1] (the default of :class:`FAnoGANBaseline`); ``output="linear"`` leaves them unbounded, for a standard
-    normal prior.
-
-    Args:
-        image_size: input height and width, a power of two from 8 to 1024.
-        in_channels: image channels.
-        z_dim: latent dimension.
-        base_channels: channels of the first level.
-        max_channels: channel cap of the deeper levels.
-        norm: ``"layer"`` (per-image LayerNorm, so that codes never depend on the batch) or ``"none"``.
-        output: ``"tanh"`` or ``"linear"``.
-        negative_slope: slope of the LeakyReLU.
-    """
-
-    _outputs = ("tanh", "linear")
-
-    def __init__(
-        self,
-        image_size: int = 64,
-        in_channels: int = 1,
-        z_dim: int = 128,
-        base_channels: int = 32,
-        max_channels: int = 256,
-        norm: str = "layer",
-        output: str = "tanh",
-        negative_slope: float = 0.2,
-    ) -> None:
-        super().__init__()
-        levels = _check_architecture(image_size, in_channels, base_channels, max_channels)
-        check_positive_int("z_dim", z_dim)
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
-        if output not in self._outputs:
-            raise ValueError(f"output must be one of {self._outputs}, got {output!r}.")
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.z_dim = z_dim
-        self.output = output
-        self.blocks, num_features = _downsampling_stack(
-            in_channels, _level_channels(levels, base_channels, max_channels), norm, negative_slope
-        )
-        self.head = nn.Linear(num_features, z_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.head(self.blocks(x).flatten(1))
-        return torch.tanh(z) if self.output == "tanh" else z
-
-
-def wgan_gradient_penalty(
-    critic: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
-    """The WGAN-GP gradient penalty ``mean((||grad_x D(x_hat)||_2 - 1)^2)`` on random interpolates.
-
-    Gulrajani et al. 2017, https://arxiv.org/abs/1704.00028, Algorithm 1: ``x_hat = eps * real + (1 - eps) * fake``
-    with one ``eps ~ U[0, 1]`` per image. The result keeps its graph (``create_graph=True``), so it can be
-    back-propagated into the critic's parameters.
-
-    Args:
-        critic: maps ``[B, ...]`` to ``[B]`` (or ``[B, 1]``) scores, each depending on its own image only.
-        real: real images ``[B, ...]``.
-        fake: generated images of the same shape (detached here).
-        generator: CPU generator for ``eps`` (None: the global RNG); ``eps`` is drawn on the CPU and then moved, so
-            it does not depend on the device.
-    """
-    if real.shape != fake.shape:
-        raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}.")
-    eps = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), generator=generator).to(real.device, real.dtype)
-    real, fake = real.detach(), fake.detach()
-    interpolates = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(interpolates).sum(), interpolates, create_graph=True)
-    norm = (grad.flatten(1).square().sum(dim=1) + 1e-12).sqrt()  # the epsilon keeps the norm differentiable at 0
-    return (norm - 1).square().mean()
 
 
 class FAnoGANBaseline(ReconstructionBaseline):
@@ -415,14 +187,6 @@ class FAnoGANBaseline(ReconstructionBaseline):
         while True:  # iterate_image_batches raises when a pass yields nothing (a used-up one-shot iterator)
             yield from self._batches(images, batch_size)
 
-    @staticmethod
-    def _check_finite(loss: Tensor, what: str, stage: str, iteration: int, lr: float) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the f-AnoGAN {what} became {loss.item()} at {stage} iteration {iteration}: training diverged. "
-                f"Lower lr (now {lr}) or check that the images are scaled to [-1, 1]."
-            )
-
     def fit(
         self,
         images: ImageBatches,
@@ -507,63 +271,47 @@ class FAnoGANBaseline(ReconstructionBaseline):
         self.reset_parameters(seed)
         self.to(device)
         rng = torch.Generator().manual_seed(seed)
-        self.history = {"gan": [], "encoder": []}
-        start = time.perf_counter()
-        gan_deadline = None if time_limit_s is None else start + gan_time_fraction * time_limit_s
-        deadline = None if time_limit_s is None else start + time_limit_s
+        clock = FitClock(self.name, time_limit_s, progress)
+        hint = "Lower lr (now {}) or check that the images are scaled to [-1, 1].".format
         try:
-            gan_stop = self._train_gan(
-                images, gan_iterations, gan_deadline, batch_size, lr, n_critic, gp_weight, device, progress, rng
-            )
-            gan_seconds = time.perf_counter() - start
-            encoder_stop = self._train_encoder(
-                images, encoder_iterations, deadline, batch_size, encoder_lr, device, progress, rng
-            )
+            with clock.stage("WGAN-GP", gan_iterations, "it", clock.deadline(gan_time_fraction), hint(lr)) as gan:
+                self._train_gan(gan, images, gan_iterations, batch_size, lr, n_critic, gp_weight, device, rng)
+            gan_seconds = clock.seconds
+            with clock.stage("encoder (izi_f)", encoder_iterations, "it", clock.deadline(), hint(encoder_lr)) as enc:
+                self._train_encoder(enc, images, encoder_iterations, batch_size, encoder_lr, device, rng)
         finally:
             self.requires_grad_(True)
             self.eval()
-        seconds = time.perf_counter() - start
-        gan, enc = self.history["gan"], self.history["encoder"]
-        self.fit_info = {
-            "gan_iterations": len(gan),
-            "critic_steps": len(gan) * n_critic,
-            "encoder_iterations": len(enc),
-            "gan_seconds": gan_seconds,
-            "encoder_seconds": seconds - gan_seconds,
-            "seconds": seconds,
-            "gan_stopped_by": gan_stop,
-            "encoder_stopped_by": encoder_stop,
-            "stopped_by": "time_limit" if "time_limit" in (gan_stop, encoder_stop) else "iterations",
-            "final_wasserstein": gan[-1]["wasserstein"],
-            "final_encoder_loss": enc[-1]["loss"],
-            "device": str(device),
-            "seed": seed,
-        }
+        self.history = {"gan": gan.history, "encoder": enc.history}
+        self.fit_info = clock.info(
+            device, seed, gan_iterations=len(gan.history), critic_steps=len(gan.history) * n_critic,
+            encoder_iterations=len(enc.history), gan_seconds=gan_seconds, encoder_seconds=clock.seconds - gan_seconds,
+            gan_stopped_by=gan.stopped_by, encoder_stopped_by=enc.stopped_by,
+            stopped_by="time_limit" if "time_limit" in (gan.stopped_by, enc.stopped_by) else "iterations",
+            final_wasserstein=gan.history[-1]["wasserstein"], final_encoder_loss=enc.history[-1]["loss"],
+        )  # fmt: skip
         self.fitted.fill_(True)
         return self
 
     def _train_gan(
         self,
+        stage: FitStage,
         images: ImageBatches,
         iterations: int,
-        deadline: float | None,
         batch_size: int,
         lr: float,
         n_critic: int,
         gp_weight: float,
         device: torch.device,
-        progress: bool,
         rng: torch.Generator,
-    ) -> str:
-        """Stage 1, WGAN-GP; returns what stopped it (``"iterations"`` or ``"time_limit"``)."""
+    ) -> None:
+        """Stage 1, WGAN-GP, recorded in ``stage``."""
         g, d = self.generator, self.critic
         opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.0, 0.9))
         opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.0, 0.9))
         stream = self._real_batches(images, batch_size, rng)
         g.train()
         d.train()
-        stopped_by = "iterations"
-        bar = tqdm(total=iterations, desc=f"{self.name} WGAN-GP", unit="it", disable=not progress, leave=False)
         try:
             for it in range(1, iterations + 1):
                 d.requires_grad_(True)
@@ -574,77 +322,56 @@ class FAnoGANBaseline(ReconstructionBaseline):
                     d_real, d_fake = d(real).mean(), d(fake).mean()
                     penalty = wgan_gradient_penalty(d, real, fake, rng)
                     critic_loss = d_fake - d_real + gp_weight * penalty
-                    self._check_finite(critic_loss, "critic loss", "WGAN-GP", it, lr)
+                    stage.check_finite(critic_loss, "f-AnoGAN critic loss", f"WGAN-GP iteration {it}")
                     opt_d.zero_grad(set_to_none=True)
                     critic_loss.backward()
                     opt_d.step()
                 d.requires_grad_(False)  # the generator step needs gradients through D, not of its weights
                 generator_loss = -d(g(self.sample_latent(batch_size, rng, device))).mean()
-                self._check_finite(generator_loss, "generator loss", "WGAN-GP", it, lr)
+                stage.check_finite(generator_loss, "f-AnoGAN generator loss", f"WGAN-GP iteration {it}")
                 opt_g.zero_grad(set_to_none=True)
                 generator_loss.backward()
                 opt_g.step()
-                record = {
-                    "iteration": it,
-                    "critic_loss": critic_loss.item(),
-                    "wasserstein": (d_real - d_fake).item(),
-                    "gradient_penalty": penalty.item(),
-                    "generator_loss": generator_loss.item(),
-                }
-                self.history["gan"].append(record)
-                bar.update(1)
-                if it % 10 == 1:
-                    bar.set_postfix(W=f"{record['wasserstein']:.4g}", gp=f"{record['gradient_penalty']:.3g}")
-                if deadline is not None and time.perf_counter() >= deadline and it < iterations:
-                    stopped_by = "time_limit"
+                wasserstein, gp = (d_real - d_fake).item(), penalty.item()
+                record = {"iteration": it, "critic_loss": critic_loss.item(), "wasserstein": wasserstein,
+                          "gradient_penalty": gp, "generator_loss": generator_loss.item()}  # fmt: skip
+                stage.step(record, W=f"{wasserstein:.4g}", gp=f"{gp:.3g}")
+                if stage.out_of_time(finished=it == iterations):
                     break
         finally:
-            bar.close()
             d.requires_grad_(True)
-        return stopped_by
 
     def _train_encoder(
         self,
+        stage: FitStage,
         images: ImageBatches,
         iterations: int,
-        deadline: float | None,
         batch_size: int,
         lr: float,
         device: torch.device,
-        progress: bool,
         rng: torch.Generator,
-    ) -> str:
-        """Stage 2, izi_f with G and D frozen (eval mode, no weight gradients); returns what stopped it."""
+    ) -> None:
+        """Stage 2, izi_f with G and D frozen (eval mode, no weight gradients), recorded in ``stage``."""
         g, d, e = self.generator, self.critic, self.encoder
         g.eval().requires_grad_(False)
         d.eval().requires_grad_(False)
         e.train()
         optimizer = torch.optim.Adam(e.parameters(), lr=lr)
         stream = self._real_batches(images, batch_size, rng)
-        stopped_by = "iterations"
-        bar = tqdm(total=iterations, desc=f"{self.name} encoder (izi_f)", unit="it", disable=not progress, leave=False)
-        try:
-            for it in range(1, iterations + 1):
-                x = next(stream).to(device, torch.float32)
-                rec = g(e(x))
-                residual = F.mse_loss(rec, x)  # mean over the batch of 1/n ||x - x'||^2
-                feature = F.mse_loss(d.features(rec), d.features(x))  # ... and of 1/n_d ||f(x) - f(x')||^2
-                loss = residual + self.kappa * feature
-                self._check_finite(loss, "encoder (izi_f) loss", "encoder", it, lr)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                record = {"iteration": it, "loss": loss.item(), "residual": residual.item(), "feature": feature.item()}
-                self.history["encoder"].append(record)
-                bar.update(1)
-                if it % 10 == 1:
-                    bar.set_postfix(loss=f"{record['loss']:.4g}")
-                if deadline is not None and time.perf_counter() >= deadline and it < iterations:
-                    stopped_by = "time_limit"
-                    break
-        finally:
-            bar.close()
-        return stopped_by
+        for it in range(1, iterations + 1):
+            x = next(stream).to(device, torch.float32)
+            rec = g(e(x))
+            residual = F.mse_loss(rec, x)  # mean over the batch of 1/n ||x - x'||^2
+            feature = F.mse_loss(d.features(rec), d.features(x))  # ... and of 1/n_d ||f(x) - f(x')||^2
+            loss = residual + self.kappa * feature
+            stage.check_finite(loss, "f-AnoGAN encoder (izi_f) loss", f"encoder iteration {it}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            stage.step({"iteration": it, "loss": loss.item(), "residual": residual.item(), "feature": feature.item()},
+                       loss=f"{loss.item():.4g}")  # fmt: skip
+            if stage.out_of_time(finished=it == iterations):
+                break
 
     def extra_repr(self) -> str:
         return (

@@ -10,4 +10,4 @@ from .protocol import (
     select_method_scores,
     selection_summary,
 )
-from .report import DEFAULT_MAX_PIXELS, evaluate_detection, write_evaluation_report
+from .report import DEFAULT_MAX_PIXELS, evaluate_detection, format_value, markdown_table, write_evaluation_report

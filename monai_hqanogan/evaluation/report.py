@@ -13,7 +13,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from monai_hqanogan.metrics import (
 )
 from monai_hqanogan.utils.checkpoint import atomic_output, write_text_atomic
 
-__all__ = ["evaluate_detection", "write_evaluation_report", "DEFAULT_MAX_PIXELS"]
+__all__ = ["evaluate_detection", "write_evaluation_report", "markdown_table", "format_value", "DEFAULT_MAX_PIXELS"]
 
 #: above this many pixels, the sort-based pixel metrics run on a deterministic random subset (see evaluate_detection)
 DEFAULT_MAX_PIXELS = 2_000_000
@@ -321,36 +321,62 @@ def _check_results(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> No
                 )
 
 
-def _format_value(value: Any) -> str:
-    if value is None:
+def format_value(value: Any, digits: int = 3) -> str:
+    """A table cell: ``"n/a"`` for None or NaN, floats with ``digits`` decimals, anything else as ``str``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.{digits}f}"
     return str(value)
+
+
+def markdown_table(
+    rows: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    label: str = "method",
+    digits: Mapping[str, int] | None = None,
+    text_columns: Collection[str] = (),
+    bold_best: bool = False,
+) -> list[str]:
+    """The lines of a Markdown table: one row per entry of ``rows`` (its name in the first column, headed ``label``),
+    one column per ``(key, header)`` of ``columns``; a key a row lacks shows as ``n/a``.
+
+    Args:
+        rows: row name -> the row's values by key.
+        columns: the ``(key, header)`` pairs, in order.
+        label: the header of the first column.
+        digits: decimals of a column's floats (default 3).
+        text_columns: keys of left-aligned (text) columns; the others are right-aligned numbers.
+        bold_best: with more than one row, bold each numeric column's highest value, compared as shown.
+    """
+    digits = dict(digits or {})
+    best: dict[str, float] = {}
+    if bold_best and len(rows) > 1:
+        for key, _ in columns:
+            shown = [round(r[key], digits.get(key, 3)) for r in rows.values() if isinstance(r.get(key), (int, float))]
+            if shown and key not in text_columns:
+                best[key] = max(shown)
+    lines = [
+        f"| {label} | " + " | ".join(header for _, header in columns) + " |",
+        "|---|" + "".join("---|" if key in text_columns else "---:|" for key, _ in columns),
+    ]
+    for name, row in rows.items():
+        cells = []
+        for key, _ in columns:
+            value = row.get(key)
+            text = format_value(value, digits.get(key, 3))
+            if key in best and isinstance(value, (int, float)) and round(value, digits.get(key, 3)) == best[key]:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _markdown_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One row per method; the best (highest) value of each column in bold, compared at the 3 shown decimals."""
     show_pixel = any(m.get("pixel_auroc") is not None for m in metrics.values())
-    columns = [c for c in _COLUMNS if c[2] == "image" or show_pixel]
-    best: dict[str, float] = {}
-    for key, _, _ in columns:
-        values = [round(m[key], 3) for m in metrics.values() if m.get(key) is not None]
-        if values:
-            best[key] = max(values)
-    lines = [
-        "| method | " + " | ".join(header for _, header, _ in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    for method, m in metrics.items():
-        cells = []
-        for key, _, _ in columns:
-            text = _format_value(m.get(key))
-            if m.get(key) is not None and len(metrics) > 1 and round(m[key], 3) == best[key]:
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return lines
+    columns = [(key, header) for key, header, kind in _COLUMNS if kind == "image" or show_pixel]
+    return markdown_table(metrics, columns, bold_best=True)
 
 
 def _info_lines(info: Mapping[str, Any]) -> list[str]:
@@ -474,9 +500,9 @@ def _markdown(report: Mapping[str, Any], max_fpr_pro: float) -> str:
         notes = list(dict.fromkeys(m["image_note"] for m in methods.values() if m["image_note"]))
         for method, m in methods.items():
             if m["dice_kind"] == "max":
-                notes.append(f"{method}: Dice-max, reached at pixel threshold {_format_value(m['dice_threshold'])}.")
+                notes.append(f"{method}: Dice-max, reached at pixel threshold {format_value(m['dice_threshold'])}.")
             elif m["dice_kind"] == "at_threshold":
-                notes.append(f"{method}: Dice at the pixel threshold {_format_value(m['dice_threshold'])}.")
+                notes.append(f"{method}: Dice at the pixel threshold {format_value(m['dice_threshold'])}.")
             if m["pixel_note"] and any(o["pixel_auroc"] is not None for o in methods.values()):
                 notes.append(f"{method}: no pixel metrics, {m['pixel_note']}")
             if m["pixel_subsampling"]:

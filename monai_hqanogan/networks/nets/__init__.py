@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from .detector import HQAnoGANDetector
+from .fanogan import FANOGAN_NORMS, FAnoGANCritic, FAnoGANEncoder, FAnoGANGenerator
 from .psp_encoder import PSPEncoder, style_groups
 from .stylegan2 import (
     StyleGAN2Generator,
