@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import monai.bundle
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_hqanogan.workflows import SETTINGS_KEYS, check_datalist, check_settings, check_slice_axis, save_stage
-from monai_hqanogan.workflows.main_job import main, run_main_job
+from monai_hqanogan.workflows.main_job import check_command_line_overrides, main, run_main_job
 from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, record_main_job_steps, tiny_overrides
 from tests.bundle_utils import error_messages as chain
 from tests.bundle_utils import file_hashes as hashes
@@ -159,6 +162,59 @@ def test_a_single_settings_value_without_a_dict_gets_the_settings_of_the_setting
     shipped = json.loads((BUNDLE / "configs" / "settings.json").read_text())["cpu"]
     assert json.loads(command[command.index("--settings") + 1]) == shipped
     assert command[command.index("--settings#generator_kimg") :][:2] == ["--settings#generator_kimg", "2"]
+
+
+MONAI_MAIN = str(Path(monai.bundle.__file__).with_name("__main__.py"))  # sys.argv[0] of python -m monai.bundle
+
+
+def bundle_argv(config: str, *overrides: str) -> list[str]:
+    return [MONAI_MAIN, "run", "--config_file", str(BUNDLE / "configs" / config), *overrides]
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ("train_generator.json", ["--total_kimgs", "5"], r"--total_kimgs \(did you mean 'total_kimg'\?\): no id"),
+        ("inference.json", ["--output-dir=o"], r"--output-dir \(did you mean 'output_dir'\?\)"),
+        ("calibrate.json", ["--protocol", "x", "--model_fil", "m.pt"], r"--model_fil \(did you mean 'model_file'"),
+        ("train_encoder.json", ["--train#handlerz#0", "1"], r"'train#handlerz' does not exist"),
+    ],
+)
+def test_a_bundle_command_line_refuses_unknown_overrides(config, overrides, message):
+    """``python -m monai.bundle run`` adds a misspelt id and runs with the defaults; each config's ``initialize``
+    now checks its command line first."""
+    with pytest.raises(ValueError, match=message):
+        check_command_line_overrides(bundle_argv(config, *overrides))
+    known = ["--meta_file", "m.json", "--run_id", "run", "--bundle_root", "b", "--settings#generator_kimg", "2"]
+    check_command_line_overrides(bundle_argv(config, *known))  # known ids and monai.bundle run's own options pass
+    check_command_line_overrides(["pytest", "run", "--config_file", config, *overrides])  # not a bundle command line
+    files = str([str(BUNDLE / "configs" / c) for c in ("train_generator.json", "multi_gpu_train_generator.json")])
+    check_command_line_overrides([MONAI_MAIN, "run", "--config_file", files, "--backend", "gloo"])  # the overlay's
+
+
+def test_the_main_job_passes_each_step_only_ids_its_config_defines(data, tmp_path, monkeypatch, capsys):
+    """The main job's step commands pass the configs' own check (``--model_file`` went to the training steps, whose
+    configs do not read it)."""
+    commands = record_main_job_steps(monkeypatch)
+    assert run_job(data, tmp_path / "runs", "--total_kimg", "0.016", "--protocol", "labelled-validation") == 0
+    for command in commands.values():
+        check_command_line_overrides([MONAI_MAIN, *command[3:]])
+    assert "--model_file" in commands["calibrate"] and "--model_file" not in commands["train_generator"]
+
+
+def test_a_misspelt_override_stops_python_m_monai_bundle_run(data, earlier_run):
+    """End to end: the real command line fails before any work and names the nearest id."""
+    before = hashes(earlier_run)
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "calibrate.json"),
+        "--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--run_dir", str(earlier_run),
+        "--protocl", "labelled-validation",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0
+    assert re.search(r"ValueError: unknown override.*--protocl \(did you mean 'protocol'\?\)", result.stderr)
+    assert hashes(earlier_run) == before
 
 
 def test_check_settings_refuses_unknown_keys_naming_the_nearest():

@@ -44,7 +44,16 @@ from monai_hqanogan.utils.run_dir_lock import check_run_lock
 from monai_hqanogan.workflows.checks import SETTINGS_KEYS, check_settings, did_you_mean
 from monai_hqanogan.workflows.stages import SHIPPED_SETTING
 
-__all__ = ["STAGES", "TRAINING_STAGES", "RUN_OPTIONS", "bundle_command", "main", "merge_timings", "run_main_job"]
+__all__ = [
+    "STAGES",
+    "TRAINING_STAGES",
+    "RUN_OPTIONS",
+    "bundle_command",
+    "check_command_line_overrides",
+    "main",
+    "merge_timings",
+    "run_main_job",
+]
 
 #: the steps of the main job, in order: name -> config file
 STAGES = {
@@ -213,6 +222,62 @@ def _stage_overrides(
     return out
 
 
+def _bundle_run_overrides(argv: Sequence[str]) -> tuple[list[list[str]], Any] | None:
+    """``(override pairs, config files)`` of a ``python -m monai.bundle run`` command line, or None for any other
+    command line (a notebook, a test, the Python API ``monai.bundle.run(...)``, another bundle command)."""
+    if len(argv) < 2 or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return None
+    if argv[1] not in ("run", "run_workflow"):
+        return None
+    tokens = [str(t) for t in argv[2:] if t != "--"]
+    first = next((i for i, t in enumerate(tokens) if t.startswith("--")), len(tokens))  # positional run_id first
+    pairs = _split_overrides(tokens[first:])
+    files = next((_value(p) for p in pairs if _key_path(p) == ["config_file"]), None)
+    if files is None:
+        return None
+    if files.lstrip().startswith(("[", "(")):  # a list, as MONAI's command line reads it
+        files = _literal(files)
+    return pairs, files
+
+
+def check_command_line_overrides(argv: Sequence[str] | None = None) -> None:
+    """Refuse a misspelt override of ``python -m monai.bundle run --config_file ...`` before any work: MONAI adds an
+    id that no config defines (``--total_kimgs 5``) and runs with the defaults, without a word. The bundle's configs
+    call this first in ``initialize``; it reads the command line (``sys.argv``) and the config files it names, and
+    does nothing when the process was not started as ``python -m monai.bundle run`` (the Python API
+    ``monai.bundle.run(**override)``, notebooks, tests: check those overrides yourself, or use :func:`main`, which
+    checks every step's overrides). Overrides given in an ``--args_file`` are not checked.
+
+    Args:
+        argv: the command line; ``sys.argv`` by default.
+
+    Raises:
+        ValueError: an override whose id no config file (nor ``monai.bundle run`` itself) defines, naming the nearest
+            known id, or a ``#`` path that the configs cannot hold.
+    """
+    from monai.bundle import ConfigParser
+
+    found = _bundle_run_overrides(sys.argv if argv is None else argv)
+    if found is None:
+        return
+    pairs, files = found
+    config = ConfigParser.load_config_files(files)
+    known = sorted({*config, *RUN_OPTIONS, *_SET_BY_THE_JOB, "_meta_"})
+    problems = []
+    for pair in pairs:
+        path = _key_path(pair)
+        key, top = "#".join(path), path[0]
+        if top not in known:
+            problems.append(f"--{key}{did_you_mean(top, known)}: no id of the config defines {top!r}")
+        elif top in config and len(path) > 1 and not _reaches(config, path):
+            problems.append(f"--{key}: {_path_problem(config, path)}")
+    if problems:
+        raise ValueError(
+            f"unknown override(s) for {files}, nothing was run: {'; '.join(problems)}. MONAI's command line would add "
+            "them as new ids and run with the defaults."
+        )
+
+
 def _check_bundle(bundle_root: Path) -> None:
     needed = [*STAGES.values(), "metadata.json", "settings.json"]
     missing = [c for c in needed if not (bundle_root / "configs" / c).is_file()]
@@ -312,8 +377,11 @@ def run_main_job(
                 "'python -m monai_hqanogan.data.prepare folder --help'."
             )
     common += ["--dataset_dir", str(dataset_dir)]
+    configs = _read_configs(bundle_root, stages)
     for stage in stages:
-        command = bundle_command(bundle_root, STAGES[stage], [*common, *per_stage[stage]])
+        # only the ids the step's config defines: its check_command_line_overrides refuses any other
+        own = [t for pair in _split_overrides(common) if _key_path(pair)[0] in configs[stage] for t in pair]
+        command = bundle_command(bundle_root, STAGES[stage], [*own, *per_stage[stage]])
         print(f"\n[main job] {stage}: {shlex.join(command)}", flush=True)
         t0 = time.perf_counter()
         result = subprocess.run(command, check=False)
