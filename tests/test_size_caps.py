@@ -38,6 +38,7 @@ from monai_hqanogan.workflows import (
     check_image_shape,
     image_header_shape,
     list_inference_inputs,
+    verify_image_file,
 )
 from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, tiny_model_runs
 from tests.bundle_utils import file_hashes as hashes
@@ -379,7 +380,7 @@ def test_prepare_caps_are_command_line_options(good_folder, tmp_path, capsys, re
 @pytest.mark.parametrize("kind", ["too_thin_image", "huge_nifti_header", "huge_volume"])
 def test_the_training_data_check_uses_the_same_caps_and_names_the_file(kind, tmp_path, record_property):
     """``check_datalist`` (train_generator.json, train_encoder.json) refuses from the header, with the constants of
-    ``workflows/checks.py``; a 1-px side (what prepare stored for a 2 x 5000 PNG) is named before training."""
+    ``data/image_files.py``; a 1-px side (what prepare stored for a 2 x 5000 PNG) is named before training."""
     name, make, _ = REFUSED[kind]
     png(tmp_path / "good.png", grey(1))
     make(tmp_path)
@@ -405,3 +406,149 @@ def test_the_training_data_check_refuses_a_side_that_rounds_away_at_the_model_re
     for name in ("train_generator", "train_encoder"):
         config = json.loads((BUNDLE / "configs" / f"{name}.json").read_text())
         assert "resolution=@resolution" in config["training_items"], name
+
+
+# ---------------------------------------------------------------------------------------------------- NRRD, MHA, DICOM
+def nrrd_file(path: Path, sizes: tuple[int, ...], kinds: str | None = None, data: bytes = b"\0" * 64) -> Path:
+    """An NRRD file whose text header claims ``sizes`` (uint8, raw) over ``data``."""
+    lines = ["NRRD0004", "# a comment: with a colon", "type: uint8", f"dimension: {len(sizes)}"]
+    lines += [f"sizes: {' '.join(map(str, sizes))}", "encoding: raw", "key:=value: of a pair"]
+    lines += [f"kinds: {kinds}"] if kinds else []
+    path.write_bytes(("\n".join(lines) + "\n\n").encode() + data)
+    return path
+
+
+def mha_file(path: Path, sizes: tuple[int, ...], channels: int = 1, data: bytes = b"\0" * 64) -> Path:
+    """A MetaImage file whose header claims ``sizes`` (uint8) with ``channels`` over ``data``."""
+    lines = ["ObjectType = Image", f"NDims = {len(sizes)}", f"DimSize = {' '.join(map(str, sizes))}"]
+    lines += [f"ElementNumberOfChannels = {channels}"] if channels != 1 else []
+    lines += ["ElementType = MET_UCHAR", "ElementDataFile = LOCAL"]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + data)
+    return path
+
+
+HUGE_SLICE = rf"2D image of 20000 x 20000 pixels, 400000000 in all, more than {MAX_SLICE_PIXELS} pixels: too large"
+HUGE_VOLUME = (
+    rf"shape \(8192, 8192, 4096\) with 1 channel\(s\): 274877906944 voxels, more than the cap of {MAX_VOLUME_VOXELS} "
+    r"\(max_volume_voxels\): too large to load safely"
+)
+HEADER_REFUSED = {
+    "huge_nrrd_header": ("claims.nrrd", lambda f: nrrd_file(f / "claims.nrrd", (20000, 20000)), HUGE_SLICE),
+    "huge_nrrd_volume": ("sparse.nrrd", lambda f: nrrd_file(f / "sparse.nrrd", (8192, 8192, 4096)), HUGE_VOLUME),
+    "huge_mha_header": ("claims.mha", lambda f: mha_file(f / "claims.mha", (20000, 20000)), HUGE_SLICE),
+    "huge_mha_volume": ("sparse.mha", lambda f: mha_file(f / "sparse.mha", (8192, 8192, 4096)), HUGE_VOLUME),
+}
+
+
+@pytest.mark.parametrize("kind", list(HEADER_REFUSED))
+def test_nrrd_and_mha_headers_are_capped_before_any_read(kind, tmp_path, record_property):
+    """An NRRD or MHA file whose text header claims a huge shape over 64 bytes of data is refused from its header
+    by the caps NIfTI has, at inference's input check and at the training data check, naming the file."""
+    name, make, message = HEADER_REFUSED[kind]
+    data = tmp_path / "data"
+    data.mkdir()
+    png(data / "a_good.png", grey(1))
+    make(data)
+    before = hashes(data)
+    rss = maxrss_mb()
+    with pytest.raises(ValueError, match=rf"image listed for inference '[^']*{re.escape(name)}' .*" + message):
+        list_inference_inputs(data, resolution=RESOLUTION)
+    (data / "datalist.json").write_text(json.dumps({"training": [{"image": "a_good.png"}, {"image": name}]}))
+    with pytest.raises(ValueError, match=rf"image listed in the datalist '[^']*{re.escape(name)}' .*" + message):
+        check_datalist(data / "datalist.json", ["training"])
+    assert maxrss_mb() - rss < 400 and {k: v for k, v in hashes(data).items() if k != "datalist.json"} == before
+    record_property("bad_input_kind", kind)
+
+
+def test_nrrd_and_mha_header_shapes_follow_monais_layout(tmp_path):
+    """Sizes in file order (as MONAI's ITKReader reads them); non-spatial NRRD kinds and MHA channels are channels;
+    a small file that is within the caps passes (a 3D volume only where volumes are allowed)."""
+    assert image_header_shape(nrrd_file(tmp_path / "a.nrrd", (5, 7, 3))) == ((5, 7, 3), 1)
+    rgb = nrrd_file(tmp_path / "rgb.nrrd", (3, 24, 20), kinds="RGB-color domain domain", data=b"\0" * 1440)
+    assert image_header_shape(rgb) == ((24, 20), 3)
+    assert image_header_shape(mha_file(tmp_path / "b.mha", (24, 20), channels=3)) == ((24, 20), 3)
+    volume = mha_file(tmp_path / "v.mha", (24, 20, 4), data=b"\0" * 1920)
+    for path in (rgb, volume):
+        assert verify_image_file(path, resolution=RESOLUTION) == path
+    with pytest.raises(ValueError, match=r"v\.mha' is a 3D volume \(shape \(24, 20, 4\)\), but this step needs 2D"):
+        verify_image_file(volume, spatial_2d=True)
+    with pytest.raises(ValueError, match=r"has slices of 24 x 20 pixels .* more than 100 pixels"):
+        verify_image_file(volume, max_slice_pixels=100)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("magic.nrrd", b"NRRX0004\nsizes: 4 4\n\n", "does not start with the NRRD magic"),
+        ("nosizes.nrrd", b"NRRD0004\ntype: uint8\ndimension: 2\n\n", "has no 'sizes' field"),
+        ("twice.nrrd", b"NRRD0004\nsizes: 4 4\nsizes: 99999 99999\n\n", "gives 'sizes' twice"),
+        ("words.nrrd", b"NRRD0004\nsizes: 4 lots\n\n", "its sizes is '4 lots'"),
+        ("dimension.nrrd", b"NRRD0004\ndimension: 3\nsizes: 4 4\n\n", "dimension '3' does not match its 2 sizes"),
+        ("endless.nrrd", b"NRRD0004\nsizes: 4 4\n" + b"# padding\n" * 7000, "does not end within its first 65536"),
+        ("nodims.mha", b"ObjectType = Image\nElementDataFile = LOCAL\n", "has no 'DimSize' field"),
+        ("negative.mha", b"DimSize = 4 -4\nElementDataFile = LOCAL\n", "its DimSize is '4 -4'"),
+        ("ndims.mha", b"NDims = 3\nDimSize = 4 4\nElementDataFile = LOCAL\n", "NDims '3' does not match"),
+    ],
+)
+def test_unreadable_nrrd_and_mha_headers_are_named(name, content, message, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"image '[^']*{re.escape(name)}' is not a readable .*{message}"):
+        verify_image_file(path)
+
+
+def dicom_file(path: Path, rows: int, columns: int, frames: int | None = None, series: str = "1.2.3.4") -> Path:
+    """A DICOM MR file whose header claims ``rows`` x ``columns`` (x ``frames``) over 64 bytes of pixel data."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.preamble = meta, b"\0" * 128
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.Modality, ds.Rows, ds.Columns = series, "MR", rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = 1, "MONOCHROME2", 8, 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    ds.PixelData = b"\0" * 64
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        pydicom.dcmwrite(path, ds, write_like_original=False)
+    return path
+
+
+def test_dicom_headers_are_capped_before_any_read(tmp_path, record_property):
+    """With pydicom installed, Rows x Columns (x NumberOfFrames, summed over a series folder) are read with
+    ``stop_before_pixels`` and held to the caps NIfTI has, as MONAI's PydicomReader lays them out."""
+    small = dicom_file(tmp_path / "small.dcm", 5, 7)
+    assert image_header_shape(small) == ((7, 5), 1)  # MONAI's PydicomReader swaps rows and columns
+    assert image_header_shape(dicom_file(tmp_path / "multi.dcm", 5, 7, frames=3)) == ((5, 3, 7), 1)
+    for k in range(4):
+        dicom_file(tmp_path / "series" / f"{k}.dcm", 24, 20)
+    assert image_header_shape(tmp_path / "series") == ((20, 24, 4), 1)
+    assert verify_image_file(tmp_path / "series", resolution=RESOLUTION) == tmp_path / "series"
+    huge = dicom_file(tmp_path / "huge" / "claims.dcm", 20000, 20000)
+    for k in range(2):  # two files of 8192 x 8192 x 2048 frames: a series of 8192 x 8192 x 4096
+        dicom_file(tmp_path / "sparse" / f"{k}.dcm", 8192, 8192, frames=2048)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.dcm").write_bytes(b"not DICOM at all")
+    before = hashes(tmp_path)
+    rss = maxrss_mb()
+    with pytest.raises(ValueError, match=rf"image listed for inference '[^']*claims\.dcm' .*{HUGE_SLICE}"):
+        list_inference_inputs(huge)
+    with pytest.raises(ValueError, match=r"image '[^']*huge' .*2D image of 20000 x 20000 pixels"):
+        verify_image_file(tmp_path / "huge")  # the series folder
+    with pytest.raises(ValueError, match=r"image '[^']*sparse' has shape \(8192, 8192, 4096\) with 1 channel\(s\)"):
+        verify_image_file(tmp_path / "sparse")
+    with pytest.raises(ValueError, match=r"image '[^']*bad' \(its file 'x\.dcm'\) is not a readable DICOM image"):
+        verify_image_file(tmp_path / "bad")
+    assert maxrss_mb() - rss < 400 and hashes(tmp_path) == before
+    record_property("bad_input_kind", "huge_dicom_header")

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_SLICE_PIXELS",
     "MAX_VOLUME_VOXELS",
     "MIN_SIDE",
+    "MAX_HEADER_BYTES",
     "SLICE_AXES",
     "image_suffix",
     "verify_image_file",
@@ -112,7 +113,8 @@ def verify_image_file(
 
     Always: the file exists and is not empty, its ending is one of :data:`IMAGE_SUFFIXES` (a folder must hold
     ``.dcm`` files, and DICOM needs pydicom), PNG/JPEG headers open (Pillow refuses decompression bombs there),
-    and the shape in a PNG/JPEG/BMP/TIFF or NIfTI header passes :func:`check_image_shape`: a 2D image or 3D volume
+    and the shape in the header (PNG/JPEG/BMP/TIFF, NIfTI, NRRD, MHA, DICOM: :func:`image_header_shape`) passes
+    :func:`check_image_shape`: a 2D image or 3D volume
     (a 4th NIfTI dimension holds channels), slices of at most ``max_slice_pixels``, at most ``max_volume_voxels`` in
     all, no side under :data:`MIN_SIDE` pixels, none at ``resolution`` either. With ``decode``: PNG/JPEG
     files decode completely (truncated files fail), NIfTI files hold all the data their header announces (read in
@@ -137,13 +139,13 @@ def verify_image_file(
     if not path.exists():
         raise FileNotFoundError(f"{label} {str(path)!r} does not exist.")
     if path.is_dir():
-        if any(p.suffix.lower() == ".dcm" for p in path.iterdir()):
-            _require_pydicom(path, label)
-            return path
-        raise ValueError(f"{label} {str(path)!r} is a folder without DICOM (.dcm) files, not an image.")
-    if path.stat().st_size == 0:
+        if not any(p.suffix.lower() == ".dcm" for p in path.iterdir()):
+            raise ValueError(f"{label} {str(path)!r} is a folder without DICOM (.dcm) files, not an image.")
+        suffix = ".dcm"
+    elif path.stat().st_size == 0:
         raise ValueError(f"{label} {str(path)!r} is empty (0 bytes).")
-    suffix = image_suffix(path)
+    else:
+        suffix = image_suffix(path)
     if suffix not in IMAGE_SUFFIXES:
         raise ValueError(
             f"{label} {str(path)!r} is not an image file (ending {suffix or 'none'!r}); "
@@ -154,6 +156,9 @@ def verify_image_file(
     shape_rules = {"slice_axis": slice_axis, "resolution": resolution, **caps}
     if suffix == ".dcm":
         _require_pydicom(path, label)
+        _verify_header_shape(path, label, spatial_2d, shape_rules)
+    elif suffix in _TEXT_HEADER_SUFFIXES:
+        _verify_header_shape(path, label, spatial_2d, shape_rules)
     elif suffix in RASTER_SUFFIXES:
         _verify_raster(path, label, decode, shape_rules)
     elif suffix in NIFTI_SUFFIXES:
@@ -181,20 +186,194 @@ def _nifti_layout(shape: Sequence[int]) -> tuple[tuple[int, ...], int]:
 
 
 def image_header_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], int] | None:
-    """(spatial shape, channels) of an image file from its header alone, no pixel data read (nibabel's
-    ``header.get_data_shape()``, Pillow's ``Image.open(...).size``), as MONAI's ``LoadImage`` lays the data out:
-    PNG/JPEG/BMP/TIFF (width, height) with their bands as channels; NIfTI as :func:`_nifti_layout`. None for the
-    formats without a header reader here (DICOM, NRRD, MHA). A header that cannot be read raises (Pillow's and
-    nibabel's own errors, e.g. ``PIL.Image.DecompressionBombError``)."""
-    path = Path(path)
-    suffix = image_suffix(path)
-    if path.is_dir() or suffix not in RASTER_SUFFIXES + NIFTI_SUFFIXES:
-        return None
+    """(spatial shape, channels) of an image file from its header alone, no pixel data read, as MONAI's
+    ``LoadImage`` lays the data out:
+
+    - PNG/JPEG/BMP/TIFF: (width, height) from Pillow's ``Image.open(...).size``, the bands as channels;
+    - NIfTI: nibabel's ``header.get_data_shape()``, as :func:`_nifti_layout`;
+    - NRRD: the ``sizes`` of its text header, in file order; axes whose ``kinds`` is not spatial (``RGB-color``,
+      ``vector``, ...) are channels (as MONAI's ``ITKReader`` reads them);
+    - MHA (MetaImage): its ``DimSize``, with ``ElementNumberOfChannels`` channels;
+    - DICOM (a ``.dcm`` file or a folder of them, one series), only when pydicom is installed: ``Rows``,
+      ``Columns``, ``NumberOfFrames`` and ``SamplesPerPixel`` of each file, read with ``stop_before_pixels``, laid
+      out as MONAI's ``PydicomReader`` does (the first two axes of the pixel array swapped; a series stacks its
+      slices last), the samples as channels.
+
+    None for a DICOM file or folder without pydicom. A header that cannot be read raises (Pillow's and nibabel's
+    own errors, e.g. ``PIL.Image.DecompressionBombError``; a ValueError naming the file for NRRD, MHA and DICOM).
+
+    Args:
+        path: the image file (or DICOM folder).
+    """
+    return _header_shape(Path(path), repr(str(path)))
+
+
+def _header_shape(path: Path, what: str) -> tuple[tuple[int, ...], int] | None:
+    """:func:`image_header_shape`, its errors naming the file as ``what``."""
+    suffix = ".dcm" if path.is_dir() else image_suffix(path)
+    if suffix == ".dcm":
+        return _dicom_header(path, what) if importlib.util.find_spec("pydicom") is not None else None
+    if suffix == ".nrrd":
+        return _nrrd_header(path, what)
+    if suffix == ".mha":
+        return _mha_header(path, what)
     if suffix in RASTER_SUFFIXES:
         return _raster_header(path)
+    if suffix not in NIFTI_SUFFIXES:
+        return None
     import nibabel as nib
 
     return _nifti_layout(nib.load(str(path)).header.get_data_shape())
+
+
+#: the formats whose header is text that :func:`image_header_shape` parses itself (NRRD, MetaImage)
+_TEXT_HEADER_SUFFIXES = (".nrrd", ".mha")
+#: the most bytes of an NRRD or MHA header read: a file whose header does not end within them is refused
+MAX_HEADER_BYTES = 1 << 16
+#: the NRRD axis kinds that are spatial (with ``???``/``none``: unknown); the others (``RGB-color``, ``vector``,
+#: ``list``, ...) hold channels
+_NRRD_SPATIAL_KINDS = ("domain", "space", "time", "???", "none")
+
+
+def _text_header(path: Path, what: str, fmt: str, end: Any) -> list[str]:
+    """The lines of the text header at the start of ``path``, up to the line for which ``end(line)`` is true (or
+    the end of the file), reading at most :data:`MAX_HEADER_BYTES`."""
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise ValueError(f"{what} is not a readable {fmt} file: not a regular file.")
+    with open(path, "rb") as f:
+        head = f.read(MAX_HEADER_BYTES)
+        more = bool(f.read(1))
+    pieces = head.split(b"\n")
+    lines = [raw.decode("latin-1").rstrip("\r") for raw in (pieces[:-1] if more else pieces)]  # the last may be cut
+    for i, line in enumerate(lines):
+        if end(line):
+            return lines[: i + 1]
+    if more:
+        raise ValueError(
+            f"{what} is not a readable {fmt} file: its header does not end within its first {MAX_HEADER_BYTES} bytes."
+        )
+    return lines
+
+
+def _header_ints(value: str, what: str, fmt: str, field: str) -> tuple[int, ...]:
+    """The integers (>= 0) of a header field (sizes), or a ValueError naming the file and the field."""
+    try:
+        values = tuple(int(v) for v in value.split())
+    except ValueError:
+        values = ()
+    if not values or any(n < 0 for n in values):
+        raise ValueError(f"{what} is not a readable {fmt} file: its {field} is {value.strip()[:80]!r}.")
+    return values
+
+
+def _fields(lines: Sequence[str], sep: str, what: str, fmt: str) -> dict[str, str]:
+    """``{field: value}`` of header lines ``field<sep>value``; a field given twice is refused (which one a reader
+    uses is not to be guessed)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if sep not in line:
+            continue
+        key, value = line.split(sep, 1)
+        key = key.strip()
+        if key in fields:
+            raise ValueError(f"{what} is not a readable {fmt} file: its header gives {key!r} twice.")
+        fields[key] = value.strip()
+    return fields
+
+
+def _nrrd_header(path: Path, what: str) -> tuple[tuple[int, ...], int]:
+    """(spatial shape, channels) from an NRRD header (text up to the first empty line)."""
+    lines = _text_header(path, what, "NRRD", lambda line: line == "")
+    if not lines or not lines[0].startswith("NRRD000"):
+        raise ValueError(f"{what} is not a readable NRRD file: it does not start with the NRRD magic 'NRRD000x'.")
+    body = [line for line in lines[1:] if line and not line.startswith("#") and ":=" not in line]
+    fields = {k.lower(): v for k, v in _fields(body, ": ", what, "NRRD").items()}
+    if "sizes" not in fields:
+        raise ValueError(f"{what} is not a readable NRRD file: its header has no 'sizes' field.")
+    sizes = _header_ints(fields["sizes"], what, "NRRD", "sizes")
+    dimension = _header_ints(fields.get("dimension", str(len(sizes))), what, "NRRD", "dimension")
+    if dimension != (len(sizes),):
+        raise ValueError(
+            f"{what} is not a readable NRRD file: its dimension {fields.get('dimension')!r} does not match its "
+            f"{len(sizes)} sizes."
+        )
+    kinds = fields.get("kinds", "").split() or ["domain"] * len(sizes)
+    if len(kinds) != len(sizes):
+        raise ValueError(f"{what} is not a readable NRRD file: {len(kinds)} kinds for {len(sizes)} sizes.")
+    spatial = tuple(n for n, k in zip(sizes, kinds) if k.lower() in _NRRD_SPATIAL_KINDS)
+    return spatial, math.prod(n for n, k in zip(sizes, kinds) if k.lower() not in _NRRD_SPATIAL_KINDS)
+
+
+def _mha_header(path: Path, what: str) -> tuple[tuple[int, ...], int]:
+    """(spatial shape, channels) from a MetaImage (``.mha``) header (text up to its ``ElementDataFile`` line)."""
+    lines = _text_header(path, what, "MHA", lambda line: line.split("=", 1)[0].strip() == "ElementDataFile")
+    fields = _fields(lines, "=", what, "MHA")
+    if "DimSize" not in fields:
+        raise ValueError(f"{what} is not a readable MHA (MetaImage) file: its header has no 'DimSize' field.")
+    sizes = _header_ints(fields["DimSize"], what, "MHA", "DimSize")
+    if "NDims" in fields and _header_ints(fields["NDims"], what, "MHA", "NDims") != (len(sizes),):
+        raise ValueError(
+            f"{what} is not a readable MHA (MetaImage) file: its NDims {fields['NDims']!r} does not match its "
+            f"DimSize {fields['DimSize']!r}."
+        )
+    channels = _header_ints(fields.get("ElementNumberOfChannels", "1"), what, "MHA", "ElementNumberOfChannels")
+    return sizes, math.prod(channels)
+
+
+def _dicom_header(path: Path, what: str) -> tuple[tuple[int, ...], int]:
+    """(spatial shape, channels) of a DICOM file or series folder from its files' headers (pydicom,
+    ``stop_before_pixels``; values over 1 MiB are not read), as MONAI's ``PydicomReader`` lays the data out."""
+    import pydicom
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm") if path.is_dir() else [path]
+    planes, frames, channels = [], 0, 1
+    for file in files:
+        if not file.is_file():  # a FIFO or a device would block or never end
+            raise ValueError(f"{what} is not a readable DICOM image: {file.name!r} is not a regular file.")
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, defer_size=1 << 20)
+            rows, columns = int(ds.Rows), int(ds.Columns)
+            count = int(ds.get("NumberOfFrames", 1) or 1)
+            samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        except Exception as err:  # pydicom raises InvalidDicomError, AttributeError, ValueError, ... for bad files
+            name = what if file == path else f"{what} (its file {file.name!r})"
+            raise ValueError(f"{name} is not a readable DICOM image: {type(err).__name__}: {str(err)[:200]}") from err
+        if min(rows, columns, count, samples) < 0:
+            raise ValueError(f"{what} is not a readable DICOM image: negative Rows, Columns or NumberOfFrames.")
+        planes.append((columns, rows))
+        frames += count
+        channels = max(channels, samples)
+    columns, rows = max(c for c, _ in planes), max(r for _, r in planes)
+    if path.is_dir():  # the slices stacked last (one slice: a 2D image)
+        spatial = (columns, rows) if frames == 1 else (columns, rows, frames)
+    else:  # a multi-frame file: MONAI swaps the first two axes of the pixel array [frames, rows, columns]
+        spatial = (columns, rows) if frames == 1 else (rows, frames, columns)
+    return spatial, channels
+
+
+def _verify_header_shape(path: Path, label: str, spatial_2d: bool, shape_rules: Mapping[str, Any]) -> None:
+    """Check the shape in the header of an NRRD, MHA or DICOM input (:func:`image_header_shape`) before any pixel
+    is read; DICOM without pydicom is not checked here (it cannot be read either)."""
+    what = f"{label} {str(path)!r}"
+    try:
+        found = _header_shape(path, what)
+    except OSError as err:
+        raise ValueError(f"{what} cannot be read: {type(err).__name__}: {err}") from err
+    if found is None:
+        return
+    spatial, channels = found
+    check_image_shape(spatial, what, channels, **shape_rules)
+    if spatial_2d:
+        _refuse_volume(spatial, what)
+
+
+def _refuse_volume(shape: Sequence[int], what: str) -> None:
+    """A ValueError for a 3D volume (more than one slice) where a step needs 2D images."""
+    if any(s > 1 for s in shape[2:]):
+        raise ValueError(
+            f"{what} is a 3D volume (shape {tuple(shape)}), but this step needs 2D images. Slice volumes "
+            "into 2D images with 'python -m monai_hqanogan.data.prepare folder --normal <folder> --output <out>'."
+        )
 
 
 def check_size_caps(max_slice_pixels: Any = MAX_SLICE_PIXELS, max_volume_voxels: Any = MAX_VOLUME_VOXELS) -> None:
@@ -326,11 +505,8 @@ def _verify_nifti(path: Path, label: str, spatial_2d: bool, decode: bool, shape_
         raise ValueError(f"{label} {str(path)!r} is not a readable NIfTI file: {err}") from err
     spatial, channels = _nifti_layout(shape)
     check_image_shape(spatial, f"{label} {str(path)!r}", channels, **shape_rules)
-    if spatial_2d and any(s > 1 for s in shape[2:]):
-        raise ValueError(
-            f"{label} {str(path)!r} is a 3D volume (shape {shape}), but this step needs 2D images. Slice volumes "
-            "into 2D images with 'python -m monai_hqanogan.data.prepare folder --normal <folder> --output <out>'."
-        )
+    if spatial_2d:
+        _refuse_volume(shape, f"{label} {str(path)!r}")
     # where the data end: the offset and dtype as stored in the file (nibabel resets the offset of img.header to 0)
     proxy = img.dataobj
     offset = int(getattr(proxy, "offset", img.header.get_data_offset()))

@@ -142,11 +142,12 @@ _DEFAULT_CAPS = {"max_slice_pixels": MAX_SLICE_PIXELS, "max_volume_voxels": MAX_
 
 
 def _check_header(file: ImageFile, options: dict[str, Any], what: str = "image") -> None:
-    """Refuse a PNG/JPEG or NIfTI input from its header, before any pixel is read: beyond the size caps, not 2D or
-    3D, or a slice with a side under ``MIN_SIDE`` px in the file or once stored at ``max_size`` (by
+    """Refuse an input from its header (:func:`~monai_hqanogan.data.image_files.image_header_shape`: PNG/JPEG,
+    NIfTI, and DICOM series with pydicom), before any pixel is read: beyond the size caps, not 2D or 3D, or a slice
+    with a side under ``MIN_SIDE`` px in the file or once stored at ``max_size`` (by
     :func:`~monai_hqanogan.data.image_files.check_image_shape`), as ``_UnusableFile``. The spatial shape is the one
     :func:`_read` makes (channels averaged, trailing singleton dimensions dropped). A header that cannot be read is
-    left to :func:`_read`, which says why; DICOM series are checked after loading."""
+    left to :func:`_read`, which says why."""
     try:
         found = image_header_shape(file.path)
     except Exception:  # unreadable, or beyond Pillow's decompression-bomb limit: _read names it
