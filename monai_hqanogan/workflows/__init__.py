@@ -53,3 +53,4 @@ from .stages import (
     round_networks_to_half,
     save_stage,
 )
+from .tracking import log_step_outputs, step_output_scalars

@@ -154,6 +154,30 @@ def _key_path(pair: list[str]) -> list[str]:
     return pair[0][2:].split("=", 1)[0].replace("::", "#").split("#")
 
 
+def _with_tracking_ids(config: dict[str, Any], pairs: list[list[str]]) -> dict[str, Any]:
+    """``config`` with the ids that ``--tracking`` adds to it, so that overriding them is not refused.
+
+    MONAI's ``ConfigWorkflow.patch_bundle_tracking`` adds the keys of the tracking settings' ``configs`` that the
+    config lacks (for ``--tracking mlflow``, ``monai.bundle.utils.DEFAULT_MLFLOW_SETTINGS``: ``tracking_uri``,
+    ``experiment_name``, ``run_name``, ``save_execute_config``, ...; its handler entries go into the handler lists
+    instead) and always sets ``save_execute_config``. A ``--tracking`` settings file is read here as MONAI reads it.
+    """
+    value = next((_value(pair) for pair in pairs if _key_path(pair) == ["tracking"]), None)
+    if value is None:
+        return config
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    tracking = _literal(value)
+    if isinstance(tracking, str) and tracking in DEFAULT_EXP_MGMT_SETTINGS:
+        settings = DEFAULT_EXP_MGMT_SETTINGS[tracking]
+    else:
+        settings = tracking if isinstance(tracking, dict) else ConfigParser.load_config_files(tracking)
+    handlers = settings.get("handlers_id", {})
+    added = {k: v for k, v in settings.get("configs", {}).items() if k not in handlers}
+    return {**added, "save_execute_config": True, **config}
+
+
 def _reaches(config: dict[str, Any], path: list[str]) -> bool:
     """Whether a config defines the override ``path`` (its top-level id, and for a ``#`` path the parent)."""
     if path[0] not in config:
@@ -177,7 +201,7 @@ def _stage_overrides(
             no step's config holds, a stray argument, or settings that :func:`check_settings` refuses.
     """
     pairs = _split_overrides(overrides)
-    configs = _read_configs(bundle_root, stages)
+    configs = {stage: _with_tracking_ids(c, pairs) for stage, c in _read_configs(bundle_root, stages).items()}
     known = sorted({k for config in configs.values() for k in config} | set(RUN_OPTIONS))
     problems: list[str] = []
     for pair in pairs:
@@ -261,7 +285,7 @@ def check_command_line_overrides(argv: Sequence[str] | None = None) -> None:
     if found is None:
         return
     pairs, files = found
-    config = ConfigParser.load_config_files(files)
+    config = _with_tracking_ids(ConfigParser.load_config_files(files), pairs)
     known = sorted({*config, *RUN_OPTIONS, *_SET_BY_THE_JOB, "_meta_"})
     problems = []
     for pair in pairs:
