@@ -51,6 +51,18 @@ setup(
             "nbformat",
             "ipykernel",
         ],
+        # experiment tracking: `python -m monai.bundle run ... --tracking mlflow` (MONAI's MLFlowHandler; the train
+        # configs log every loss of the trainers' step output, see monai_hqanogan/workflows/tracking.py).
+        # mlflow-skinny is MLflow's tracking client without its server and UI; SQLAlchemy and Alembic add the SQLite
+        # store that MONAI's default tracking_uri (sqlite:///<output_dir>/mlruns.db) needs, as MLflow 3 refuses the
+        # file store and MONAI's handler refuses file:// URIs. Measured (MLflow 3.17): these three install in 18 s to
+        # 174 MB in a fresh venv (110 MB next to the dev extra); `pip install mlflow` takes 45 s and 851 MB (pandas,
+        # pyarrow, scikit-learn, Flask, ...), which only its UI (`mlflow ui`) needs.
+        "mlflow": ["mlflow-skinny>=2.12.2", "sqlalchemy", "alembic"],
+        # DICOM inputs of prepare and inference (a .dcm file, or a folder of them as one series): MONAI's
+        # PydicomReader. Compressed transfer syntaxes that Pillow cannot decode also need pylibjpeg or GDCM
+        # (see pydicom's documentation); MONAI's GPU decoder plugin needs nvImageCodec and CuPy.
+        "dicom": ["pydicom"],
         # the MONAI Label app (monai_hqanogan/apps/monailabel). MONAI Label 0.8.5 itself goes in with --no-deps
         # (its requirements pull sam2 and its own torch pins): `pip install --no-deps monailabel==0.8.5`, then this
         # extra, which lists what the server and its writer import, in an environment whose torchvision matches
