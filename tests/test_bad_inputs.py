@@ -15,9 +15,11 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import resource
 import shutil
+import signal
 import struct
 import warnings
 import zlib
@@ -180,6 +182,97 @@ def test_prepare_sets_nan_and_inf_to_the_minimum_with_a_warning(kind, good_folde
     stored = np.asarray(Image.open(tmp_path / "out" / item["image"]))
     assert stored.max() - stored.min() > 100  # the image kept its contrast (NaN would have zeroed it)
     record_property("bad_input_kind", kind)
+
+
+def test_prepare_skips_fifos_devices_and_broken_links_without_opening_them(good_folder, tmp_path, record_property):
+    """A FIFO named like an image blocked the preparation forever (its reader waits for a writer); a link to a
+    device or to nothing is not read either. Each is skipped with the reason, the good images are prepared."""
+    folder = with_extra(good_folder, tmp_path, {})
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("the preparation blocked on the FIFO"))
+    signal.alarm(120)
+    try:
+        with pytest.warns(UserWarning, match="skipped 3 unusable file"):
+            assert prepare(folder, tmp_path / "out") == 0
+    finally:
+        signal.alarm(0)
+    skipped = json.loads((tmp_path / "out" / "datalist.json").read_text())["info"]["skipped"]
+    reasons = {s["file"]: s["reason"] for s in skipped}
+    assert "not a regular file (a FIFO, socket or device)" in reasons["normal/pipe.png"]
+    assert "not a regular file (a FIFO, socket or device)" in reasons["normal/zero.png"]
+    assert "not a regular file (a broken link)" in reasons["normal/gone.png"]
+    record_property("bad_input_kind", "fifo_device_broken_link")
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("abnormal=masks", "the abnormal folder and the mask folder are one folder"),
+        ("masks inside abnormal", "the mask folder .* lies inside the abnormal folder"),
+        ("abnormal=normal", "the abnormal folder and the normal folder are one folder"),
+        ("normal inside abnormal", "the normal folder .* lies inside the abnormal folder"),
+    ],
+)
+def test_prepare_refuses_input_folders_that_overlap(layout, message, good_folder, tmp_path, capsys, record_property):
+    """Images and masks in one folder gave a datalist whose masks were also abnormal images, each image its own
+    mask, without a word; the same folder as normal and abnormal mixed the classes."""
+    abnormal = tmp_path / "abnormal"
+    abnormal.mkdir()
+    for i in range(2):
+        Image.fromarray(grey(40 + i)).save(abnormal / f"t{i}.png")
+        Image.fromarray(np.where(grey(40 + i) > 128, 255, 0).astype(np.uint8)).save(abnormal / f"t{i}_mask.png")
+    normal, masks = good_folder, abnormal
+    if layout == "masks inside abnormal":
+        masks = abnormal / "masks"
+        masks.mkdir()
+        for i in range(2):
+            shutil.copy(abnormal / f"t{i}_mask.png", masks)
+    elif layout == "abnormal=normal":
+        normal, masks = abnormal, None
+    elif layout == "normal inside abnormal":
+        normal, masks = shutil.copytree(good_folder, abnormal / "normal"), None
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    extra = ["--abnormal", str(abnormal), *(["--masks", str(masks)] if masks else [])]
+    assert prepare(normal, tmp_path / "out", *extra) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err
+    assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
+    record_property("bad_input_kind", "overlapping_input_folders")
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (["n0.jpg"], "normal inputs n0.jpg and n0.png would both be stored as images/normal/n0.png"),
+        (["N1.PNG"], "normal inputs N1.PNG and n1.png would both be stored"),  # letter case ignored
+        (["a/b.png", "a__b.png"], "normal inputs a__b.png and a/b.png would both be stored as images/normal/a__b.png"),
+        (["v.nii.gz", "v_s0003.png"], "v_s0003.png would be stored under the name of a slice of the volume v.nii.gz"),
+    ],
+)
+def test_prepare_refuses_inputs_stored_under_one_name(files, message, good_folder, tmp_path, capsys, record_property):
+    """``x.png`` and ``x.jpg`` were both stored as ``images/normal/x.png``: the second overwrote the first, and two
+    datalist items pointed at one image, without a word."""
+    data = {"v.nii.gz": nifti_bytes(np.random.rand(24, 20, 6) * 100, tmp_path / "v.nii.gz")}
+    folder = with_extra(good_folder, tmp_path, {f: data.get(f, encoded(grey(60), "PNG")) for f in files})
+    capsys.readouterr()
+    assert prepare(folder, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "rename one of them" in err, err
+    assert not (tmp_path / "out").exists()
+    record_property("bad_input_kind", "inputs_sharing_a_stored_name")
+
+
+@pytest.mark.parametrize("value", ["nan", "2", "-0.1"])
+def test_prepare_refuses_an_out_of_range_min_foreground(value, good_folder, tmp_path, capsys, record_property):
+    """``--min-foreground nan`` kept every empty volume slice and 2 dropped every one, without a word."""
+    capsys.readouterr()
+    assert prepare(good_folder, tmp_path / "out", "--min-foreground", value) == 1
+    assert "min_foreground must be a fraction in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    record_property("bad_input_kind", "min_foreground_out_of_range")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import time
@@ -91,7 +92,8 @@ class ImageFile:
 
     @property
     def safe_name(self) -> str:
-        """A flat, unique output name: the relative path without suffix, folders joined with ``__``."""
+        """A flat output name: the relative path without suffix, folders joined with ``__`` (two inputs with one
+        name are refused before any work, by :func:`_check_stored_names`)."""
         parent = Path(self.relative).parent.as_posix()
         return self.stem if parent == "." else f"{parent.replace('/', '__')}__{self.stem}"
 
@@ -264,6 +266,63 @@ def _match_masks(abnormal: list[ImageFile], masks: list[ImageFile]) -> dict[str,
     return matched
 
 
+def _check_separate_inputs(folders: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse input folders that are one folder or lie inside each other: every folder is searched recursively, so
+    the files of one would also be read as the other's (masks as abnormal images, each image its own mask; normal
+    images as abnormal ones)."""
+    given = {k: Path(v).expanduser().resolve() for k, v in folders.items() if v is not None and Path(v).is_dir()}
+    for a, path_a in given.items():
+        for b, path_b in given.items():
+            if a < b and path_a == path_b:
+                hint = " (masks next to the images)" if "mask" in (a, b) else ""
+                raise ValueError(
+                    f"the {a} folder and the {b} folder are one folder, {path_a}: its files would be read as {a} "
+                    f"and as {b} images. Give each its own folder{hint}."
+                )
+            if a != b and path_b in path_a.parents:
+                raise ValueError(
+                    f"the {a} folder {path_a} lies inside the {b} folder {path_b}, which is searched recursively: its "
+                    f"files would be read as {b} images too. Give folders that do not contain each other."
+                )
+
+
+def _check_stored_names(cls: str, files: list[ImageFile]) -> None:
+    """Refuse, before any work, two inputs of one class that would be stored under one PNG name
+    (``images/<cls>/<safe_name>.png``, or ``<safe_name>_sNNNN.png`` for the slices of a volume; letter case ignored,
+    as on a case-insensitive disk): the second would overwrite the first, and two datalist items would point at one
+    image (``x.png`` and ``x.jpg``; ``a/b.png`` and ``a__b.png``)."""
+    seen: dict[str, ImageFile] = {}
+    for f in files:
+        key = f.safe_name.casefold()
+        if key in seen:
+            raise ValueError(
+                f"{cls} inputs {seen[key].relative} and {f.relative} would both be stored as images/{cls}/"
+                f"{f.safe_name}.png (named after the path without its extension, folders joined with '__', letter "
+                "case ignored): rename one of them."
+            )
+        seen[key] = f
+    for f in files:
+        if f.kind in ("nifti", "dicom"):  # a 3D volume stores its slices as <name>_sNNNN.png
+            pattern = re.compile(re.escape(f.safe_name.casefold()) + r"_s\d{4}")
+            other = next((g for key, g in seen.items() if pattern.fullmatch(key)), None)
+            if other is not None:
+                raise ValueError(
+                    f"{cls} input {other.relative} would be stored under the name of a slice of the volume "
+                    f"{f.relative} (images/{cls}/{other.safe_name}.png): rename one of them."
+                )
+
+
+def _check_regular(file: ImageFile) -> None:
+    """Refuse, as ``_UnusableFile`` and without opening it, an input that is not a regular file (through links): a
+    FIFO named ``x.png`` would block its reader forever, a device (``/dev/zero``) never ends. For a DICOM series,
+    each of its ``.dcm`` files."""
+    paths = sorted(file.path.glob("*.dcm")) if file.kind == "dicom" else [file.path]
+    for path in paths:
+        if not path.is_file():
+            what = "a broken link" if path.is_symlink() and not path.exists() else "a FIFO, socket or device"
+            raise _UnusableFile(f"{path.name} is not a regular file ({what}): not read")
+
+
 def _store(
     file: ImageFile,
     cls: str,
@@ -273,6 +332,9 @@ def _store(
     options: dict[str, Any],
 ) -> list[PreparedImage]:
     """Read one input, store its image(s) (and mask slices) as PNGs, and describe them."""
+    for f in (file, mask_file):
+        if f is not None:
+            _check_regular(f)
     _check_header(file, options)
     if mask_file is not None:
         _check_header(mask_file, options, "mask")
@@ -421,12 +483,17 @@ def prepare_image_folder(
     )
     if slice_axis not in (-3, -2, -1, 0, 1, 2):
         raise ValueError(f"slice_axis must be a spatial axis of a 3D volume (-3 to 2), got {slice_axis}.")
+    if not 0.0 <= min_foreground < 1.0:  # NaN too: it would keep every empty slice, 1 or more drop every slice
+        raise ValueError(f"min_foreground must be a fraction in [0, 1), got {min_foreground}.")
     check_size_caps(max_slice_pixels, max_volume_voxels)
     if mask_dir is not None and abnormal_dir is None:
         raise ValueError("masks were given without abnormal images: masks belong to abnormal_dir's images.")
+    _check_separate_inputs({"normal": normal_dir, "abnormal": abnormal_dir, "mask": mask_dir})
     inputs = {"normal": find_image_files(normal_dir, "normal")}
     if abnormal_dir is not None:
         inputs["abnormal"] = find_image_files(abnormal_dir, "abnormal")
+    for cls, files in inputs.items():
+        _check_stored_names(cls, files)
     matched = _match_masks(inputs["abnormal"], find_image_files(mask_dir, "mask")) if mask_dir is not None else {}
 
     def fingerprint(folder: str | os.PathLike | None) -> str | None:
