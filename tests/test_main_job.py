@@ -57,6 +57,20 @@ def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path):
         run_main_job(BUNDLE, **kwargs)
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_run_dir_that_is_or_lies_under_a_file_is_refused_in_words(below, tmp_path, capsys):
+    """It raised a bare NotADirectoryError traceback from the run-folder lock check."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "datalist.json").write_text("{}")
+    (tmp_path / "notes").write_text("mine")
+    run_dir = tmp_path / "notes" / below
+    argv = ["--bundle_root", str(BUNDLE), "--dataset_dir", str(tmp_path / "data"), "--run_dir", str(run_dir)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{str(tmp_path / 'notes')!r} is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
 def test_not_a_bundle_and_missing_shipped_weights(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="is not the HQ-AnoGAN bundle"):
         run_main_job(tmp_path)

@@ -368,6 +368,9 @@ def run_main_job(
             if "progress" in configs[stage]:
                 per_stage[stage] += ["--progress", "false"]
     run_dir = bundle_root / "runs" / setting if run_dir is None else Path(run_dir).expanduser().resolve()
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--run_dir {str(run_dir)!r}: {str(existing)!r} is a file, not a folder.")
     if any(stage in TRAINING_STAGES for stage in stages):
         check_run_lock(run_dir)  # fail before any work; the training steps take the lock themselves
     common = ["--setting", setting, "--run_dir", str(run_dir)]
@@ -489,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.run_dir,
             args.progress,
         )
-    except (FileNotFoundError, ValueError, RuntimeError, PermissionError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # OSError: FileNotFoundError, PermissionError, ...
         print(f"[main job] error: {err}", file=sys.stderr)
         return 1
     return 0
