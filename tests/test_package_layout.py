@@ -9,6 +9,7 @@ of the lower packages imports from ``workflows`` or ``apps``.
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,19 @@ def test_lower_packages_do_not_import_the_bundle_glue(package):
             assert not module.startswith(("monai_hqanogan.workflows", "monai_hqanogan.apps")), (
                 f"{path.relative_to(PACKAGE)} imports {module}"
             )
+
+
+def test_utils_modules_share_only_public_names():
+    """A helper one ``utils`` module takes from another is a public, documented name of that module (``staging``
+    used the run lock's ``_alive``, ``_guard`` and ``_start_token``)."""
+    for path in sorted((PACKAGE / "utils").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("monai_hqanogan")):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{path.relative_to(PACKAGE)} imports private {private} from {node.module}"
+                if not node.level:  # and listed in that module's __all__
+                    exported = importlib.import_module(node.module).__all__
+                    assert all(a.name in exported for a in node.names), (path.name, node.module, exported)
 
 
 def test_one_suffix_list():

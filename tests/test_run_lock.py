@@ -240,7 +240,7 @@ def test_stale_locks_are_taken_over(kind, tmp_path):
 def test_a_live_process_under_the_locks_pid_with_its_start_time_holds_it(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        token = run_lock_module._start_token(sleeper.pid)
+        token = run_lock_module.process_start_token(sleeper.pid)
         write_lock(tmp_path, pid=sleeper.pid, process_start=token)
         with pytest.raises(RunLockedError, match=f"PID {sleeper.pid}"):
             acquire_run_lock(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_hqanogan.utils.run_dir_lock import _start_token
+from monai_hqanogan.utils.run_dir_lock import process_start_token
 from monai_hqanogan.utils.staging import (
     STAGING_OWNER,
     clear_stale_staging,
@@ -43,7 +43,7 @@ def test_create_writes_the_owner_and_clears_a_stale_leftover(tmp_path):
     assert not (path / "partial.png").exists()
     owner = staging_owner(path)
     assert owner["pid"] == os.getpid() and owner["purpose"] == "a test run" and owner["host"] == socket.gethostname()
-    assert owner["process_start"] == _start_token(os.getpid())
+    assert owner["process_start"] == process_start_token(os.getpid())
     # a leftover of this very process (a call that raised) is cleared too, without a warning
     assert create_staging_dir(path, "again") == path and staging_owner(path)["purpose"] == "again"
 
@@ -65,7 +65,7 @@ def test_what_the_tool_cannot_prove_stale_is_never_deleted(kind, message, tmp_pa
     if kind == "unmarked":
         staging(path, None)
     elif kind == "live":
-        staging(path, os.getppid(), token=_start_token(os.getppid()))
+        staging(path, os.getppid(), token=process_start_token(os.getppid()))
     elif kind == "foreign":
         staging(path, dead_pid(), host="another-host.invalid")
     elif kind == "link":
@@ -90,7 +90,7 @@ def test_an_empty_unmarked_folder_is_taken(tmp_path):
 def test_remove_stale_staging_dirs_removes_only_marked_stale_folders(tmp_path):
     stale = staging(tmp_path / ".out.incomplete-1", dead_pid())
     unmarked = staging(tmp_path / ".out.incomplete-2", None)  # a look-alike without the owner file
-    live = staging(tmp_path / ".out.incomplete-3", os.getppid(), token=_start_token(os.getppid()))
+    live = staging(tmp_path / ".out.incomplete-3", os.getppid(), token=process_start_token(os.getppid()))
     other = staging(tmp_path / ".other.incomplete-4", dead_pid())  # another pattern
     with pytest.warns(UserWarning, match="removed"):
         assert remove_stale_staging_dirs(tmp_path, ".out.incomplete-*") == [stale]

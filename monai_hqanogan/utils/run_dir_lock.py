@@ -45,6 +45,9 @@ __all__ = [
     "check_run_lock",
     "run_lock",
     "read_run_lock",
+    "process_start_token",
+    "process_alive",
+    "folder_flock",
 ]
 
 #: the lock file's name inside the run folder
@@ -78,14 +81,27 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
         return None
 
 
-def _start_token(pid: int) -> str | None:
-    """What tells this run of ``pid`` from a later process under the same PID (Linux); None elsewhere."""
+def process_start_token(pid: int) -> str | None:
+    """What tells this run of process ``pid`` from a later process under the same PID: ``"<boot id>:<start tick>"``
+    from ``/proc`` (Linux); None elsewhere or when there is no such process.
+
+    Written next to a PID into lock and owner files, and compared by :func:`process_alive`.
+    """
     stat = _proc_stat(pid)
     return None if stat is None else f"{_boot_id()}:{stat[1]}"
 
 
-def _alive(pid: int, token: str | None) -> bool:
-    """Whether process ``pid`` of this host runs, and is the one that wrote ``token`` (when both are known)."""
+def process_alive(pid: int, token: str | None) -> bool:
+    """Whether process ``pid`` of this host runs, and is the one that wrote ``token`` (when both are known).
+
+    Args:
+        pid: the process id written in a lock or owner file (anything but a positive int: not alive).
+        token: its :func:`process_start_token` as written then, or None (then the PID alone is checked).
+
+    Returns:
+        False for no such process, a zombie, or another process now under that PID (its start differs); True
+        otherwise, also for a process of another user and on Windows (never judged ended there).
+    """
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     if os.name == "nt":  # no safe probe without extra packages: never judge a Windows lock stale
@@ -101,7 +117,7 @@ def _alive(pid: int, token: str | None) -> bool:
     stat = _proc_stat(pid)
     if stat is not None and stat[0] in ("Z", "X"):  # ended, not yet reaped
         return False
-    current = _start_token(pid)
+    current = process_start_token(pid)
     return not (token and current and token != current)
 
 
@@ -112,7 +128,7 @@ def _content(stage: str) -> bytes:
         "host": socket.gethostname(),
         "stage": stage,
         "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "process_start": _start_token(pid),
+        "process_start": process_start_token(pid),
         "token": secrets.token_hex(8),
     }
     return (json.dumps(info) + "\n").encode()
@@ -158,9 +174,9 @@ def _holder_state(info: dict[str, Any] | None, age: float) -> str:
     if info.get("host") != socket.gethostname():
         return "foreign"
     pid, token = info.get("pid"), info.get("process_start")
-    if pid == os.getpid() and (token is None or token == _start_token(pid)):
+    if pid == os.getpid() and (token is None or token == process_start_token(pid)):
         return "mine"
-    return "live" if _alive(pid, token) else "stale"
+    return "live" if process_alive(pid, token) else "stale"
 
 
 def _refusal(lock: Path, info: dict[str, Any], state: str) -> RunLockedError:
@@ -214,17 +230,23 @@ def _drop_if_unchanged(lock: Path, judged: bytes) -> None:
 
 
 @contextmanager
-def _guard(run_dir: Path, timeout: float = 30.0) -> Iterator[None]:
-    """Hold an exclusive ``flock`` of the folder ``run_dir`` for the block: the processes of this module check and
-    take over its lock one at a time. Where there is no ``flock`` (Windows, some network file systems) the block runs
-    unguarded, and the rename check of :func:`_drop_if_unchanged` is what protects a take-over."""
+def folder_flock(folder: str | os.PathLike, timeout: float = 30.0) -> Iterator[None]:
+    """Hold an exclusive ``flock`` of ``folder`` itself for the block (no extra file; the kernel drops it when the
+    process dies, so it never goes stale): the processes that check and take over a run folder's lock, or clear the
+    staging folders in ``folder`` (:mod:`monai_hqanogan.utils.staging`), do so one at a time. Where there is no
+    ``flock`` (Windows, some network file systems) or the folder cannot be opened, the block runs unguarded, and the
+    rename check of :func:`_drop_if_unchanged` is what protects a take-over.
+
+    Raises:
+        RunLockedError: another process held the ``flock`` for ``timeout`` seconds.
+    """
     try:
         import fcntl
     except ImportError:
         yield
         return
     try:
-        fd = os.open(run_dir, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError:
         yield
         return
@@ -237,7 +259,7 @@ def _guard(run_dir: Path, timeout: float = 30.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise RunLockedError(
-                        f"run folder {str(run_dir)!r}: another process has been taking its lock for {timeout:.0f} s; "
+                        f"folder {os.fspath(folder)!r}: another process has held its flock for {timeout:.0f} s; "
                         "try again."
                     ) from None
                 time.sleep(0.005)
@@ -266,7 +288,7 @@ def acquire_run_lock(run_dir: str | os.PathLike, stage: str = "training", attemp
     lock = run_dir / LOCK_NAME
     content = _content(stage)
     for _ in range(attempts):
-        with _guard(run_dir):
+        with folder_flock(run_dir):
             state = _try_take(lock, content)
         if state == "taken":
             _HELD[str(lock.resolve())] = (os.getpid(), content)
@@ -312,7 +334,7 @@ def release_run_lock(run_dir: str | os.PathLike) -> bool:
     if held is None or held[0] != os.getpid():
         return False  # not ours (a forked child inherits the parent's table: never release the parent's lock)
     del _HELD[key]
-    with _guard(lock.parent):
+    with folder_flock(lock.parent):
         found = _read(lock)
         if found is None or found[0] != held[1]:
             return False

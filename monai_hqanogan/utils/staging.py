@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from monai_hqanogan.utils.run_dir_lock import _alive, _guard, _start_token
+from monai_hqanogan.utils.run_dir_lock import folder_flock, process_alive, process_start_token
 
 __all__ = ["STAGING_OWNER", "create_staging_dir", "staging_owner", "clear_stale_staging", "remove_stale_staging_dirs"]
 
@@ -63,9 +63,9 @@ def _state(path: Path) -> tuple[str, dict[str, Any] | None]:
     if info.get("host") != socket.gethostname():
         return "foreign", info
     pid, token = info["pid"], info.get("process_start")
-    if pid == os.getpid() and (token is None or token == _start_token(pid)):
+    if pid == os.getpid() and (token is None or token == process_start_token(pid)):
         return "stale", info  # left by this process (a call that raised): nothing of it is in flight
-    return ("live" if _alive(pid, token) else "stale"), info
+    return ("live" if process_alive(pid, token) else "stale"), info
 
 
 def _refusal(path: Path, state: str, info: dict[str, Any] | None) -> FileExistsError:
@@ -124,11 +124,11 @@ def create_staging_dir(path: str | os.PathLike, purpose: str) -> Path:
     owner = {
         "pid": pid,
         "host": socket.gethostname(),
-        "process_start": _start_token(pid),
+        "process_start": process_start_token(pid),
         "purpose": purpose,
         "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with _guard(path.parent):
+    with folder_flock(path.parent):
         clear_stale_staging(path)
         path.mkdir()  # a new folder: FileExistsError if another run created it in between
         (path / STAGING_OWNER).write_text(json.dumps(owner) + "\n", encoding="utf-8")
@@ -145,7 +145,7 @@ def remove_stale_staging_dirs(parent: str | os.PathLike, pattern: str) -> list[P
     """
     parent = Path(parent)
     removed = []
-    with _guard(parent):
+    with folder_flock(parent):
         for path in sorted(parent.glob(pattern)):
             if _state(path)[0] in ("stale", "empty"):
                 clear_stale_staging(path)
