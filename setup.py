@@ -36,13 +36,17 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "scikit-learn", "hypothesis"],
+        # build and setuptools: tests/test_wheel_install.py builds the wheel and the sdist with
+        # `python -m build --no-isolation` (setuptools >= 70.1 writes wheels without the `wheel` package)
+        "test": ["pytest>=7", "pytest-xdist", "scikit-learn", "hypothesis", "build", "setuptools>=70.1"],
         "dev": [
             "pytest>=7",
             "pytest-xdist",
             "ruff",
             "scikit-learn",
             "hypothesis",
+            "build",
+            "setuptools>=70.1",
             # the tutorials (tutorials/NN_*.py, jupytext percent format): tests/test_tutorials.py turns each into a
             # notebook and executes it in a fresh Jupyter kernel (nbclient + ipykernel) in the small setting, and
             # tutorials/build_notebooks.py regenerates the committed .ipynb files with their outputs
@@ -104,6 +108,5 @@ setup(
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Medical Science Apps.",
-        "License :: OSI Approved :: Apache Software License",
     ],
 )
