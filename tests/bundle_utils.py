@@ -14,6 +14,15 @@ from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brain_mri_anomaly_hqanogan"
 
+
+def config_files(config: str, *overlays: str) -> list[str]:
+    """The ``config_file`` list that runs ``config`` of the bundle (``configs/common.json`` first, but for
+    ``inference.json``), then ``overlays``."""
+    from monai_hqanogan.workflows import bundle_config_files
+
+    return bundle_config_files(BUNDLE, config, *overlays)
+
+
 #: a tiny model and a few iterations: each step of the bundle runs in seconds on the CPU
 TINY_SETTINGS = {
     "resolution": 16,
@@ -166,6 +175,7 @@ def run_tiny_inference(runs: Path, source: Path, out: Path, **extra) -> None:
 def record_main_job_steps(monkeypatch) -> dict[str, list[str]]:
     """Replace the main job's ``monai.bundle run`` subprocesses by a recorder, so that no step runs: the dict it returns
     fills with step name -> that step's latest command line."""
+    import ast
     import subprocess
 
     from monai_hqanogan.workflows.main_job import STAGES
@@ -173,7 +183,8 @@ def record_main_job_steps(monkeypatch) -> dict[str, list[str]]:
     commands: dict[str, list[str]] = {}
 
     def record(command, check=False):
-        config = Path(command[command.index("--config_file") + 1]).name
+        files = ast.literal_eval(command[command.index("--config_file") + 1])  # common.json, then the step's config
+        config = Path(files[-1]).name
         commands[next(s for s, c in STAGES.items() if c == config)] = command
         return subprocess.CompletedProcess(command, 0)
 

@@ -49,7 +49,15 @@ from monai_hqanogan.workflows import (
     export_detector,
     list_inference_inputs,
 )
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, assert_clear, make_tiny_dataset, tiny_detector, tiny_overrides
+from tests.bundle_utils import (
+    BUNDLE,
+    TINY_SETTINGS,
+    assert_clear,
+    config_files,
+    make_tiny_dataset,
+    tiny_detector,
+    tiny_overrides,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -648,9 +656,7 @@ def _earlier_run(root: Path) -> Path:
 
 def _workflow(config: str, **overrides) -> ConfigWorkflow:
     kind = "train" if config.startswith("train") else "infer"
-    return ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / config), workflow_type=kind, bundle_root=str(BUNDLE), **overrides
-    )
+    return ConfigWorkflow(config_file=config_files(config), workflow_type=kind, bundle_root=str(BUNDLE), **overrides)
 
 
 POWER_OF_TWO = "resolution must be a power of two between 8 and 1024, got "

@@ -16,14 +16,14 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from monai_hqanogan.utils import list_checkpoints, load_checkpoint
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, config_files, make_tiny_dataset, tiny_overrides
 
 CONFIGS = BUNDLE / "configs"
 
 
 def workflow(config: str, workflow_type: str, **overrides) -> ConfigWorkflow:
     w = ConfigWorkflow(
-        config_file=str(CONFIGS / config),
+        config_file=config_files(config),
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=workflow_type,
@@ -233,6 +233,51 @@ def test_monai_bundle_tools_accept_the_bundle(trained, tmp_path):
         torch.testing.assert_close(exported(x), net.eval()(x), atol=1e-5, rtol=1e-4)
 
 
+def _targets(node) -> list[str]:
+    """Every ``_target_`` of a config (nested dicts and lists)."""
+    if isinstance(node, dict):
+        own = [node["_target_"]] if "_target_" in node else []
+        return own + [t for v in node.values() for t in _targets(v)]
+    return [t for v in node for t in _targets(v)] if isinstance(node, list) else []
+
+
+def test_common_json_holds_the_shared_pieces_and_inference_json_runs_alone():
+    """The network definitions, the settings lookup, the device and the paths live in common.json only; inference.json
+    (read alone by MONAI Label and MONAI's bundle tools) builds common.json's detector with its own values."""
+    from monai.bundle import ConfigParser
+
+    configs = {p.name: json.loads(p.read_text()) for p in CONFIGS.glob("*.json")}
+    shared = {"imports", "bundle_root", "settings", "device", "dataset_dir", "run_dir", "resolution"}
+    shared |= {"image_transforms", "generator_file"}
+    for name, config in configs.items():
+        if name in ("metadata.json", "settings.json"):
+            continue
+        networks = [t for t in _targets(config) if t.startswith("monai_hqanogan.networks")]
+        assert bool(networks) == (name == "common.json"), (name, networks)
+        if name not in ("common.json", "inference.json"):  # the multi-GPU overlays set each rank's device
+            own = {"device"} if name.startswith("multi_gpu_") else set()
+            assert not shared & set(config) - own, name
+    assert shared <= set(configs["common.json"])
+
+    def parsed(file, id, **values):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / file))
+        parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS), **values})
+        return parser.get_parsed_content(id)
+
+    torch.manual_seed(0)
+    detector = parsed("inference.json", "network_def", resolution=8, noise_mode="none")
+    torch.manual_seed(0)
+    reference = parsed("common.json", "detector_def", resolution=8, noise_mode="none")
+    assert type(detector) is type(reference) and detector.noise_mode == "none"  # the overrides reach common.json's
+    assert detector.generator.resolution == detector.encoder.resolution == 8
+
+    def shapes(net):
+        return {k: getattr(v, "shape", None) for k, v in net.state_dict().items()}
+
+    assert shapes(detector) == shapes(reference)
+
+
 def test_metadata_has_the_keys_monai_requires():
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     # the mandatory keys of the MONAI Bundle specification (verify_metadata downloads its schema: not reachable here);
@@ -267,15 +312,15 @@ def test_metadata_shapes_follow_the_shipped_setting():
         assert meta[name]["outputs"]["pred"]["spatial_shape"] == [resolution, resolution]
     # inference and evaluation default to the shipped setting and read models/model.pt
     for config in ("inference.json", "evaluate.json"):
-        w = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="infer", bundle_root=str(BUNDLE))
+        w = ConfigWorkflow(config_file=config_files(config), workflow_type="infer", bundle_root=str(BUNDLE))
         assert w.parser.get_parsed_content("setting") == SHIPPED_SETTING
         assert Path(w.parser.get_parsed_content("model_file")) == BUNDLE / "models" / "model.pt"
         # any other run folder reads its own weights, never the shipped ones
         w = ConfigWorkflow(
-            config_file=str(CONFIGS / config), workflow_type="infer", bundle_root=str(BUNDLE), run_dir="/tmp/elsewhere"
+            config_file=config_files(config), workflow_type="infer", bundle_root=str(BUNDLE), run_dir="/tmp/elsewhere"
         )
         assert w.parser.get_parsed_content("model_file") == "/tmp/elsewhere/models/model.pt"
-    w = ConfigWorkflow(config_file=str(CONFIGS / "calibrate.json"), workflow_type="infer", bundle_root=str(BUNDLE))
+    w = ConfigWorkflow(config_file=config_files("calibrate.json"), workflow_type="infer", bundle_root=str(BUNDLE))
     assert "runs" in Path(w.parser.get_parsed_content("model_file")).parts  # calibration never writes into models/
 
 
@@ -284,7 +329,7 @@ def test_one_override_switches_demo_to_full():
     assert set(settings["demo"]) == set(settings["full"]) == set(settings["cpu"])
     for name, expected in (("demo", 32), ("cpu", 32), ("full", 128)):
         w = ConfigWorkflow(
-            config_file=str(CONFIGS / "train_generator.json"),
+            config_file=config_files("train_generator.json"),
             workflow_type="train",
             bundle_root=str(BUNDLE),
             setting=name,
@@ -357,7 +402,7 @@ def test_multi_gpu_overlays_under_torchrun_then_resume_in_one_process(tmp_path):
     tiny = json.dumps(TINY_SETTINGS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for stage in ("train_generator", "train_encoder"):
-        configs = f"['{CONFIGS / (stage + '.json')}','{CONFIGS / ('multi_gpu_' + stage + '.json')}']"
+        configs = str(config_files(f"{stage}.json", f"multi_gpu_{stage}.json"))
         command = [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
             "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"),

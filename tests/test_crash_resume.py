@@ -1,13 +1,14 @@
 """Kill -9 during generator and encoder training at random moments, then run the same command again.
 
-The command is the bundle's ``python -m monai.bundle run --config_file configs/train_generator.json ...`` (then
-``train_encoder.json``) at 8 px. Every run executes that command line (``runpy`` of ``monai.bundle`` with the same
-``sys.argv``) in a process forked from a warm interpreter (``tests/crash_worker.py``), which saves the seconds that
-importing torch and MONAI takes in each run. Each run is killed with SIGKILL at a random moment, either a random
-time after it starts or right when a checkpoint's temporary file appears (in the middle of a save), until the last
-run completes. After every kill, every checkpoint file on disk must load completely; every run that follows must
-resume from exactly the newest of them and remove the temporary files a killed save left; the last run must reach
-the planned kimg with finite metrics, and its weights must equal (bit for bit) those of a run that was never killed.
+The command is the bundle's ``python -m monai.bundle run --config_file "['configs/common.json',
+'configs/train_generator.json']" ...`` (then ``train_encoder.json``) at 8 px. Every run executes that command line
+(``runpy`` of ``monai.bundle`` with the same ``sys.argv``) in a process forked from a warm interpreter
+(``tests/crash_worker.py``), which saves the seconds that importing torch and MONAI takes in each run. Each run is
+killed with SIGKILL at a random moment, either a random time after it starts or right when a checkpoint's temporary file
+appears (in the middle of a save), until the last run completes. After every kill, every checkpoint file on disk must
+load completely; every run that follows must resume from exactly the newest of them and remove the temporary files a
+killed save left; the last run must reach the planned kimg with finite metrics, and its weights must equal (bit for bit)
+those of a run that was never killed.
 
 The kill moments come from ``random.Random(HQ_CRASH_SEED)`` (default 8), reported with any failure.
 """
@@ -29,7 +30,7 @@ import pytest
 import torch
 
 from monai_hqanogan.utils import list_checkpoints, load_checkpoint
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, config_files, make_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = BUNDLE / "configs"
@@ -58,7 +59,7 @@ def bundle_argv(config: str, data: Path, run_dir: Path) -> list[str]:
     """``python -m <this>``: one step of the bundle on the tiny dataset."""
     return [
         "monai.bundle", "run",
-        "--config_file", str(CONFIGS / config),
+        "--config_file", str(config_files(config)),
         "--meta_file", str(CONFIGS / "metadata.json"),
         "--logging_file", str(CONFIGS / "logging.conf"),
         "--bundle_root", str(BUNDLE),

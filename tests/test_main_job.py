@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
@@ -41,7 +42,10 @@ def test_a_run_of_some_stages_keeps_the_other_steps_times(tmp_path):
 def test_bundle_command_names_the_config_and_the_bundle(tmp_path):
     command = bundle_command(BUNDLE, "calibrate.json", ["--setting", "full"])
     assert command[1:4] == ["-m", "monai.bundle", "run"]
-    assert str(BUNDLE / "configs" / "calibrate.json") in command and command[-2:] == ["--setting", "full"]
+    # composed with common.json, as MONAI's command line reads a list: common.json first
+    files = ast.literal_eval(command[command.index("--config_file") + 1])
+    assert files == [str(BUNDLE / "configs" / "common.json"), str(BUNDLE / "configs" / "calibrate.json")]
+    assert command[-2:] == ["--setting", "full"]
 
 
 @pytest.mark.parametrize(
@@ -75,6 +79,10 @@ def test_not_a_bundle_and_missing_shipped_weights(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="is not the HQ-AnoGAN bundle"):
         run_main_job(tmp_path)
     import shutil
+
+    shutil.copytree(BUNDLE / "configs", tmp_path / "old" / "configs", ignore=shutil.ignore_patterns("common.json"))
+    with pytest.raises(FileNotFoundError, match=r"configs/\['common.json'\] missing"):
+        run_main_job(tmp_path / "old")
 
     shutil.copytree(BUNDLE / "configs", tmp_path / "bundle" / "configs")  # a bundle without models/model.pt
     assert main(["--bundle_root", str(tmp_path / "bundle"), "--pretrained"]) == 1

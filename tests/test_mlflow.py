@@ -24,6 +24,7 @@ from monai_hqanogan.workflows import log_step_outputs, step_output_scalars
 from monai_hqanogan.workflows.main_job import check_command_line_overrides, main
 from tests.bundle_utils import (
     BUNDLE,
+    config_files,
     make_tiny_dataset,
     record_main_job_steps,
     run_tiny_inference,
@@ -40,7 +41,7 @@ ITERATIONS = 4
 def tracked_workflow(config: str, root: Path, run_name: str) -> ConfigWorkflow:
     """One bundle config with ``tracking="mlflow"``, the tiny settings and the test's tracking store."""
     w = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / config),
+        config_file=config_files(config),
         meta_file=str(BUNDLE / "configs" / "metadata.json"),
         workflow_type="train",
         bundle_root=str(BUNDLE),
@@ -143,7 +144,7 @@ def test_tracking_settings_are_known_overrides_once_tracking_is_on(tmp_path, mon
     bundle's check of unknown overrides (and the main job gives them to every step); without ``--tracking`` they
     are still refused, as ids that nothing would read."""
     command = [str(Path(monai.bundle.__file__).with_name("__main__.py")), "run", "--config_file"]
-    command.append(str(BUNDLE / "configs" / "train_generator.json"))
+    command.append(str(config_files("train_generator.json")))
     ids = ["--tracking_uri", "sqlite:///x.db", "--experiment_name", "e", "--run_name", "g"]
     check_command_line_overrides([*command, "--tracking", "mlflow", *ids])
     with pytest.raises(ValueError, match="--tracking_uri .*no id of the config defines 'tracking_uri'"):

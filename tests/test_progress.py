@@ -27,6 +27,7 @@ from tests.bundle_utils import (
     BUNDLE,
     TINY_SETTINGS,
     assert_clear,
+    config_files,
     make_tiny_dataset,
     record_main_job_steps,
     run_tiny_inference,
@@ -166,7 +167,7 @@ def test_folder_inference_shows_a_bar_over_the_files_when_on(progress, model_run
 def test_a_bad_progress_value_is_refused_before_any_work(config, data, tmp_path):
     kind = "train" if config.startswith("train") else "infer"
     w = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / config), workflow_type=kind, bundle_root=str(BUNDLE),
+        config_file=config_files(config), workflow_type=kind, bundle_root=str(BUNDLE),
         **tiny_overrides(data, tmp_path / "runs"), input=str(data / "images"), progress="maybe",
     )  # fmt: skip
     with pytest.raises(Exception) as info:
@@ -177,7 +178,7 @@ def test_a_bad_progress_value_is_refused_before_any_work(config, data, tmp_path)
 
 def _handler(config: str, target: str, path: str, **overrides):
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / config))
+    parser.read_config(config_files(config))
     parser.update({"bundle_root": str(BUNDLE), **overrides})
     handlers = parser.get(path)
     index = next(i for i, h in enumerate(handlers) if isinstance(h, dict) and h.get("_target_", "").endswith(target))

@@ -32,7 +32,7 @@ from monai_hqanogan.utils import (
 from monai_hqanogan.utils import run_dir_lock as run_lock_module
 from monai_hqanogan.workflows import save_stage
 from monai_hqanogan.workflows.main_job import main
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_overrides
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, config_files, make_tiny_dataset, tiny_overrides
 from tests.bundle_utils import error_messages as chain
 from tests.bundle_utils import file_hashes as hashes
 
@@ -110,7 +110,7 @@ def earlier_run(tmp_path) -> Path:
     (checkpoints / ".checkpoint_iteration=6.pt.k2j4.tmp.pt").write_bytes(b"being written by the other trainer")
     (runs / "main_job.json").write_text('{"setting": "demo", "seconds": {}}')
     parser = ConfigParser()  # generator.pt of the tiny networks, which train_encoder.json loads
-    parser.read_config(str(BUNDLE / "configs" / "train_encoder.json"))
+    parser.read_config(config_files("train_encoder.json"))
     parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
     networks = {k: parser.get_parsed_content(f"{k}_def") for k in ("generator", "discriminator")}
     save_stage(runs / "generator.pt", **networks)
@@ -121,7 +121,7 @@ def bundle_train(config: str, data: Path, runs: Path) -> None:
     logging.disable(logging.WARNING)
     try:
         w = ConfigWorkflow(
-            config_file=str(BUNDLE / "configs" / config), workflow_type="train", bundle_root=str(BUNDLE),
+            config_file=config_files(config), workflow_type="train", bundle_root=str(BUNDLE),
             **tiny_overrides(data, runs),
         )  # fmt: skip
         w.initialize()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from monai_hqanogan.utils import load_checkpoint
 from monai_hqanogan.workflows import SHIPPED_SETTING
-from tests.bundle_utils import BUNDLE
+from tests.bundle_utils import BUNDLE, config_files
 
 CONFIGS = BUNDLE / "configs"
 MODEL = BUNDLE / "models" / "model.pt"
@@ -80,5 +80,5 @@ def test_verify_net_in_out_passes_with_the_defaults():
 def test_the_configs_default_to_the_shipped_weights(config):
     from monai.bundle import ConfigWorkflow
 
-    w = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="infer", bundle_root=str(BUNDLE))
+    w = ConfigWorkflow(config_file=config_files(config), workflow_type="infer", bundle_root=str(BUNDLE))
     assert w.parser.get_parsed_content("model_file") == str(MODEL)

@@ -21,7 +21,14 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_hqanogan.workflows import SETTINGS_KEYS, check_datalist, check_settings, check_slice_axis, save_stage
 from monai_hqanogan.workflows.main_job import check_command_line_overrides, main, run_main_job
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, record_main_job_steps, tiny_overrides
+from tests.bundle_utils import (
+    BUNDLE,
+    TINY_SETTINGS,
+    config_files,
+    make_tiny_dataset,
+    record_main_job_steps,
+    tiny_overrides,
+)
 from tests.bundle_utils import error_messages as chain
 from tests.bundle_utils import file_hashes as hashes
 
@@ -66,7 +73,7 @@ def bundle_run(config: str, **overrides) -> BaseException:
     try:
         with pytest.raises(Exception) as info:
             w = ConfigWorkflow(
-                config_file=str(BUNDLE / "configs" / config), workflow_type=kind, bundle_root=str(BUNDLE), **overrides
+                config_file=config_files(config), workflow_type=kind, bundle_root=str(BUNDLE), **overrides
             )
             w.initialize()
             w.run()
@@ -148,7 +155,8 @@ def test_documented_overrides_reach_the_steps_that_read_them(data, tmp_path, mon
         assert "--train#handlers#0#n_saved" not in commands[stage]
         assert commands[stage][commands[stage].index("--model_file") + 1] == str(tmp_path / "m.pt")
     assert "--storage_dtype" in commands["calibrate"] and "--storage_dtype" not in commands["evaluate"]
-    assert "--noise_mode" in commands["train_encoder"] and "--noise_mode" not in commands["train_generator"]
+    # common.json's ids (noise_mode, the paths, the networks) are every step's: train_generator gets them too
+    assert all("--noise_mode" in command for command in commands.values())
 
 
 def test_a_single_settings_value_without_a_dict_gets_the_settings_of_the_setting(data, tmp_path, monkeypatch):
@@ -168,7 +176,7 @@ MONAI_MAIN = str(Path(monai.bundle.__file__).with_name("__main__.py"))  # sys.ar
 
 
 def bundle_argv(config: str, *overrides: str) -> list[str]:
-    return [MONAI_MAIN, "run", "--config_file", str(BUNDLE / "configs" / config), *overrides]
+    return [MONAI_MAIN, "run", "--config_file", str(config_files(config)), *overrides]
 
 
 @pytest.mark.parametrize(
@@ -188,8 +196,25 @@ def test_a_bundle_command_line_refuses_unknown_overrides(config, overrides, mess
     known = ["--meta_file", "m.json", "--run_id", "run", "--bundle_root", "b", "--settings#generator_kimg", "2"]
     check_command_line_overrides(bundle_argv(config, *known))  # known ids and monai.bundle run's own options pass
     check_command_line_overrides(["pytest", "run", "--config_file", config, *overrides])  # not a bundle command line
-    files = str([str(BUNDLE / "configs" / c) for c in ("train_generator.json", "multi_gpu_train_generator.json")])
+    files = str(config_files("train_generator.json", "multi_gpu_train_generator.json"))
     check_command_line_overrides([MONAI_MAIN, "run", "--config_file", files, "--backend", "gloo"])  # the overlay's
+
+
+@pytest.mark.parametrize("config", ["train_generator.json", "train_encoder.json", "calibrate.json", "evaluate.json"])
+def test_a_bundle_command_line_without_common_json_names_the_list_to_pass(config):
+    """The configs composed with common.json refuse to run without it, naming the ``--config_file`` list (MONAI would
+    stop later with "the referring item '@settings' is not defined"); ids that only common.json defines are known
+    overrides of the composed command line."""
+    alone = str(BUNDLE / "configs" / config)
+    common = str(BUNDLE / "configs" / "common.json")
+    expected = re.escape(f"--config_file \"['{common}','{alone}']\"")
+    with pytest.raises(ValueError, match=rf"refer to \[.*'settings'.*\], which .*common.json' defines.*{expected}"):
+        check_command_line_overrides([MONAI_MAIN, "run", "--config_file", alone])
+    with pytest.raises(ValueError, match="compose them with it"):
+        check_command_line_overrides([MONAI_MAIN, "run", "--config_file", str([alone])])
+    shared = ["--setting", "cpu", "--device", "cpu", "--resolution", "16", "--generator_def#channel_max", "8"]
+    check_command_line_overrides(bundle_argv(config, *shared))
+    check_command_line_overrides(bundle_argv("inference.json", "--setting", "cpu", "--resolution", "16"))  # alone
 
 
 def test_the_main_job_passes_each_step_only_ids_its_config_defines(data, tmp_path, monkeypatch, capsys):
@@ -206,7 +231,7 @@ def test_a_misspelt_override_stops_python_m_monai_bundle_run(data, earlier_run):
     """End to end: the real command line fails before any work and names the nearest id."""
     before = hashes(earlier_run)
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "calibrate.json"),
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_files("calibrate.json")),
         "--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--run_dir", str(earlier_run),
         "--protocl", "labelled-validation",
     ]  # fmt: skip
@@ -271,7 +296,7 @@ def test_check_datalist_refuses_abnormal_training_items_naming_how_many_and_the_
 def _real_generator_file(runs: Path) -> None:
     """``generator.pt`` of the tiny networks, as train_generator.json writes it (train_encoder.json loads it)."""
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train_encoder.json"))
+    parser.read_config(config_files("train_encoder.json"))
     parser.update({"bundle_root": str(BUNDLE), "settings": dict(TINY_SETTINGS)})
     generator, discriminator = (
         parser.get_parsed_content("generator_def"),

@@ -28,7 +28,7 @@ from monai_hqanogan.networks.nets import PSPEncoder, StyleGAN2Discriminator, Sty
 from monai_hqanogan.scoring import AnomalyCalibration, load_calibration
 from monai_hqanogan.utils import CheckpointError, list_checkpoints, load_checkpoint
 from monai_hqanogan.workflows import check_model_file, load_model_file, load_stage
-from tests.bundle_utils import BUNDLE, make_tiny_dataset, tiny_overrides
+from tests.bundle_utils import BUNDLE, config_files, make_tiny_dataset, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 REFUSED = r"refused for safety \(nothing in the file was run\)"
@@ -163,7 +163,7 @@ def test_bundle_configs_refuse_a_planted_model_file(tmp_path, config, planted):
     try:
         with pytest.raises(Exception) as info:
             w = ConfigWorkflow(
-                config_file=str(BUNDLE / "configs" / config),
+                config_file=config_files(config),
                 workflow_type="infer" if config != "train_encoder.json" else "train",
                 bundle_root=str(BUNDLE),
                 **tiny_overrides(tmp_path / "data", runs),

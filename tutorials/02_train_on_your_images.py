@@ -218,8 +218,12 @@ COMMON = [
 
 
 def bundle(config: str, *extra: str, tail: int = 4) -> str:
-    """``python -m monai.bundle run --config_file $BUNDLE/configs/<config> ...`` with the settings above."""
-    return shell("-m", "monai.bundle", "run", "--config_file", BUNDLE / "configs" / config, *COMMON, *extra, tail=tail)
+    """``python -m monai.bundle run --config_file '["$BUNDLE/configs/common.json","$BUNDLE/configs/<config>"]' ...``
+    with the settings above. The configs share ``common.json`` (settings, device, paths, networks): MONAI merges a
+    list of config files in order. ``inference.json`` runs alone, as MONAI Label and MONAI's bundle tools read it."""
+    files = [str(BUNDLE / "configs" / name) for name in ("common.json", config)]
+    files = files[1] if config == "inference.json" else json.dumps(files, separators=(",", ":"))
+    return shell("-m", "monai.bundle", "run", "--config_file", files, *COMMON, *extra, tail=tail)
 
 
 # %% [markdown]
@@ -425,11 +429,11 @@ print("files:", sorted(p.name for p in (WORK / "inference").iterdir())[:5], "...
 # ```bash
 # python -m monai_hqanogan.data.prepare folder --normal /path/to/normal [--abnormal ...] [--masks ...] --output data
 # cd bundles/brain_mri_anomaly_hqanogan
-# python -m monai.bundle run --config_file configs/train_generator.json --meta_file configs/metadata.json \
-#     --dataset_dir /path/to/data [--setting full]
-# python -m monai.bundle run --config_file configs/train_encoder.json --meta_file configs/metadata.json ...
-# python -m monai.bundle run --config_file configs/calibrate.json --meta_file configs/metadata.json ...
-# python -m monai.bundle run --config_file configs/evaluate.json --meta_file configs/metadata.json ...
+# python -m monai.bundle run --config_file "['configs/common.json','configs/train_generator.json']" \
+#     --meta_file configs/metadata.json --dataset_dir /path/to/data [--setting full]
+# python -m monai.bundle run --config_file "['configs/common.json','configs/train_encoder.json']" ...
+# python -m monai.bundle run --config_file "['configs/common.json','configs/calibrate.json']" ...
+# python -m monai.bundle run --config_file "['configs/common.json','configs/evaluate.json']" ...
 # tensorboard --logdir runs
 # ```
 #

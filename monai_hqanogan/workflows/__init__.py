@@ -20,6 +20,7 @@ from .checks import (
     read_json_object,
     verify_image_file,
 )
+from .configs import COMMON_CONFIG, STANDALONE_CONFIGS, bundle_config_files, check_config_files, parse_config_id
 from .evaluate import evaluate_detector, machine_description
 from .inference import (
     IMAGE_SUFFIXES,

@@ -2,10 +2,10 @@
 
     python -m monai_hqanogan.workflows.main_job --bundle_root bundles/brain_mri_anomaly_hqanogan --setting demo
 
-Each training step is the bundle's own config run by ``python -m monai.bundle run`` in a subprocess (the command is
-printed, so any step can be rerun or changed by hand). Running the same command again after an interruption resumes
-every trainer from its last checkpoint and redoes the cheap steps. With ``--pretrained`` the training steps are
-skipped and the shipped weights in ``models/model.pt`` are evaluated.
+Each training step is the bundle's own config, composed with ``configs/common.json``, run by ``python -m monai.bundle
+run`` in a subprocess (the command is printed, so any step can be rerun or changed by hand). Running the same command
+again after an interruption resumes every trainer from its last checkpoint and redoes the cheap steps. With
+``--pretrained`` the training steps are skipped and the shipped weights in ``models/model.pt`` are evaluated.
 
 Any other ``--key value`` (or ``--key=value``) overrides the id ``key`` of the steps' configs, e.g. ``--total_kimg
 300``, ``--resolution 64``, ``--batch_size 8``, ``--protocol labelled-validation``, ``--model_file PATH``, ``--settings
@@ -42,6 +42,7 @@ from monai_hqanogan.utils.checkpoint import write_text_atomic
 from monai_hqanogan.utils.progress import progress_shown
 from monai_hqanogan.utils.run_dir_lock import check_run_lock
 from monai_hqanogan.workflows.checks import SETTINGS_KEYS, check_settings, did_you_mean
+from monai_hqanogan.workflows.configs import COMMON_CONFIG, bundle_config_files, check_config_files
 from monai_hqanogan.workflows.stages import SHIPPED_SETTING
 
 __all__ = [
@@ -73,11 +74,13 @@ _JOB_OPTIONS = ("bundle_root", "setting", "dataset_dir", "source", "stages", "pr
 
 
 def bundle_command(bundle_root: Path, config: str, overrides: Sequence[str] = ()) -> list[str]:
-    """The ``python -m monai.bundle run`` command line of one config of the bundle."""
+    """The ``python -m monai.bundle run`` command line of one config of the bundle, composed with
+    ``configs/common.json`` (``--config_file "['.../common.json','.../<config>']"``)."""
     configs = bundle_root / "configs"
+    files = json.dumps(bundle_config_files(bundle_root, config), separators=(",", ":"))  # a list, as MONAI reads it
     return [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(configs / config),
+        "--config_file", files,
         "--meta_file", str(configs / "metadata.json"),
         "--logging_file", str(configs / "logging.conf"),
         "--bundle_root", str(bundle_root),
@@ -146,7 +149,10 @@ def _path_problem(config: Any, path: list[str]) -> str | None:
 
 
 def _read_configs(bundle_root: Path, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
-    return {stage: json.loads((bundle_root / "configs" / STAGES[stage]).read_text()) for stage in stages}
+    """Each step's config as MONAI composes it: ``common.json``, then the step's own file."""
+    from monai.bundle import ConfigParser
+
+    return {stage: ConfigParser.load_config_files(bundle_config_files(bundle_root, STAGES[stage])) for stage in stages}
 
 
 def _key_path(pair: list[str]) -> list[str]:
@@ -277,7 +283,8 @@ def check_command_line_overrides(argv: Sequence[str] | None = None) -> None:
 
     Raises:
         ValueError: an override whose id no config file (nor ``monai.bundle run`` itself) defines, naming the nearest
-            known id, or a ``#`` path that the configs cannot hold.
+            known id, or a ``#`` path that the configs cannot hold; a list of config files that leaves out the
+            ``common.json`` its configs need (:func:`~monai_hqanogan.workflows.configs.check_config_files`).
     """
     from monai.bundle import ConfigParser
 
@@ -285,6 +292,7 @@ def check_command_line_overrides(argv: Sequence[str] | None = None) -> None:
     if found is None:
         return
     pairs, files = found
+    check_config_files(files)
     config = _with_tracking_ids(ConfigParser.load_config_files(files), pairs)
     known = sorted({*config, *RUN_OPTIONS, *_SET_BY_THE_JOB, "_meta_"})
     problems = []
@@ -303,7 +311,7 @@ def check_command_line_overrides(argv: Sequence[str] | None = None) -> None:
 
 
 def _check_bundle(bundle_root: Path) -> None:
-    needed = [*STAGES.values(), "metadata.json", "settings.json"]
+    needed = [COMMON_CONFIG, *STAGES.values(), "metadata.json", "settings.json"]
     missing = [c for c in needed if not (bundle_root / "configs" / c).is_file()]
     if missing:
         raise FileNotFoundError(f"{str(bundle_root)!r} is not the HQ-AnoGAN bundle: configs/{missing} missing.")
