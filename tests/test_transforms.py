@@ -247,3 +247,48 @@ def test_gan_image_transforms_loads_png(tmp_path):
 def test_gan_image_transforms_bad_resolution(bad):
     with pytest.raises(ValueError, match="power of two"):
         gan_image_transforms(bad)
+
+
+def test_dictionary_version_has_the_alpha_switch():
+    """``ToSingleChanneld`` passes ``alpha`` on to ``ToSingleChannel`` (it had no such argument)."""
+    img = np.array([[[2.0]], [[4.0]], [[9.0]]], np.float32)  # three channels of one pixel
+    assert ToSingleChanneld("image")({"image": img[:2]})["image"].item() == 2.0  # LA by default
+    assert ToSingleChanneld("image", alpha=False)({"image": img[:2]})["image"].item() == 3.0
+    assert ToSingleChanneld("image", alpha=True)({"image": img})["image"].item() == 3.0
+    with pytest.raises(ValueError, match="alpha"):
+        ToSingleChanneld("image", alpha="yes")
+
+
+def _bundle_preprocessing():
+    """The bundle's inference preprocessing (``inference.json``'s ``preprocessing``), as MONAI Label runs it too."""
+    from monai.bundle import ConfigParser
+
+    from tests.bundle_utils import BUNDLE
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    return parser.get_parsed_content("preprocessing")
+
+
+@pytest.mark.parametrize("mode", ["P", "CMYK"])
+def test_training_and_inference_read_palette_and_cmyk_images_as_the_grey_they_show(mode, tmp_path):
+    """Training (``gan_image_transforms``) and the bundle's inference read a palette image as its palette indices
+    and a CMYK JPEG as ink (taken as RGBA); both now give the grey of the colours shown, as ``prepare`` stores them."""
+    rng = np.random.default_rng(3)
+    shown = rng.integers(0, 256, (24, 40)).astype(np.uint8)
+    path = tmp_path / f"picture_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+    if mode == "CMYK":
+        Image.fromarray(np.stack([shown] * 3, axis=-1)).convert("CMYK").save(path, quality=100)
+    else:
+        indices = (255 - shown).astype(np.uint8)  # index i shows grey 255 - i: indices are the picture's negative
+        picture = Image.fromarray(indices, mode="L").convert("P")
+        picture.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+        picture.save(path)
+    assert Image.open(path).mode == mode
+    expected_grey = np.asarray(Image.open(path).convert("RGB"), np.float32).mean(axis=-1)  # what a viewer shows
+    assert np.abs(expected_grey - shown).mean() < 1.5  # (JPEG rounding only)
+    trained_on = gan_image_transforms(32)({"image": str(path)})["image"]
+    reference = gan_image_transforms(32, load=False)({"image": expected_grey.T[None].copy()})["image"]  # (W, H)
+    np.testing.assert_allclose(trained_on, reference, atol=1e-5)
+    loaded = ToSingleChannel()(_bundle_preprocessing()({"image": str(path)})["image"])  # the inferer's first step
+    np.testing.assert_allclose(np.asarray(loaded)[0], expected_grey.T, atol=1e-4)  # MONAI's (W, H) layout

@@ -10,4 +10,5 @@ from .dictionary import (
     ToSingleChanneld,
     ToSingleChannelDict,
 )
+from .io import SHOWN_COLOUR_MODES, LoadShownImageD, LoadShownImaged, LoadShownImageDict, shown_colours
 from .presets import gan_image_transforms

@@ -27,13 +27,17 @@ class ToSingleChanneld(MapTransform):
         keys: keys of the images to convert.
         mode: ``"mean"``, ``"luminance"`` or ``"first"``.
         allow_missing_keys: do not raise if a key is missing.
+        alpha: whether the last channel is alpha and is ignored: None (default) for 2 and 4 channels (LA, RGBA),
+            True for any image of 2 or more channels, False never (see ``ToSingleChannel``).
     """
 
     backend = ToSingleChannel.backend
 
-    def __init__(self, keys: KeysCollection, mode: str = "mean", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, mode: str = "mean", allow_missing_keys: bool = False, alpha: bool | None = None
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = ToSingleChannel(mode=mode)
+        self.converter = ToSingleChannel(mode=mode, alpha=alpha)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

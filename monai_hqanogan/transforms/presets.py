@@ -8,7 +8,6 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     Resized,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
@@ -16,6 +15,7 @@ from monai.transforms import (
 )
 
 from monai_hqanogan.transforms.dictionary import ToSingleChanneld
+from monai_hqanogan.transforms.io import LoadShownImaged
 from monai_hqanogan.utils.validation import check_resolution
 
 __all__ = ["gan_image_transforms"]
@@ -29,19 +29,21 @@ def gan_image_transforms(
 ) -> Compose:
     """Load -> one channel -> intensities to [-1, 1] -> longest side to ``resolution`` -> pad to a square.
 
-    Non-square images keep their aspect ratio: the longest side is resized to ``resolution`` and the short side
-    is padded (centred) with -1, the background value after scaling. Intensities map the image minimum to -1
-    and its ``upper_percentile`` to 1, clipped, so that a few bright voxels do not compress the contrast.
+    Files are read by :class:`~monai_hqanogan.transforms.io.LoadShownImaged`: palette and CMYK images give the
+    colours they show, not palette indices or ink. Non-square images keep their aspect ratio: the longest side is
+    resized to ``resolution`` and the short side is padded (centred) with -1, the background value after scaling.
+    Intensities map the image minimum to -1 and its ``upper_percentile`` to 1, clipped, so that a few bright voxels
+    do not compress the contrast.
 
     Args:
         resolution: output size, a power of two in [8, 1024].
         keys: image keys of the data dictionaries.
-        load: start with ``LoadImaged`` (False when the dictionaries already hold arrays, channel first).
+        load: start with ``LoadShownImaged`` (False when the dictionaries already hold arrays, channel first).
         upper_percentile: intensity percentile mapped to 1.
     """
     check_resolution(resolution)
     keys = [keys] if isinstance(keys, str) else list(keys)
-    steps = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)] if load else []
+    steps = [LoadShownImaged(keys, image_only=True), EnsureChannelFirstd(keys)] if load else []
     steps += [
         ToSingleChanneld(keys),
         # resize in [0, 1]: the anti-aliasing filter pads with zeros, which must be the background value
