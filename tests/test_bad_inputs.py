@@ -743,10 +743,11 @@ def bundle_model(detector, bundle_data, tmp_path_factory) -> Path:
     return runs
 
 
-def _inference(bundle_data: Path, runs: Path, source: Path, out: Path) -> None:
+def _inference(bundle_data: Path, runs: Path, source: Path, out: Path, **overrides: Any) -> None:
     logging.disable(logging.WARNING)
     try:
-        w = _workflow("inference.json", **tiny_overrides(bundle_data, runs), input=str(source), output_dir=str(out))
+        overrides = {**tiny_overrides(bundle_data, runs), **overrides}
+        w = _workflow("inference.json", **overrides, input=str(source), output_dir=str(out))
         w.initialize()
         w.run()
     finally:
@@ -795,6 +796,41 @@ def test_bundle_inference_scores_2d_images_and_3d_volumes_of_one_datalist(
     assert len(rows["vol.nii.gz"]["slice_scores"]) == 3 and rows["slice.png"]["slice_scores"] is None
     assert nib.load(str(tmp_path / "out" / "vol_anomaly_map.nii.gz")).shape[:3] == (20, 24, 3)
     record_property("bad_input_kind", "mixed_2d_3d")
+
+
+# ---------------------------------------------------------------------------------------------------- inference input
+def test_inference_refuses_an_empty_test_list_by_name(tmp_path, record_property):
+    """``{"test": []}`` reached MONAI's datalist loader, which raised a bare IndexError."""
+    datalist = tmp_path / "list.json"
+    datalist.write_text('{"test": [], "training": [{"image": "a.png"}]}')
+    with pytest.raises(ValueError, match="list.json': list 'test' is empty; it must hold at least one item"):
+        list_inference_inputs(datalist)
+    record_property("bad_input_kind", "empty_test_list")
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True])
+def test_a_max_panels_that_is_not_a_count_is_refused_before_any_work(
+    value, bundle_data, bundle_model, tmp_path, record_property
+):
+    """``--max_panels -1`` was accepted: the run wrote no panel and exited 0."""
+    from monai_hqanogan.handlers import AnomalyPanelSaver
+    from monai_hqanogan.workflows import check_overrides
+
+    message = rf"max_panels must be an integer >= 0 \(0: no panels\), got {re.escape(repr(value))}"
+    with pytest.raises(ValueError, match=message):
+        check_overrides(max_panels=value)
+    with pytest.raises(ValueError, match=message):
+        AnomalyPanelSaver(tmp_path / "panels", max_panels=value)
+    assert check_overrides(max_panels=0) == {"max_panels": 0}  # 0: no panels, on purpose
+    if value == -1:  # the bundle, as `python -m monai.bundle run --config_file configs/inference.json --max_panels -1`
+        out = tmp_path / "inference"
+        _inference(bundle_data, bundle_model, bundle_data / "images" / "normal_20.png", out)  # the earlier output
+        before = snapshot(out)
+        with pytest.raises(Exception) as info:
+            _inference(bundle_data, bundle_model, bundle_data / "images" / "normal_21.png", out, max_panels=-1)
+        assert_clear(info.value, ValueError, message)
+        assert snapshot(out) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".inference.")]
+    record_property("bad_input_kind", "max_panels_out_of_range")
 
 
 # ---------------------------------------------------------------------------------------------------- smaller holes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -26,12 +27,15 @@ class AnomalyPanelSaver:
 
     Args:
         output_dir: folder of the PNG files (created).
-        max_panels: how many images get a panel (the first ones of the run).
+        max_panels: how many images get a panel (the first ones of the run), an integer >= 0 (0: none).
         image_key: key of the input image, whose file name names the panel.
         transpose: draw the slices with their two axes swapped (default): MONAI reads PNG/JPEG files as (width,
             height) arrays and NIfTI slices as (x, y), and both look as expected only when transposed.
         data_root_dir: the inputs' common folder, as given to ``SaveImage``, so that inputs with one file name in
             different folders get different panels.
+
+    Raises:
+        ValueError: ``max_panels`` is not an integer >= 0 (a negative count wrote no panel, without a word).
     """
 
     def __init__(
@@ -42,6 +46,8 @@ class AnomalyPanelSaver:
         transpose: bool = True,
         data_root_dir: str | os.PathLike = "",
     ) -> None:
+        if isinstance(max_panels, bool) or not isinstance(max_panels, numbers.Integral) or max_panels < 0:
+            raise ValueError(f"max_panels must be an integer >= 0 (0: no panels), got {max_panels!r}.")
         self.output_dir, self.max_panels, self.image_key = Path(output_dir), max_panels, image_key
         self.transpose, self.data_root_dir = transpose, os.fspath(data_root_dir)
         self.count = 0

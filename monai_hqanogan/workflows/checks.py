@@ -75,8 +75,13 @@ def read_json_object(path: str | os.PathLike, what: str = "datalist") -> dict[st
 def datalist_items(
     path: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None, content: Mapping | None = None
 ) -> list[dict[str, Any]]:
-    """The items of list ``key`` of a MONAI datalist with absolute paths, after checking their structure: a list of
-    objects, each with a non-empty ``"image"`` path (and a ``"mask"`` path if any)."""
+    """The items of list ``key`` of a MONAI datalist with absolute paths, after checking their structure: a
+    non-empty list of objects, each with a non-empty ``"image"`` path (and a ``"mask"`` path if any).
+
+    Raises:
+        ValueError: the datalist has no list ``key``, or it is not a list, is empty, or holds an item that is not
+            such an object; the message names the datalist and the list.
+    """
     from monai.data import load_decathlon_datalist
 
     path = Path(path)
@@ -86,6 +91,11 @@ def datalist_items(
     items = content[key]
     if not isinstance(items, list):
         raise ValueError(f"datalist {str(path)!r}: {key!r} is a {type(items).__name__}, expected a list of items.")
+    if not items:  # MONAI's loader raises a bare IndexError on an empty "test" list
+        raise ValueError(
+            f"datalist {str(path)!r}: list {key!r} is empty; it must hold at least one item such as "
+            '{"image": "images/a.png"}.'
+        )
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "image" not in item:
             raise ValueError(
@@ -156,8 +166,10 @@ SETTING_RULES = {
     "slice_axis": (_slice_axis, "a spatial axis of a 3D volume, an integer from -3 to 2 (-1: the last)"),
     # the configs' progress-bar switch (--progress false; the main job's --no-progress)
     "progress": (lambda v: as_bool(v, None) is not None, "true or false"),
+    # inference.json's number of detection panels (-1 wrote none, silently)
+    "max_panels": (_non_negative_int, "an integer >= 0 (0: no panels)"),
 }
-_OVERRIDE_ONLY = ("total_kimg", "seed", "slice_axis", "progress")
+_OVERRIDE_ONLY = ("total_kimg", "seed", "slice_axis", "progress", "max_panels")
 _OPTIONAL = ("generator_seconds", "encoder_seconds")
 #: the keys a settings dict (an entry of ``configs/settings.json`` or ``--settings '{...}'``) may hold
 SETTINGS_KEYS = tuple(k for k in SETTING_RULES if k not in _OVERRIDE_ONLY) + ("description",)
@@ -182,10 +194,11 @@ def load_settings(bundle_root: str | os.PathLike, setting: str) -> dict[str, Any
 
 def check_settings(settings: Any) -> dict[str, Any]:
     """Check a bundle's settings dict before any work: every key of :data:`SETTING_RULES` but ``total_kimg``, ``seed``,
-    ``slice_axis`` and ``progress`` (top-level values of the configs) and the optional wall-clock caps must be present
-    with the right type. An override such as ``--settings '{"resolution": 64}'`` replaces the whole dict, so it must
-    hold every entry (copy one of ``configs/settings.json`` and change values); single values are overridden through the
-    top-level ids ``--resolution``, ``--batch_size``, ``--total_kimg`` (see :func:`check_overrides`). Keys outside
+    ``slice_axis``, ``progress`` and ``max_panels`` (top-level values of the configs) and the optional wall-clock caps
+    must be present with the right type. An override such as ``--settings '{"resolution": 64}'`` replaces the whole
+    dict, so it must hold every entry (copy one of ``configs/settings.json`` and change values); single values are
+    overridden through the top-level ids ``--resolution``, ``--batch_size``, ``--total_kimg`` (see
+    :func:`check_overrides`). Keys outside
     :data:`SETTINGS_KEYS` (the rules' keys and ``description``) are refused, naming the nearest known key: a misspelt
     entry would otherwise be ignored and its default used.
 
