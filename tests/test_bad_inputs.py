@@ -799,6 +799,20 @@ def test_bundle_inference_scores_2d_images_and_3d_volumes_of_one_datalist(
 
 
 # ---------------------------------------------------------------------------------------------------- inference input
+@pytest.mark.parametrize("kind", ["fifo", "link_to_dev_zero"])
+def test_inference_refuses_an_input_that_is_neither_a_file_nor_a_folder(kind, tmp_path, record_property):
+    """A FIFO or a link to a device given as --input was taken for a folder: a bare NotADirectoryError (and a FIFO
+    named like an image could block its reader)."""
+    source = tmp_path / "input.png"
+    if kind == "fifo":
+        os.mkfifo(source)
+    else:
+        source.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=f"{re.escape(str(source))}' is neither a file nor a folder"):
+        list_inference_inputs(source)
+    record_property("bad_input_kind", "input_neither_file_nor_folder")
+
+
 def test_inference_refuses_an_empty_test_list_by_name(tmp_path, record_property):
     """``{"test": []}`` reached MONAI's datalist loader, which raised a bare IndexError."""
     datalist = tmp_path / "list.json"

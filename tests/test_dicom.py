@@ -129,22 +129,24 @@ def test_series_sub_folders_next_to_other_images(runs, tmp_path):
     assert (tmp_path / "out" / "photo_anomaly_map.png").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows/inference.py list_inference_inputs drops loose .dcm files of a folder that also holds other "
-    "images or series sub-folders, without a word (it reads loose .dcm files only when they are all the folder has)",
-)
-def test_loose_dcm_files_next_to_other_images_are_not_dropped_silently(tmp_path):
+@pytest.mark.parametrize("neighbour", ["image", "series"])
+def test_loose_dcm_files_next_to_other_images_are_refused_by_name(neighbour, tmp_path):
+    """Loose .dcm files in a folder that also held other images or series sub-folders were dropped without a word
+    (they were read only when they were all the folder had)."""
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(mr_small(), folder / "MR_small.dcm")
-    grey_png(folder / "photo.png", seed=0)
-    try:
-        items = list_inference_inputs(folder)
-    except ValueError as err:  # a refusal that names the DICOM file would do too
-        assert "MR_small.dcm" in str(err)
+    if neighbour == "image":
+        grey_png(folder / "photo.png", seed=0)
     else:
-        assert any("MR_small" in Path(i["image"]).name for i in items), items
+        write_series(folder / "mr_series")
+    message = r"holds loose DICOM files \(MR_small.dcm\) next to .*put the \.dcm files of one series in a sub-folder"
+    with pytest.raises(ValueError, match=message):
+        list_inference_inputs(folder)
+    (folder / "one_series").mkdir()
+    shutil.move(folder / "MR_small.dcm", folder / "one_series" / "MR_small.dcm")  # as the message says
+    names = sorted(Path(i["image"]).name for i in list_inference_inputs(folder))
+    assert names == sorted(["one_series", "photo.png" if neighbour == "image" else "mr_series"])
 
 
 def test_prepare_reads_a_dicom_series_into_slices(tmp_path):

@@ -113,10 +113,12 @@ def list_inference_inputs(
 
     Args:
         path: an image file; a folder of images (PNG, JPEG, NIfTI, ...; a sub-folder of ``.dcm`` files is one DICOM
-            series; other files and hidden files are ignored); or a MONAI datalist JSON file (``datalist_key`` is
-            read, paths relative to ``base_dir`` or to the JSON's folder). 2D images and 3D volumes may be mixed. A
-            folder holding the outputs of an inference run (its ``manifest.json``) is refused: its maps are not
-            images to score.
+            series, and so is the folder itself when its only images are ``.dcm`` files; other files and hidden files
+            are ignored); or a MONAI datalist JSON file (``datalist_key`` is read, paths relative to ``base_dir`` or
+            to the JSON's folder). 2D images and 3D volumes may be mixed. A folder holding the outputs of an
+            inference run (its ``manifest.json``) is refused: its maps are not images to score. So are a path that is
+            neither a regular file nor a folder (a FIFO, a device) and loose ``.dcm`` files next to other images or
+            series sub-folders (they would be dropped).
         datalist_key: the list to read from a datalist JSON.
         base_dir: base folder of the datalist's relative paths (default: the JSON's folder).
         resolution: the model resolution (each slice's longest side is resized to it); None: not checked.
@@ -127,7 +129,8 @@ def list_inference_inputs(
 
     Raises:
         FileNotFoundError: when ``path`` or a listed file does not exist.
-        ValueError: when a folder holds no image, a datalist is not JSON or has no ``datalist_key``, or a file is
+        ValueError: when ``path`` is neither a file nor a folder, a folder holds no image or loose ``.dcm`` files
+            next to other images or series, a datalist is not JSON or has no ``datalist_key``, or a file is
             empty, truncated, not an image, beyond a size cap, not 2D or 3D, has a dimension of size 0, or a side
             the networks cannot use (under 2 px, in the file or at ``resolution``), naming the file.
         ImportError: for DICOM without pydicom.
@@ -137,24 +140,17 @@ def list_inference_inputs(
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"inference input {str(path)!r} does not exist; give an image, a folder or a datalist.")
+    if not path.is_file() and not path.is_dir():
+        raise ValueError(
+            f"inference input {str(path)!r} is neither a file nor a folder (a FIFO, a device or a socket, or a link "
+            "to one): give an image, a folder or a datalist."
+        )
     if path.is_file() and image_suffix(path) == ".json":
         items = datalist_items(path, datalist_key, base_dir=base_dir)
     elif path.is_file():
         items = [{"image": str(path)}]
     else:
-        if _inference_manifest(path) is not None:
-            raise ValueError(
-                f"folder {str(path)!r} holds the outputs of an inference run ({OUTPUT_MANIFEST}): its anomaly maps are "
-                "not images to score; give the folder of the images."
-            )
-        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file() and image_suffix(p) in IMAGE_SUFFIXES and image_suffix(p) != ".dcm"]
-        series = [p for p in entries if p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir())]
-        if any(image_suffix(p) == ".dcm" for p in entries) and not files and not series:
-            series = [path]  # the folder itself is one DICOM series
-        items = [{"image": str(p)} for p in files + series]
-        if not items:
-            raise ValueError(f"folder {str(path)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
+        items = [{"image": str(p)} for p in _folder_images(path)]
     for item in items:
         verify_image_file(
             item["image"],
@@ -165,6 +161,34 @@ def list_inference_inputs(
             max_volume_voxels=max_volume_voxels,
         )
     return items
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The images of an input folder (see :func:`list_inference_inputs`): its image files, each sub-folder holding
+    ``.dcm`` files as one DICOM series, or the folder itself as one series when it holds nothing but ``.dcm`` files
+    among its images. Loose ``.dcm`` files next to other images or series sub-folders are refused, named (they would
+    be dropped: a DICOM slice is read as part of its series)."""
+    if _inference_manifest(folder) is not None:
+        raise ValueError(
+            f"folder {str(folder)!r} holds the outputs of an inference run ({OUTPUT_MANIFEST}): its anomaly maps are "
+            "not images to score; give the folder of the images."
+        )
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    loose = [p for p in entries if not p.is_dir() and image_suffix(p) == ".dcm"]
+    files = [p for p in entries if p.is_file() and image_suffix(p) in IMAGE_SUFFIXES and image_suffix(p) != ".dcm"]
+    series = [p for p in entries if p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir())]
+    if loose and (files or series):
+        raise ValueError(
+            f"folder {str(folder)!r} holds loose DICOM files ({_some([p.name for p in loose])}) next to "
+            f"{'other images' if files else 'DICOM series sub-folders'} ({_some([p.name for p in files + series])}): "
+            "put the .dcm files of one series in a sub-folder (each sub-folder of .dcm files is read as one series), "
+            "or give that folder alone."
+        )
+    if loose:
+        return [folder]  # the folder itself is one DICOM series
+    if not files and not series:
+        raise ValueError(f"folder {str(folder)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
+    return files + series
 
 
 #: the values of ``output_ext`` (:class:`SaveAnomalyMapsd`, the bundle's ``--output_ext``): ``"auto"`` picks each
