@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +27,8 @@ import torch
 from PIL import Image
 
 from monai_hqanogan.data import make_ellipse_images
+from monai_hqanogan.utils.run_dir_lock import process_start_token
+from monai_hqanogan.utils.staging import STAGING_OWNER
 from monai_hqanogan.workflows import (
     OUTPUT_MANIFEST,
     PNG_THRESHOLD_LEVEL,
@@ -299,6 +305,39 @@ def test_files_written_into_the_output_folder_during_a_run_are_kept_and_so_is_th
         folder.commit()
     folder.discard()  # what the engine's failure handler calls: the complete set stays
     assert hashes(out) == before and sorted(hashes(staging)) == [OUTPUT_MANIFEST, "scores.csv"]
+
+
+def test_a_killed_runs_staging_folder_is_removed_and_nothing_else(tmp_path):
+    """A run killed with SIGKILL left ``.<out>.incomplete-*`` next to the output folder for good. The next run removes
+    such a folder when its owner file names a process that has ended, and leaves a live run's folder and a look-alike
+    without the owner file (the tool cannot prove it wrote that) alone; its own staging folder carries the owner
+    file, which never reaches the output set."""
+    image = png(tmp_path / "data" / "a.png")
+    out = tmp_path / "out"
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])  # a process that has ended: a killed run's
+    ended.wait()
+    runs = {"killed": ended.pid, "live": os.getppid(), "look_alike": None}
+    folders = {}
+    for name, pid in runs.items():
+        folder = folders[name] = tmp_path / f".out.incomplete-{name}"
+        (folder / "maps").mkdir(parents=True)
+        (folder / "maps" / "a_anomaly_map.png").write_bytes(b"written by " + name.encode())
+        if pid is not None:
+            owner = {"pid": pid, "host": socket.gethostname(), "process_start": process_start_token(pid)}
+            (folder / STAGING_OWNER).write_text(json.dumps(owner))
+    kept = {name: hashes(folders[name]) for name in ("live", "look_alike")}
+    folder = InferenceOutputFolder(out, [{"image": str(image)}], source=tmp_path / "data").check()
+    assert folders["killed"].is_dir()  # check() changes nothing
+    with pytest.warns(UserWarning, match=f"removed .*incomplete-killed, left by .*PID {ended.pid}"):
+        staging = folder.begin()
+    assert not folders["killed"].exists()
+    assert {name: hashes(folders[name]) for name in kept} == kept  # byte for byte
+    owner = json.loads((staging / STAGING_OWNER).read_text())
+    assert owner["pid"] == os.getpid() and owner["purpose"] == "an inference run"
+    (staging / "scores.csv").write_text("image,score\n")
+    folder.commit()
+    assert sorted(hashes(out)) == [OUTPUT_MANIFEST, "scores.csv"]  # the owner file stays behind
+    assert sorted(leftovers(out)) == [".out.incomplete-live", ".out.incomplete-look_alike"]
 
 
 # ---------------------------------------------------------------------------------------------------- 5. formats

@@ -19,6 +19,7 @@ their old names: :class:`~monai_hqanogan.inferers.SliceAnomalyInferer`,
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ from monai_hqanogan.handlers.score_saver import AnomalyScoreSaver
 from monai_hqanogan.inferers.slice_inferer import SliceAnomalyInferer
 from monai_hqanogan.transforms.dictionary import FlattenAnomalyRecordd
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.utils.staging import STAGING_OWNER, create_staging_dir, remove_stale_staging_dirs
 from monai_hqanogan.utils.strict_json import strict_json
 from monai_hqanogan.workflows.checks import datalist_items
 from monai_hqanogan.workflows.stages import check_writable
@@ -401,7 +403,12 @@ class InferenceOutputFolder:
     writes into :attr:`staging_dir`, a new hidden folder next to ``output_dir`` (``.<name>.incomplete-<run id>``).
     When the run completes, a ``manifest.json`` listing every file written (size, SHA-256) is added and the staging
     folder is renamed to ``output_dir``; when it fails, the staging folder is removed and ``output_dir`` is left as
-    it was. A staging folder left by a killed process can be deleted.
+    it was. The staging folder carries an owner file (PID, host, process start:
+    :func:`~monai_hqanogan.utils.staging.create_staging_dir`), so a run killed with SIGKILL leaves a folder the next
+    run recognises: :meth:`begin` removes the staging folders of ``output_dir`` whose owner has ended, and leaves
+    alone those of runs that still run, of other hosts, and every folder without the owner file (a look-alike name
+    is not proof that this tool wrote it). A staging folder kept on purpose (a complete set that could not be moved
+    into place) has its owner file removed, so it is never deleted.
 
     :meth:`check` refuses, before any work (the bundle's ``initialize`` calls it):
 
@@ -550,12 +557,22 @@ class InferenceOutputFolder:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
 
     def begin(self, engine: Engine | None = None) -> Path:
-        """Create the (new) staging folder; runs :meth:`check` first if it has not run."""
+        """Remove the staging folders that ended runs left next to ``output_dir`` (:meth:`remove_stale`), and create
+        this run's, a new folder with its owner file; runs :meth:`check` first if it has not run."""
         if not self._checked:
             self.check()
-        self.staging_dir.mkdir()  # a new name: nothing is overwritten
+        self.remove_stale()
+        create_staging_dir(self.staging_dir, "an inference run")  # a new name: nothing is overwritten
         self._created, self._keep, self._seen = True, False, {}
         return self.staging_dir
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the staging folders ``.<output name>.incomplete-*`` next to ``output_dir`` whose owner file names a
+        process of this host that has ended (a run killed with SIGKILL), with a warning each; returns them. Folders of
+        live runs, of other hosts and without the owner file are left alone
+        (:func:`~monai_hqanogan.utils.staging.remove_stale_staging_dirs`)."""
+        pattern = f".{glob.escape(self.output_dir.name)}.incomplete-*"
+        return remove_stale_staging_dirs(self.output_dir.parent, pattern)
 
     def _check_outputs(self, engine: Engine) -> None:
         """Guard of what was checked before the run: no two images of the run are written under one name."""
@@ -583,7 +600,7 @@ class InferenceOutputFolder:
     def commit(self, engine: Engine | None = None) -> Path:
         """Add the manifest and make the staging folder ``output_dir``, replacing an unchanged earlier set."""
         entries, _ = _tree(self.staging_dir)
-        paths = {name: self.staging_dir / name for name in sorted(entries - {OUTPUT_MANIFEST})}
+        paths = {name: self.staging_dir / name for name in sorted(entries - {OUTPUT_MANIFEST, STAGING_OWNER})}
         files = {name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for name, path in paths.items()}
         manifest = {
             "tool": _MANIFEST_TOOL,
@@ -595,6 +612,8 @@ class InferenceOutputFolder:
             "files": files,
         }
         write_text_atomic(self.staging_dir / OUTPUT_MANIFEST, strict_json(manifest))
+        # the set is complete: from here the folder is kept or becomes output_dir, never removed as a leftover
+        (self.staging_dir / STAGING_OWNER).unlink(missing_ok=True)
         try:
             earlier = self._earlier_set()
         except FileExistsError as err:  # something was written there during the run: keep both, tell
