@@ -21,7 +21,7 @@ from monai.data import load_decathlon_datalist
 from PIL import Image
 
 import monai_hqanogan.data.br35h as br35h_module
-import monai_hqanogan.data.datalists as datalists_module
+import monai_hqanogan.data.datalist_writer as datalist_writer
 from monai_hqanogan.data import (
     add_synthetic_lesions,
     brain_mask,
@@ -310,7 +310,7 @@ def test_rerun_reuses_and_changed_settings_are_refused(sources, tmp_path, monkey
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(datalists_module, "_localisation_set", interrupt)
+    monkeypatch.setattr(datalist_writer, "_localisation_set", interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare_br35h(out, source=sources["folder"], seed=3, overwrite=True, **FAST)
     assert read(path)["info"]["seed"] == 0 and not (out / ".staging").exists()
@@ -646,13 +646,13 @@ def test_prepare_commit_checks_for_links_again(study, tmp_path, monkeypatch):
     user = tmp_path / "user"
     user.mkdir()
     (user / "keep.txt").write_text("mine")
-    real_commit = datalists_module._commit
+    real_commit = datalist_writer.commit_staging
 
     def link_then_commit(staging, output_dir):
         (output_dir / "masks" / "mine").symlink_to(user, target_is_directory=True)
         return real_commit(staging, output_dir)
 
-    monkeypatch.setattr(datalists_module, "_commit", link_then_commit)
+    monkeypatch.setattr(datalist_writer, "commit_staging", link_then_commit)
     before = tree_hashes(out)
     with pytest.raises(FileExistsError, match=re.escape(f"{out / 'masks' / 'mine'} is a symbolic link")):
         prepare_image_folder(out, study / "images", seed=1, overwrite=True, **FAST)
