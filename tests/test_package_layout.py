@@ -94,15 +94,31 @@ def test_utils_modules_share_only_public_names():
 
 
 def test_one_suffix_list():
-    """``prepare``, ``br35h`` and inference read the suffixes of ``data/image_files.py``; none defines its own."""
-    from monai_hqanogan.data import br35h, prepare
+    """``prepare_image_folder``, ``br35h`` and inference read the suffixes of ``data/image_files.py``; none defines
+    its own."""
+    from monai_hqanogan.data import br35h, image_folder
 
     assert image_files.IMAGE_SUFFIXES[: len(image_files.RASTER_SUFFIXES)] == image_files.RASTER_SUFFIXES
     assert set(image_files.NIFTI_SUFFIXES) <= set(image_files.IMAGE_SUFFIXES)
-    for module in (prepare, br35h, inference):
+    for module in (image_folder, br35h, inference):
         assert module.RASTER_SUFFIXES is image_files.RASTER_SUFFIXES
         lists = [n for n in vars(module) if n.endswith("_SUFFIXES") and n != "_MASK_SUFFIXES"]
         assert all(getattr(module, n) is getattr(image_files, n, None) for n in lists), lists
+
+
+def test_data_split_keeps_the_old_import_paths():
+    """``data/datalists.py`` and ``data/prepare.py`` give the names that moved to ``grouping``, ``output_folder``,
+    ``datalist_writer`` and ``image_folder`` (issue 19, step 3); ``prepare`` keeps only the command line."""
+    import monai_hqanogan.data as data
+    from monai_hqanogan.data import datalist_writer, datalists, grouping, image_folder, output_folder, prepare
+
+    homes = (grouping, output_folder, datalist_writer)
+    for name in datalists.__all__:
+        assert [m for m in homes if name in m.__all__ and getattr(m, name) is getattr(datalists, name)], name
+    for name in ("prepare_image_folder", "find_image_files", "ImageFile"):
+        assert getattr(prepare, name) is getattr(image_folder, name)
+    assert data.prepare_image_folder is image_folder.prepare_image_folder
+    assert not hasattr(data, "__getattr__")  # no lazy import any more: prepare_image_folder lives below the CLI
 
 
 def test_image_suffix():

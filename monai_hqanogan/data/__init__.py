@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
-
 from .br35h import find_br35h_source, load_grey_image, prepare_br35h
-from .datalists import (
+from .grouping import (
     LOCALISATION_KEYS,
     SPLIT_KEYS,
     check_groups_disjoint,
@@ -26,6 +24,7 @@ from .image_files import (
     image_suffix,
     verify_image_file,
 )
+from .image_folder import prepare_image_folder
 from .synthetic import (
     TOY_LESIONS,
     TOY_SHAPES,
@@ -34,13 +33,3 @@ from .synthetic import (
     make_ellipse_images,
     make_toy_lesion_set,
 )
-
-
-def __getattr__(name: str) -> Any:
-    # the image-folder preparation lives next to its command line (``python -m monai_hqanogan.data.prepare``);
-    # importing it lazily keeps that module out of sys.modules until it runs as __main__
-    if name == "prepare_image_folder":
-        from .prepare import prepare_image_folder
-
-        return prepare_image_folder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
