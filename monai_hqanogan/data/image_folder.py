@@ -51,6 +51,7 @@ from monai_hqanogan.data.image_files import (
 )
 from monai_hqanogan.data.output_folder import fingerprint_files, run_in_staging
 from monai_hqanogan.transforms.array import ToSingleChannel, intensity_window, is_background_slice
+from monai_hqanogan.transforms.io import shown_colours
 
 __all__ = ["ImageFile", "find_image_files", "prepare_image_folder"]
 
@@ -167,12 +168,13 @@ def _read(file: ImageFile) -> np.ndarray:
     become the minimum of the finite values (with a warning). Channels become one grey channel by
     :class:`~monai_hqanogan.transforms.ToSingleChannel`, the rule of training and inference: a 2- or 4-channel image
     is LA or RGBA, whose alpha (opacity, not intensity) is ignored, and the colour channels are averaged. Palette,
-    CMYK and 1-bit PNG/JPEG images are read as the colours they show (:func:`_shown_colours`), not as palette
-    indices or ink. Unusable files raise OSError, RuntimeError (MONAI's readers) or ``_UnusableFile``."""
+    CMYK and 1-bit PNG/JPEG images are read as the colours they show, not as palette indices or ink
+    (:func:`~monai_hqanogan.transforms.shown_colours`, the loader's rule too). Unusable files raise OSError,
+    RuntimeError (MONAI's readers) or ``_UnusableFile``."""
     from monai.data import PILReader
     from monai.transforms import LoadImage
 
-    reader: Any = {"image": PILReader(converter=_shown_colours), "nifti": "NibabelReader", "dicom": "PydicomReader"}
+    reader: Any = {"image": PILReader(converter=shown_colours), "nifti": "NibabelReader", "dicom": "PydicomReader"}
     try:
         loader = LoadImage(image_only=True, ensure_channel_first=True, reader=reader[file.kind])
         array = np.asarray(loader(str(file.path)))
@@ -194,16 +196,6 @@ def _read(file: ImageFile) -> np.ndarray:
             f"expected a 2D image or a 3D volume with every side at least 2 px, got spatial shape {array.shape}"
         )
     return array
-
-
-def _shown_colours(img: Image.Image) -> Image.Image:
-    """A palette image (P, PA) as RGB, CMYK as RGB and a 1-bit image as 8-bit grey: the grey values they show (read
-    as they are, they would give palette indices, ink amounts or 0/1); other images unchanged."""
-    if img.mode in ("P", "PA", "CMYK"):
-        return img.convert("RGB")
-    if img.mode == "1":
-        return img.convert("L")
-    return img
 
 
 def _to_uint8(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
