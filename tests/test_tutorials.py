@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,9 @@ pytest.importorskip("nbclient", reason="the tutorials need the dev extra: pip in
 pytest.importorskip("ipykernel", reason="the tutorials need the dev extra: pip install -e '.[dev]'")
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+BUNDLE = TUTORIALS.parent / "bundles" / "brain_mri_anomaly_hqanogan"
+#: the prepared group-aware Br35H split the shipped model was evaluated on (absent on machines that never prepared it)
+BR35H = BUNDLE / "data" / "br35h"
 _spec = importlib.util.spec_from_file_location("build_notebooks", TUTORIALS / "build_notebooks.py")
 build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build)
@@ -51,9 +55,9 @@ def _pictures(notebook) -> int:
     return sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
 
 
-def _execute(name: str, tmp_path: Path):
+def _execute(name: str, tmp_path: Path, **extra_env: str):
     source = TUTORIALS / f"{name}.py"
-    env = {"HQANOGAN_TUTORIAL_DIR": str(tmp_path)}
+    env = {"HQANOGAN_TUTORIAL_DIR": str(tmp_path), **extra_env}
     if os.environ.get("PYTEST_XDIST_WORKER"):
         env["OMP_NUM_THREADS"] = "1"  # one core per xdist worker (the kernel and its subprocesses inherit it)
     notebook, seconds = build.execute_notebook(source, small=True, timeout=600, env=env)
@@ -77,8 +81,58 @@ def test_saved_notebook_matches_its_source_and_has_outputs(source):
     assert "small setting: False" in _text(notebook)  # the saved outputs are those of the normal setting
 
 
+def _recorded(name: str) -> float:
+    """A number the bundle records for the shipped model (metadata.json's eval_metrics, as in models/README.md)."""
+    return json.loads((BUNDLE / "configs" / "metadata.json").read_text())["eval_metrics"][name]
+
+
+def _check_shipped_model_on_br35h(text: str) -> None:
+    """Tutorial 01's section 1 ran: the shipped model scored the whole Br35H test list, 4 normal and 4 tumour slices
+    were shown, and the bundle's inference ran with its defaults on one test PNG."""
+    assert re.search(r"model file: bundles/brain_mri_anomaly_hqanogan/models/model\.pt \(setting '", text), text[:3000]
+    assert re.search(r"Br35H test list \(.*\): 375 normal and 1000 tumour slices", text), text[:3000]
+    found = re.search(r"test image AUROC of the shipped model: (\S+) \(recorded .*: (\d\.\d+)\)", text)
+    assert found, text[:3000]
+    auroc, recorded = float(found.group(1)), _recorded("normal_only_test_image_auroc")
+    assert math.isfinite(auroc) and abs(auroc - recorded) <= 0.005, (auroc, recorded)
+    assert float(found.group(2)) == recorded
+    autoencoder = _recorded("autoencoder_same_protocol_test_image_auroc")
+    behind = "behind" if auroc < autoencoder else "ahead of"
+    assert f"the autoencoder baseline, same split and protocol: {autoencoder:.3f}, so this model is {behind} it" in text
+    rows = re.findall(
+        r"images/(no|yes)/(\S+)\s+truth (normal|tumour)\s+score\s+(-?\d+\.\d+) -> (anomalous|normal)", text
+    )
+    assert [row[2] for row in rows] == ["normal"] * 4 + ["tumour"] * 4, rows
+    assert all((folder == "yes") == (truth == "tumour") for folder, _, truth, _, _ in rows), rows  # Br35H's labels
+    # the bundle's inference with no model, setting or run-folder override, on the first tumour slice shown
+    command = re.search(r"python -m monai\.bundle run --config_file \$BUNDLE/configs/inference\.json (.*)", text)
+    assert command, text[-4000:]
+    first_tumour = rows[4][1]
+    assert command.group(1).split() == [
+        "--meta_file", "$BUNDLE/configs/metadata.json", "--bundle_root", "$BUNDLE",
+        "--input", f"bundles/brain_mri_anomaly_hqanogan/data/br35h/images/yes/{first_tumour}",
+        "--output_dir", command.group(1).split()[-1],
+    ]  # fmt: skip
+    bundle_row = re.search(
+        rf"{re.escape(first_tumour)}: score (-?\d+\.\d+), label ([01]) \(the same slice above: score (-?\d+\.\d+)\)",
+        text,
+    )
+    assert bundle_row, text[-4000:]
+    assert abs(float(bundle_row.group(1)) - float(rows[4][3])) <= 0.02  # the same model on the same file
+
+
 def test_quick_start(tmp_path):
-    notebook, text, seconds = _execute("01_quick_start", tmp_path)
+    notebook, text, seconds = _execute("01_quick_start", tmp_path, HQANOGAN_BR35H_DIR=str(BR35H))
+    if (BR35H / "datalist.json").is_file():
+        _check_shipped_model_on_br35h(text)
+        scores = (tmp_path / "01_quick_start" / "shipped_inference" / "scores.csv").read_text().splitlines()
+        assert len(scores) == 2 and scores[1].startswith(str(BR35H / "images" / "yes"))
+    else:
+        assert (
+            "No prepared Br35H in bundles/brain_mri_anomaly_hqanogan/data/br35h: the shipped model's section is" in text
+        )
+        assert "python -m monai_hqanogan.data.prepare br35h --download --output" in text
+        assert not (tmp_path / "01_quick_start" / "shipped_inference").exists()
     keys = re.search(r"record keys: (\[.*\])", text)
     assert keys, text[-2000:]
     record_keys = set(ast.literal_eval(keys.group(1)))
@@ -88,7 +142,15 @@ def test_quick_start(tmp_path):
     assert (work / "runs" / "models" / "model.pt").is_file()
     scores = (work / "inference" / "scores.csv").read_text().splitlines()
     assert scores[0].startswith("image,score,label") and len(scores) == 1 + 16  # every abnormal file scored
-    assert _pictures(notebook) >= 3  # preview, detection panels, the bundle's panel
+    # preview, detection panels, the bundle's panel; with Br35H also its panels and the bundle's panel of the slice
+    assert _pictures(notebook) >= (5 if (BR35H / "datalist.json").is_file() else 3)
+
+
+def test_saved_quick_start_shows_the_shipped_model_on_br35h():
+    """The committed notebook was executed where Br35H was prepared: it shows the shipped model's section."""
+    import nbformat
+
+    _check_shipped_model_on_br35h(_text(nbformat.read(TUTORIALS / "01_quick_start.ipynb", as_version=4)))
 
 
 def test_train_on_your_images(tmp_path):
