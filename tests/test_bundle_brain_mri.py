@@ -141,6 +141,8 @@ def test_inference_cli_writes_maps_labels_scores_and_panels(trained, tmp_path):
     assert amap.shape == label.shape == (24, 20)
     assert set(np.unique(label)) <= {0, 255} and not list(out.glob("*.nii.gz"))
     assert len(list((out / "panels").glob("*_panel.png"))) == 8
+    # the maps are the run's own files: no MONAI Label heat map (that writer is for MONAI Label requests only)
+    assert not (trained["runs"] / "heatmaps").exists()
 
 
 def test_inference_on_a_3d_volume_keeps_shape_and_affine(trained, tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
 
@@ -17,6 +19,10 @@ __all__ = [
     "FlattenAnomalyRecordd",
     "FlattenAnomalyRecordD",
     "FlattenAnomalyRecordDict",
+    "AnomalyLabeld",
+    "AnomalyLabelD",
+    "AnomalyLabelDict",
+    "resolve_pixel_threshold",
 ]
 
 
@@ -84,3 +90,101 @@ class FlattenAnomalyRecordd(MapTransform):
 
 
 FlattenAnomalyRecordD = FlattenAnomalyRecordDict = FlattenAnomalyRecordd
+
+
+def resolve_pixel_threshold(requested: Any, calibrated: float) -> float:
+    """The pixel threshold to label with: ``calibrated`` for None, ``""`` or ``"calibrated"``, else ``requested`` as a
+    positive finite number (a number, or its text as a request option gives it).
+
+    Raises:
+        ValueError: ``requested`` is neither ``"calibrated"`` nor a positive finite number.
+    """
+    if requested is None or str(requested).strip().lower() in ("", "calibrated"):
+        return float(calibrated)
+    try:
+        value = float(requested)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"pixel_threshold must be a positive number or 'calibrated', got {requested!r}.")
+    return value
+
+
+class AnomalyLabeld(FlattenAnomalyRecordd):
+    """Post-processing for label consumers: the inferer's record in MONAI's segmentation layout, the label map in
+    ``pred`` (what MONAI Label's ``BundleInferTask`` writes as the label and a MONAI segmentation bundle leaves
+    there), the image score and decisions in a JSON-ready ``result`` (MONAI Label's result JSON).
+
+    After lifting the record as :class:`FlattenAnomalyRecordd` does:
+
+    - ``pred`` and ``pred_label``: the uint8 label map, 1 where the anomaly map reaches the pixel threshold and 0
+      elsewhere (label values as the bundle metadata's ``channel_def``: 0 background, 1 anomaly), channel first, on
+      the input's grid with its meta data;
+    - ``anomaly_map``: the float anomaly map (the record's ``pred``);
+    - ``pixel_threshold``: the threshold the label used;
+    - ``result``: ``anomaly_score``, ``anomalous`` (the image decision), ``image_threshold``, ``pixel_threshold``,
+      ``calibrated_pixel_threshold``, ``anomalous_voxels`` (pixels of a 2D image), ``slice_scores`` (one per slice
+      along the inferer's slice axis, one for a 2D image; None for a slice that was not scored) and ``top_slice``;
+      merged into a dict already under that key.
+
+    Args:
+        keys: key of the record (``pred``).
+        pixel_threshold: ``"calibrated"`` (or None) for the detector's calibrated pixel threshold, or a positive
+            number that replaces it (see :func:`resolve_pixel_threshold`); the image score and decision do not
+            change.
+        option_key: a key of the data dict whose value, when present, replaces ``pixel_threshold`` (a per-request
+            option: MONAI Label puts a request's options in the data dict, where the bundle's
+            ``displayable_configs`` expose them). It is read as a number or ``"calibrated"``, never parsed as config.
+        map_key: where the float anomaly map goes.
+        result_key: where the summary goes.
+        allow_missing_keys: as in MONAI.
+
+    Example:
+        >>> from monai.transforms import Compose
+        >>> post = Compose([AnomalyLabeld(keys="pred")])  # after SliceAnomalyInferer, per decollated item
+        >>> # post(item)["pred"]: uint8 label map; post(item)["result"]["anomaly_score"]: the image score
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str] = "pred",
+        pixel_threshold: float | str | None = "calibrated",
+        option_key: str | None = None,
+        map_key: str = "anomaly_map",
+        result_key: str = "result",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"AnomalyLabeld takes the key of one record, got {self.keys}.")
+        resolve_pixel_threshold(pixel_threshold, 1.0)  # refuse a bad value before any image
+        self.pixel_threshold, self.option_key = pixel_threshold, option_key
+        self.map_key, self.result_key = map_key, result_key
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        if self.keys[0] not in data and self.allow_missing_keys:
+            return dict(data)
+        requested = data.get(self.option_key) if self.option_key is not None else None
+        d = super().__call__(data)  # the record's entries replace the data's (its pixel_threshold too)
+        heat = d["pred"]
+        calibrated = float(d["pixel_threshold"])
+        threshold = resolve_pixel_threshold(self.pixel_threshold if requested is None else requested, calibrated)
+        label = (heat >= threshold).to(torch.uint8)
+        slices = torch.as_tensor(d["slice_scores"]).float().reshape(-1).tolist()
+        summary = {
+            "anomaly_score": float(d["pred_score"]),
+            "anomalous": bool(int(d["pred_image_label"])),
+            "image_threshold": float(d["image_threshold"]),
+            "pixel_threshold": threshold,
+            "calibrated_pixel_threshold": calibrated,
+            "anomalous_voxels": int(label.sum()),
+            "slice_scores": [v if math.isfinite(v) else None for v in slices],
+            "top_slice": int(d["panel_slice"]),
+        }
+        previous = d.get(self.result_key)
+        d[self.result_key] = {**(dict(previous) if isinstance(previous, Mapping) else {}), **summary}
+        d[self.map_key], d["pred"], d["pred_label"], d["pixel_threshold"] = heat, label, label, threshold
+        return d
+
+
+AnomalyLabelD = AnomalyLabelDict = AnomalyLabeld

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from monai_hqanogan.apps.monailabel import heatmap_path
+from monai_hqanogan.apps.monailabel.transforms import save_heatmap
+from monai_hqanogan.transforms import resolve_pixel_threshold
 from monai_hqanogan.workflows import SHIPPED_SETTING, load_model_file
 
 __all__ = ["HQAnoGANInferTask"]
@@ -132,7 +133,7 @@ class HQAnoGANInferTask(BasicInferTask):
         image = data["image"]
         record = self.inferer(data)(image[None], detector)
         heat = record["pred"][0]  # [1, H, W(, D)] on the input grid
-        threshold = self._threshold(data.get("pixel_threshold"), float(record["pixel_threshold"][0]))
+        threshold = resolve_pixel_threshold(data.get("pixel_threshold"), float(record["pixel_threshold"][0]))
         label = (heat >= threshold)[0].to(torch.uint8)
         affine = image.affine if isinstance(image, MetaTensor) else None
         # MONAI Label's writer takes the affine from the label when it is a MetaTensor
@@ -152,30 +153,8 @@ class HQAnoGANInferTask(BasicInferTask):
         data["result"] = result
         return data
 
-    @staticmethod
-    def _threshold(requested: Any, calibrated: float) -> float:
-        """The request's ``pixel_threshold`` (a number), or the calibrated one for ``"calibrated"``/absent."""
-        if requested is None or str(requested).strip().lower() in ("", "calibrated"):
-            return calibrated
-        try:
-            return float(requested)
-        except (TypeError, ValueError):
-            raise ValueError(f"pixel_threshold must be a number or 'calibrated', got {requested!r}.") from None
-
     def _save_heatmap(self, heat: torch.Tensor, affine: Any, data: Mapping[str, Any]) -> Path:
-        import nibabel as nib
-
         # one file per image id (its path relative to the studies, suffix included), always inside heatmap_dir
-        path = heatmap_path(self.heatmap_dir, data.get("image_path") or "image", self.studies_dir)
-        self.heatmap_dir.mkdir(parents=True, exist_ok=True)
-        matrix = np.asarray(affine if affine is not None else np.eye(4), dtype=np.float64)
-        fd, tmp = tempfile.mkstemp(prefix=".heatmap-", suffix=".partial.nii.gz", dir=self.heatmap_dir)
-        os.close(fd)  # a fresh file per request: two requests never write into the same partial file
-        try:
-            nib.save(nib.Nifti1Image(heat.detach().cpu().float().numpy(), matrix), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        logger.info(f"heat map -> {path}")
-        return path
+        return save_heatmap(
+            heat, affine, heatmap_path(self.heatmap_dir, data.get("image_path") or "image", self.studies_dir)
+        )
