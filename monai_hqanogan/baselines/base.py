@@ -215,9 +215,10 @@ class FitClock:
         """A :class:`FitStage` with the bar ``"<name> <label>"``."""
         return FitStage(f"{self.name} {label}", total, unit, deadline, hint, done_reason, self.progress)
 
-    def info(self, device: torch.device, seed: int, **entries: Any) -> dict[str, Any]:
-        """``fit_info``: the baseline's ``entries`` followed by ``seconds``, ``device`` and ``seed``."""
-        return {**entries, "seconds": self.seconds, "device": str(device), "seed": seed}
+    def info(self, device: torch.device, seed: int, seconds: float | None = None, **entries: Any) -> dict[str, Any]:
+        """``fit_info``: the baseline's ``entries`` followed by ``seconds`` (None: now, from the start), ``device``
+        and ``seed``. Pass ``seconds`` when an entry was derived from the same reading of the clock."""
+        return {**entries, "seconds": self.seconds if seconds is None else seconds, "device": str(device), "seed": seed}
 
 
 class ReferenceBaseline(nn.Module):

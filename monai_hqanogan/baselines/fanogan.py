@@ -283,9 +283,10 @@ class FAnoGANBaseline(ReconstructionBaseline):
             self.requires_grad_(True)
             self.eval()
         self.history = {"gan": gan.history, "encoder": enc.history}
+        seconds = clock.seconds
         self.fit_info = clock.info(
-            device, seed, gan_iterations=len(gan.history), critic_steps=len(gan.history) * n_critic,
-            encoder_iterations=len(enc.history), gan_seconds=gan_seconds, encoder_seconds=clock.seconds - gan_seconds,
+            device, seed, seconds, gan_iterations=len(gan.history), critic_steps=len(gan.history) * n_critic,
+            encoder_iterations=len(enc.history), gan_seconds=gan_seconds, encoder_seconds=seconds - gan_seconds,
             gan_stopped_by=gan.stopped_by, encoder_stopped_by=enc.stopped_by,
             stopped_by="time_limit" if "time_limit" in (gan.stopped_by, enc.stopped_by) else "iterations",
             final_wasserstein=gan.history[-1]["wasserstein"], final_encoder_loss=enc.history[-1]["loss"],
