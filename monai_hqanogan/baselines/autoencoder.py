@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from monai_hqanogan.utils.validation import check_positive_int, check_positive_number, check_time_limit
 
-from .base import FitClock, ImageBatches, ReconstructionBaseline, as_image_batch
+from .base import FitClock, ImageBatches, ReconstructionBaseline
 
 __all__ = ["ConvAutoencoderBaseline"]
 
@@ -211,16 +211,7 @@ class ConvAutoencoderBaseline(ReconstructionBaseline):
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (BatchNorm needs two images per step), got {batch_size}.")
         check_positive_number("lr", lr)
-        if isinstance(images, torch.Tensor):
-            images = as_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
-            if images.shape[0] < 2:
-                raise ValueError(f"fit needs at least 2 images, got {images.shape[0]}.")
-        device = torch.device(device) if device is not None else self._device()
-
-        self.fitted.fill_(False)
-        self.cpu()
-        self.reset_parameters(seed)
-        self.to(device)
+        images, device = self._start_fit(images, device, seed)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)
         clock = FitClock(self.name, time_limit_s, progress)

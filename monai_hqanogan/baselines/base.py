@@ -332,6 +332,23 @@ class ReconstructionBaseline(ReferenceBaseline):
             for x in self._eval_batches(images, batch_size)
         ])  # fmt: skip
 
+    def _start_fit(
+        self, images: ImageBatches, device: str | torch.device | None, seed: int
+    ) -> tuple[ImageBatches, torch.device]:
+        """The first steps of every fit: check a tensor input (at least 2 images of the model's channels and size),
+        mark the model unfitted, re-initialise its weights from ``seed`` on the CPU (the same weights whatever the
+        device) and move it to ``device`` (None: where it is). Returns the checked images and the device."""
+        if isinstance(images, torch.Tensor):
+            images = as_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
+            if images.shape[0] < 2:
+                raise ValueError(f"fit needs at least 2 images, got {images.shape[0]}.")
+        device = torch.device(device) if device is not None else self._device()
+        self.fitted.fill_(False)
+        self.cpu()
+        self.reset_parameters(seed)
+        self.to(device)
+        return images, device
+
     def reset_parameters(self, seed: int = 0) -> None:
         """Re-initialise all weights and BatchNorm statistics from ``seed`` (the global RNG state is kept)."""
         with torch.random.fork_rng(devices=[]):

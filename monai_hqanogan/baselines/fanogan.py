@@ -27,7 +27,7 @@ from monai_hqanogan.losses.wgan_losses import wgan_gradient_penalty
 from monai_hqanogan.networks.nets.fanogan import FAnoGANCritic, FAnoGANEncoder, FAnoGANGenerator
 from monai_hqanogan.utils.validation import check_positive_int, check_positive_number, check_time_limit
 
-from .base import FitClock, FitStage, ImageBatches, ReconstructionBaseline, as_image_batch
+from .base import FitClock, FitStage, ImageBatches, ReconstructionBaseline
 
 __all__ = [
     "FAnoGANGenerator",
@@ -260,16 +260,7 @@ class FAnoGANBaseline(ReconstructionBaseline):
             raise ValueError(f"gp_weight must be a finite number >= 0, got {gp_weight!r}.")
         if not 0 < gan_time_fraction < 1:
             raise ValueError(f"gan_time_fraction must lie in (0, 1), got {gan_time_fraction!r}.")
-        if isinstance(images, torch.Tensor):
-            images = as_image_batch(images, "images", channels=self.in_channels, size=self.image_size)
-            if images.shape[0] < 2:
-                raise ValueError(f"fit needs at least 2 images, got {images.shape[0]}.")
-        device = torch.device(device) if device is not None else self._device()
-
-        self.fitted.fill_(False)
-        self.cpu()
-        self.reset_parameters(seed)
-        self.to(device)
+        images, device = self._start_fit(images, device, seed)
         rng = torch.Generator().manual_seed(seed)
         clock = FitClock(self.name, time_limit_s, progress)
         hint = "Lower lr (now {}) or check that the images are scaled to [-1, 1].".format
