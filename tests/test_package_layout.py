@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import monai_hqanogan.data.image_files as image_files
+import monai_hqanogan.handlers.map_saver as map_saver
 import monai_hqanogan.workflows as workflows
 import monai_hqanogan.workflows.checks as checks
 import monai_hqanogan.workflows.inference as inference
@@ -31,6 +32,11 @@ MOVED = {
     "FlattenAnomalyRecordd": FlattenAnomalyRecordd,
     "AnomalyScoreSaver": AnomalyScoreSaver,
     "AnomalyPanelSaver": AnomalyPanelSaver,
+    "SaveAnomalyMapsd": map_saver.SaveAnomalyMapsd,
+    "check_output_ext": map_saver.check_output_ext,
+    "anomaly_map_ext": map_saver.anomaly_map_ext,
+    "OUTPUT_EXTS": map_saver.OUTPUT_EXTS,
+    "PNG_THRESHOLD_LEVEL": map_saver.PNG_THRESHOLD_LEVEL,
     "IMAGE_SUFFIXES": image_files.IMAGE_SUFFIXES,
     "output_stem": image_files.output_stem,
 }
@@ -94,13 +100,13 @@ def test_utils_modules_share_only_public_names():
 
 
 def test_one_suffix_list():
-    """``prepare_image_folder``, ``br35h`` and inference read the suffixes of ``data/image_files.py``; none defines
+    """``prepare_image_folder``, ``br35h`` and the map writer read the suffixes of ``data/image_files.py``; none defines
     its own."""
     from monai_hqanogan.data import br35h, image_folder
 
     assert image_files.IMAGE_SUFFIXES[: len(image_files.RASTER_SUFFIXES)] == image_files.RASTER_SUFFIXES
     assert set(image_files.NIFTI_SUFFIXES) <= set(image_files.IMAGE_SUFFIXES)
-    for module in (image_folder, br35h, inference):
+    for module in (image_folder, br35h, map_saver):
         assert module.RASTER_SUFFIXES is image_files.RASTER_SUFFIXES
         lists = [n for n in vars(module) if n.endswith("_SUFFIXES") and n != "_MASK_SUFFIXES"]
         assert all(getattr(module, n) is getattr(image_files, n, None) for n in lists), lists

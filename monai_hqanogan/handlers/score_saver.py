@@ -29,7 +29,7 @@ class AnomalyScoreSaver:
     Rows: ``image`` (file), ``score``, ``label`` (1 abnormal at the calibrated threshold), ``threshold``, and for
     volumes ``slice`` (the highest-scoring slice index) and the per-slice scores (JSON only). The JSON file also
     names the calibrated ``pixel_threshold`` of the run's label maps (PNG maps are relative to it: see
-    :class:`~monai_hqanogan.workflows.SaveAnomalyMapsd`). Written atomically when the run completes. The JSON file
+    :class:`~monai_hqanogan.handlers.SaveAnomalyMapsd`). Written atomically when the run completes. The JSON file
     is standard JSON: a value that is not a finite number is ``null`` there and empty in the CSV file (never ``NaN``
     or ``Infinity``).
 

@@ -66,7 +66,7 @@ class FlattenAnomalyRecordd(MapTransform):
         keys: key of the record (``pred``).
         scale_for_png: also divide the map by twice the pixel threshold and clip to [0, 1], so that an 8-bit PNG
             shows the threshold as mid-grey (for ``SaveImaged(..., scale=255)``); NIfTI maps keep raw values.
-            The bundle leaves it False: :class:`~monai_hqanogan.workflows.SaveAnomalyMapsd` scales the maps it
+            The bundle leaves it False: :class:`~monai_hqanogan.handlers.SaveAnomalyMapsd` scales the maps it
             writes as PNG itself.
         allow_missing_keys: as in MONAI.
     """
