@@ -357,3 +357,25 @@ def test_the_stock_monaibundle_app_serves_the_bundle(stock_task, tmp_path):
             (tmp_path / "label.png").write_bytes(response.read())
         png = np.asarray(Image.open(tmp_path / "label.png"))
         assert png.shape == (SIZE, 14) and set(np.unique(png)) <= {0, 1}
+
+
+def test_the_stock_bundle_task_refuses_a_huge_image_from_its_header(stock_task, tmp_path):
+    """A request's NIfTI whose header claims 20000 x 20000 pixels over a few bytes (issue 17): the bundle's
+    ``preprocessing`` refuses it from its header, naming the file and the cap, before MONAI Label's loader reads it."""
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((20000, 20000))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    claims = tmp_path / "claims.nii.gz"
+    claims.write_bytes(gzip.compress(header.binaryblock + b"\0" * 68))
+    with pytest.raises(Exception) as info:
+        stock_task["task"]({"image": str(claims), "device": "cpu"})
+    messages, error = [], info.value
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__
+    assert any("claims.nii.gz' is a 2D image of 20000 x 20000 pixels" in m and "too large" in m for m in messages)

@@ -552,3 +552,61 @@ def test_dicom_headers_are_capped_before_any_read(tmp_path, record_property):
         verify_image_file(tmp_path / "bad")
     assert maxrss_mb() - rss < 400 and hashes(tmp_path) == before
     record_property("bad_input_kind", "huge_dicom_header")
+
+
+# ---------------------------------------------------------------------------------------------------- MONAI Label
+def _bundle_preprocessing(**overrides):
+    """``inference.json``'s ``preprocessing``, which MONAI Label runs on each request's image (the project's app and
+    the stock ``monaibundle`` app both take it from the bundle)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content("preprocessing")
+
+
+def _refusal(preprocessing, path: Path) -> BaseException:
+    """The error ``preprocessing`` raises on ``path``, unwrapped from MONAI's ``applying transform`` RuntimeError."""
+    with pytest.raises(Exception) as info:
+        preprocessing({"image": str(path)})
+    error = info.value
+    while error.__cause__ is not None and not isinstance(error, ValueError):
+        error = error.__cause__
+    return error
+
+
+@pytest.mark.parametrize(
+    "kind, shape, message",
+    [("huge_nifti_header", (20000, 20000), HUGE_SLICE), ("huge_volume", (8192, 8192, 4096), HUGE_VOLUME)],
+)
+def test_the_bundle_preprocessing_checks_the_header_before_loading(kind, shape, message, tmp_path, record_property):
+    """The MONAI Label path (issue 17): a request's image went straight to the loader, with no size cap. The bundle's
+    ``preprocessing`` now starts with ``CheckImageFiled``: a NIfTI whose header claims a huge shape over a few bytes
+    is refused from its header, naming the file and the cap, and is never loaded."""
+    path = header_only_nifti(tmp_path / "claims.nii.gz", shape)
+    before = hashes(tmp_path)
+    rss = maxrss_mb()
+    error = _refusal(_bundle_preprocessing(), path)
+    assert isinstance(error, ValueError) and re.search(rf"image 'image' '[^']*claims\.nii\.gz' .*{message}", str(error))
+    assert maxrss_mb() - rss < 400 and hashes(tmp_path) == before
+    record_property("bad_input_kind", kind)
+
+
+def test_the_bundle_preprocessing_takes_the_configs_caps_and_passes_loaded_images(tmp_path):
+    """The caps are the config's ``max_slice_pixels`` / ``max_volume_voxels``; an image within them loads as before;
+    an image already loaded (not a path: MONAI Label's ``LoadImageTensord`` may hand one over) passes unchecked."""
+    from monai_hqanogan.transforms import CheckImageFiled
+
+    path = nifti(tmp_path / "vol.nii.gz", np.random.rand(24, 20, 6) * 100)
+    loaded = _bundle_preprocessing()({"image": str(path)})["image"]
+    assert tuple(loaded.shape) == (1, 24, 20, 6)
+    error = _refusal(_bundle_preprocessing(max_volume_voxels=1000), path)
+    assert re.search(r"2880 voxels, more than the cap of 1000 \(max_volume_voxels\)", str(error))
+    error = _refusal(_bundle_preprocessing(max_slice_pixels=100, slice_axis=0), path)
+    assert re.search(r"slices of 20 x 6 pixels .* more than 100 pixels", str(error))
+    check = CheckImageFiled("image", max_volume_voxels=1000)
+    assert check({"image": loaded})["image"] is loaded
+    with pytest.raises(ValueError, match="max_slice_pixels must be a positive integer"):
+        CheckImageFiled("image", max_slice_pixels=0)

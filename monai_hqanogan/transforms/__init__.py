@@ -14,5 +14,14 @@ from .dictionary import (
     ToSingleChannelDict,
     resolve_pixel_threshold,
 )
-from .io import SHOWN_COLOUR_MODES, LoadShownImageD, LoadShownImaged, LoadShownImageDict, shown_colours
+from .io import (
+    SHOWN_COLOUR_MODES,
+    CheckImageFileD,
+    CheckImageFiled,
+    CheckImageFileDict,
+    LoadShownImageD,
+    LoadShownImaged,
+    LoadShownImageDict,
+    shown_colours,
+)
 from .presets import gan_image_transforms
