@@ -340,6 +340,43 @@ def test_a_killed_runs_staging_folder_is_removed_and_nothing_else(tmp_path):
     assert sorted(leftovers(out)) == [".out.incomplete-live", ".out.incomplete-look_alike"]
 
 
+def test_a_run_killed_between_the_two_renames_is_recovered_by_the_next(tmp_path):
+    """A kill -9 between moving the earlier set aside and moving the new one into place left ``.<out>.replaced-*``
+    for good. The next run restores it when the output folder is missing, removes the files its manifest lists when a
+    complete set is in place, and leaves a live run's leftover and one without the tool's manifest alone."""
+    image = png(tmp_path / "data" / "a.png")
+    out = tmp_path / "out"
+
+    def a_set(text: str) -> None:
+        folder = InferenceOutputFolder(out, [{"image": str(image)}], source=tmp_path / "data").check()
+        (folder.begin() / "scores.csv").write_text(text)
+        folder.commit()
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    a_set("image,score\nearlier\n")
+    killed = tmp_path / f".out.replaced-20261202-101010-{ended.pid}-abcdef"
+    os.rename(out, killed)  # where the kill left it: out is missing
+    live = tmp_path / f".out.replaced-20261202-101010-{os.getppid()}-abcdef"
+    foreign = tmp_path / f".out.replaced-20261202-101010-{ended.pid}-123456"
+    for folder in (live, foreign):
+        folder.mkdir()
+        (folder / "scores.csv").write_text("not this run's")
+    shutil.copy(killed / OUTPUT_MANIFEST, live / OUTPUT_MANIFEST)
+    kept = {live: hashes(live), foreign: hashes(foreign)}
+    with pytest.warns(UserWarning, match=f"left the earlier set in {re.escape(str(killed))}: restored it"):
+        a_set("image,score\nnew\n")  # restored, then replaced by the new set as usual
+    assert not killed.exists() and (out / "scores.csv").read_text() == "image,score\nnew\n"
+    a_set("image,score\nlater\n")
+    os.rename(out, killed)
+    shutil.copytree(killed, out)  # a complete set is in place again and the moved-aside copy stayed
+    (killed / "mine.txt").write_text("the user's")  # not listed in its manifest: never deleted
+    with pytest.warns(UserWarning, match=f"removed {re.escape(str(killed))}, an earlier set"):
+        a_set("image,score\nlast\n")
+    assert sorted(hashes(killed)) == ["mine.txt"]
+    assert {folder: hashes(folder) for folder in kept} == kept
+
+
 # ---------------------------------------------------------------------------------------------------- 5. formats
 def block_png(path: Path, height: int = 24, width: int = 32) -> Path:
     """A dark, non-square grey image with one bright block at rows 6-10, columns 15-20 (as Pillow reads it): a

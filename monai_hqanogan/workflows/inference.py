@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from monai_hqanogan.handlers.score_saver import AnomalyScoreSaver
 from monai_hqanogan.inferers.slice_inferer import SliceAnomalyInferer
 from monai_hqanogan.transforms.dictionary import FlattenAnomalyRecordd
 from monai_hqanogan.utils.checkpoint import write_text_atomic
+from monai_hqanogan.utils.run_dir_lock import process_alive
 from monai_hqanogan.utils.staging import STAGING_OWNER, create_staging_dir, remove_stale_staging_dirs
 from monai_hqanogan.utils.strict_json import strict_json
 from monai_hqanogan.workflows.checks import datalist_items
@@ -382,6 +384,52 @@ class InferenceOutputFolder:
         return manifest
 
     # ------------------------------------------------------------------ the run
+    def recover_replaced(self) -> list[Path]:
+        """Deal with the ``.<output name>.replaced-<run id>`` folders a run killed inside :meth:`commit` left (between
+        moving the earlier set aside and moving its own set into place); returns the folders restored or removed.
+
+        Only a folder holding this tool's ``manifest.json`` whose run id names a process of this host that has ended
+        is touched (a live run's folder, and any folder without the manifest, are left alone):
+
+        - ``output_dir`` is missing: the folder is the earlier set and is renamed back to ``output_dir``, with a
+          warning (restoring loses nothing; the killed run's own complete set stays in its ``.incomplete-*`` folder,
+          without owner file, so it is never deleted); with more than one such folder, nothing is moved and a
+          FileExistsError names them;
+        - ``output_dir`` holds a complete set (its manifest): the folder is an earlier set already replaced, and the
+          files its manifest lists are deleted (files it did not list are left there, with a warning).
+
+        Raises:
+            FileExistsError: ``output_dir`` is missing and more than one leftover could be the earlier set.
+        """
+        leftovers = []
+        for path in sorted(self.output_dir.parent.glob(f".{glob.escape(self.output_dir.name)}.replaced-*")):
+            manifest = None if path.is_symlink() or not path.is_dir() else _inference_manifest(path)
+            pid = path.name.rsplit(".replaced-", 1)[1].split("-")
+            if manifest is None or len(pid) != 4 or not pid[2].isdigit() or process_alive(int(pid[2]), None):
+                continue  # not this tool's, or its run may still be committing
+            leftovers.append((path, manifest))
+        if not leftovers:
+            return []
+        if not self.output_dir.exists() and not self.output_dir.is_symlink():
+            if len(leftovers) > 1:
+                raise FileExistsError(
+                    f"the output folder {self.output_dir} is missing and earlier inference sets were left by killed "
+                    f"runs in {', '.join(str(p) for p, _ in leftovers)}: rename the one to keep to {self.output_dir}."
+                )
+            path = leftovers[0][0]
+            os.rename(path, self.output_dir)
+            warnings.warn(
+                f"a run killed while replacing {self.output_dir} left the earlier set in {path}: restored it.",
+                stacklevel=2,
+            )
+            return [path]
+        if _inference_manifest(self.output_dir) is None:
+            return []  # not a complete set there: keep the earlier ones
+        for path, manifest in leftovers:
+            self._remove_set(path, manifest)
+            warnings.warn(f"removed {path}, an earlier set a killed run had already replaced.", stacklevel=2)
+        return [path for path, _ in leftovers]
+
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.begin)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_outputs)
@@ -393,6 +441,7 @@ class InferenceOutputFolder:
         this run's, a new folder with its owner file; runs :meth:`check` first if it has not run."""
         if not self._checked:
             self.check()
+        self.recover_replaced()
         self.remove_stale()
         create_staging_dir(self.staging_dir, "an inference run")  # a new name: nothing is overwritten
         self._created, self._keep, self._seen = True, False, {}
