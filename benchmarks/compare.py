@@ -26,6 +26,7 @@ import datetime
 import importlib.util
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -588,6 +589,17 @@ def parse_merge_source(source: str) -> tuple[Path, list[dict[str, Any]], tuple[s
     return path, runs, methods
 
 
+def split_name(split: str | None) -> str | None:
+    """The split's dataset folder as reports name it: relative to the repository when it lies inside it, so that runs
+    started with a relative and an absolute ``--dataset_dir`` of one folder are one split."""
+    if split is None:
+        return None
+    path = Path(os.path.normpath(split))
+    if path.is_absolute() and path.is_relative_to(ROOT):
+        path = path.relative_to(ROOT)
+    return path.as_posix()
+
+
 def merge_runs(sources: list[tuple[Path, list[dict[str, Any]], tuple[str, ...] | None]]) -> list[dict[str, Any]]:
     """One run per (split, seed): each method's numbers from the last source that has numbers for it (and, when a
     source names its methods, only those). A method without numbers in any source keeps a note saying so; the run's
@@ -595,9 +607,9 @@ def merge_runs(sources: list[tuple[Path, list[dict[str, Any]], tuple[str, ...] |
     merged: dict[tuple[str, int], dict[str, Any]] = {}
     for path, runs, methods in sources:
         for run in runs:
-            key = (run["split"], run["seed"])
+            key = (split_name(run["split"]), run["seed"])
             target = merged.setdefault(key, {
-                "split": run["split"], "seed": run["seed"], "resolution": run["resolution"],
+                "split": key[0], "seed": run["seed"], "resolution": run["resolution"],
                 "training_images": run["training_images"], "notes": {}, "ablations": [], "hq_training": None,
                 "sources": {}, "table": {p: {k: {} for k in run["table"][p]} for p in run["table"]},
             })  # fmt: skip

@@ -188,3 +188,14 @@ def test_merge_joins_one_split_and_seed_and_takes_named_methods_from_each_file(c
     assert "Merged: HQ-AnoGAN from `new.json`; PCA from `old.json`." in text
     with pytest.raises(SystemExit, match="unknown method"):
         cmp.parse_merge_source(f"{old}:HQ-AnoGANN")
+
+
+def test_merge_takes_a_relative_and_an_absolute_path_of_one_split_as_one_split(compare_module, tmp_path):
+    cmp = compare_module
+    relative = "bundles/brain_mri_anomaly_hqanogan/data/br35h"
+    first = _report(tmp_path, "rel", relative, 0, {"PCA": 0.75})
+    second = _report(tmp_path, "abs", str(cmp.ROOT / relative), 0, {"AnoGAN": 0.70})
+    runs = cmp.merge_runs([cmp.parse_merge_source(s) for s in (first, second)])
+    assert [(r["split"], r["seed"]) for r in runs] == [(relative, 0)]
+    assert runs[0]["sources"] == {"PCA": "rel.json", "AnoGAN": "abs.json"}
+    assert cmp.split_name("/elsewhere/data/./br35h") == "/elsewhere/data/br35h"  # outside the repo: kept as given
