@@ -1,4 +1,5 @@
-"""MONAI's ``--tracking mlflow`` on the bundle: both trainers and inference log to a local MLflow store.
+"""MONAI's ``--tracking mlflow`` on the bundle: both trainers, calibration, evaluation and inference log to a local
+MLflow store.
 
 The bundle runs through ``ConfigWorkflow(..., tracking="mlflow")``, which is what ``python -m monai.bundle run
 --tracking mlflow`` builds: MONAI's default MLflow settings, with the tracking URI pointed at a SQLite file in the
@@ -20,7 +21,7 @@ from monai.bundle import ConfigWorkflow
 from monai.handlers import MLFlowHandler, from_engine
 from monai.utils import path_to_sqlite_uri
 
-from monai_hqanogan.workflows import log_step_outputs, step_output_scalars
+from monai_hqanogan.workflows import ResultsPublisher, flatten_results, log_step_outputs, step_output_scalars
 from monai_hqanogan.workflows.main_job import check_command_line_overrides, main
 from tests.bundle_utils import (
     BUNDLE,
@@ -98,6 +99,44 @@ def test_the_two_stages_are_two_runs_of_one_experiment(tracked):
     assert {r.info.experiment_id for r in tracked["runs"].values()} == {tracked["experiment"].experiment_id}
     # each stage wrote its model as usual
     assert (tracked["root"] / "runs" / "generator.pt").is_file() and (tracked["root"] / "runs" / "encoder.pt").is_file()
+
+
+def test_calibration_and_evaluation_log_their_results(tracked):
+    """Neither step is an ignite loop: their ``evaluator`` (a ResultsPublisher) takes MONAI's handler and logs the
+    numbers of the step's report as metrics, its text choices as parameters and its files as artifacts."""
+    client, root = tracked["client"], tracked["root"]
+    for config, name in (("calibrate.json", "calibration"), ("evaluate.json", "evaluation")):
+        w = tracked_workflow(config, root, name)
+        w.run()
+        w.finalize()
+    runs = {r.info.run_name: r for r in client.search_runs([tracked["experiment"].experiment_id])}
+    calibration = json.loads((root / "runs" / "calibration" / "calibration.json").read_text())
+    run = runs["calibration"]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["image_threshold"] == pytest.approx(calibration["image_threshold"])
+    assert run.data.params["protocol"] == calibration["protocol"] == "normal-only"
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "calibration.json" in artifacts and any(a.startswith("config_") for a in artifacts), artifacts
+
+    report = json.loads((root / "runs" / "evaluation" / "report.json").read_text())
+    run = runs["evaluation"]
+    assert run.info.status == "FINISHED"
+    for method in ("HQ-AnoGAN", "PCA", "autoencoder"):
+        key = f"test/{method}/image_auroc"
+        assert run.data.metrics[key] == pytest.approx(report["metrics"]["test"][method]["image_auroc"]), key
+    assert run.data.metrics["localisation_test/HQ-AnoGAN/pixel_auroc"] == pytest.approx(
+        report["metrics"]["localisation_test"]["HQ-AnoGAN"]["pixel_auroc"]
+    )
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert {"report.json", "report.md", "roc_test.png", "panels_test.png"} <= set(artifacts), artifacts
+
+
+def test_results_are_split_into_finite_metrics_and_text_parameters():
+    results = {"a": 1, "b": {"c": 0.5, "d": float("nan"), "e": "x", "f": True, "g": [1, 2], "h": None}}
+    assert flatten_results(results) == ({"a": 1.0, "b/c": 0.5}, {"b/e": "x"})
+    # without handlers (no --tracking) publishing runs nothing and hands the results on
+    publisher = ResultsPublisher()
+    assert publisher.publish(results) is results and publisher.state.iteration == 0
 
 
 def test_inference_with_tracking_logs_a_finished_run(tracked, tmp_path):

@@ -54,4 +54,4 @@ from .stages import (
     round_networks_to_half,
     save_stage,
 )
-from .tracking import log_step_outputs, step_output_scalars
+from .tracking import ResultsPublisher, flatten_results, log_step_outputs, step_output_scalars
