@@ -46,13 +46,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigParser
 
 from monai_hqanogan.metrics import compute_image_auroc
 from monai_hqanogan.scoring import SCORE_NAMES, AnomalyCalibration, WPlusGaussian, combine_with, select_weights
 from monai_hqanogan.scoring.selection import reconstruction_scores
 from monai_hqanogan.utils import write_text_atomic
-from monai_hqanogan.workflows import SHIPPED_SETTING, load_model_file, load_split, machine_description
+from monai_hqanogan.workflows import SHIPPED_SETTING, load_bundle_detector, load_split, machine_description
 from monai_hqanogan.workflows.stages import is_normal_item
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,17 +62,6 @@ LATENT = (
     "w_avg_distance", "latent_knn",
 )  # fmt: skip
 PLACES = ("border", "rim", "inside")
-
-
-def build_detector(model_file: Path, setting: str, settings: Mapping[str, Any] | None = None) -> Any:
-    """The bundle's detector for ``setting`` (or a full ``settings`` dict) with the weights of ``model_file``."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "setting": setting})
-    if settings is not None:
-        parser["settings"] = dict(settings)
-    net = parser.get_parsed_content("network_def", instantiate=True)
-    return load_model_file(net, model_file, "the bundle's calibrate.json").eval()
 
 
 @torch.no_grad()
@@ -287,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise FileNotFoundError(f"{str(args.dataset_dir / 'datalist.json')!r} does not exist: prepare the data first.")
     settings = json.loads(args.settings) if args.settings else None
     start = time.perf_counter()
-    detector = build_detector(args.model_file, args.setting, settings)
+    detector = load_bundle_detector(BUNDLE, args.model_file, args.setting, settings)
     result = study(detector, args.dataset_dir, detector.resolution, args.fit_limit, args.top, args.margins)
     result.update(
         machine=machine_description(),

@@ -45,6 +45,7 @@ from .stages import (
     check_model_file,
     check_writable,
     export_detector,
+    load_bundle_detector,
     load_model_file,
     load_split,
     load_stage,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.transforms import (
     Compose,
@@ -52,6 +53,7 @@ __all__ = [
     "json_ready",
     "check_model_file",
     "load_model_file",
+    "load_bundle_detector",
 ]
 
 logger = logging.getLogger(__name__)
@@ -555,3 +557,29 @@ def load_model_file(network: nn.Module, path: str | os.PathLike, produced_by: st
                 f"these weights {network.fingerprint()}): run calibrate.json again for these weights."
             )
     return network
+
+
+def load_bundle_detector(
+    bundle_root: str | os.PathLike,
+    model_file: str | os.PathLike,
+    setting: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """The detector as the bundle's ``configs/inference.json`` builds it (its ``network_def`` for ``setting``, or for
+    a whole ``settings`` dict when given), with the weights and calibration of ``model_file`` loaded by
+    :func:`load_model_file`, in eval mode. ``setting`` None keeps the config's default.
+
+    Example::
+
+        detector = load_bundle_detector("bundles/brain_mri_anomaly_hqanogan", "runs/cpu/models/model.pt", "cpu")
+        record = detector.detect(images)  # pred_score, pred_label, anomaly_map, reconstruction, ...
+    """
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle_root) / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle_root)})
+    if setting is not None:
+        parser.update({"setting": setting})
+    if settings is not None:
+        parser["settings"] = dict(settings)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    return load_model_file(network, model_file, "the bundle's calibrate.json").eval()
