@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from monai_hqanogan.workflows import load_bundle_detector, load_split  # noqa: E402
+from monai_hqanogan.workflows import check_datalist, load_bundle_detector, load_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brain_mri_anomaly_hqanogan"
@@ -103,19 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     detectors = {
         name: load_bundle_detector(args.bundle_root, path, setting, args.settings) for name, setting, path in args.model
     }
-    records, shown, picked = {}, None, None
+    # pick from the labels alone, then read only the picked slices, once per resolution
+    items = check_datalist(datalist, [args.key], verify_images=False, labelled_keys=[args.key])[args.key]
+    picked = evenly_spread(torch.tensor([int(item["label"]) for item in items]), args.per_class)
+    wanted = {items[i]["image"] for i in picked}
+    order = [sorted(picked).index(i) for i in picked]  # load_split keeps the list's order
+    truths = ["tumour" if int(items[i]["label"]) else "normal" for i in picked]
+    images: dict[int, torch.Tensor] = {}
+    records = {}
     for name, detector in detectors.items():
         resolution = int(detector.generator.resolution)
-        split = load_split(datalist, args.key, resolution, require_labels=True)
-        if picked is None:
-            picked = evenly_spread(split["labels"], args.per_class)
-            truths = ["tumour" if int(split["labels"][i]) else "normal" for i in picked]
-            names = [split["names"][i] for i in picked]
+        if resolution not in images:
+            split = load_split(datalist, args.key, resolution, keep=lambda item: item["image"] in wanted)
+            if len(split["names"]) != len(picked):
+                raise ValueError(f"the {args.key!r} list names an image more than once; cannot tell the slices apart")
+            images[resolution] = split["images"][order]
+            names = [split["names"][i] for i in order]
         with torch.no_grad():
-            record = detector.detect(split["images"][picked])
+            record = detector.detect(images[resolution])
         records[name] = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
-        if shown is None or split["images"].shape[-1] > shown.shape[-1]:
-            shown = split["images"][picked]
+    shown = images[max(images)]
     draw(shown, truths, names, records, args.out)
     print(f"{'slice':<24} {'truth':<7} " + " ".join(f"{name:>12}" for name in records))
     for row, (name, truth) in enumerate(zip(names, truths)):
