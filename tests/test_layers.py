@@ -16,7 +16,9 @@ from monai_hqanogan.networks.layers import (
     ToImageLayer,
     Upsample2x,
     bias_act,
+    clamp_act,
     fir_taps,
+    scaled_act,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads cost more than they save
@@ -334,3 +336,125 @@ def test_to_image_layer_is_unnormalised_1x1():
     ref = torch.einsum("bihw,oi,bi->bohw", x, weight, styles) + layer.bias.view(1, 3, 1, 1)
     assert y.shape == (2, 3, 5, 5)
     assert torch.allclose(y, ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- fast paths against the plain formulas (issue 16.6)
+def _two_pass_filter(x, taps, pad, stride=1):
+    """The textbook separable filter: explicit zero padding, one 1-D pass per axis, then decimation."""
+    c = x.shape[1]
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    k = taps.flip(0)
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x[:, :, ::stride, ::stride]
+
+
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 5), (2, 1)])
+@pytest.mark.parametrize("pad", [(0, 0), (1, 1), (2, 1), (0, 3), (-1, 0)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_separable_filter_matches_two_passes(taps, pad, stride):
+    from monai_hqanogan.networks.layers.resample import separable_filter
+
+    torch.manual_seed(0)
+    t = fir_taps(taps) * torch.linspace(1.0, 0.5, len(taps))  # not symmetric: a flipped kernel would show
+    x = torch.randn(2, 3, 9, 9)
+    y = separable_filter(x, t, pad, stride)
+    ref = _two_pass_filter(x, t, pad, stride)
+    assert y.shape == ref.shape
+    assert torch.allclose(y, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_skip_conv_decimating_blur_matches_blur_then_strided_conv(dtype):
+    torch.manual_seed(0)
+    conv = EqualizedConv2d(4, 6, 1, bias=False, down=2).to(dtype)
+    x = torch.randn(2, 4, 16, 16, dtype=dtype)
+    ref = F.conv2d(conv.blur(x), conv.weight * conv.weight_gain, stride=2)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(conv(x).float(), ref.float(), atol=tol)
+
+
+@pytest.mark.parametrize("k, down", [(3, 1), (3, 2), (1, 2)])
+def test_equalized_conv_gain_scales_output_and_clamp(k, down):
+    torch.manual_seed(0)
+    conv = EqualizedConv2d(3, 5, k, activation="lrelu", down=down, conv_clamp=0.3)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    gain = math.sqrt(0.5)
+    blurred = conv.blur(x) if down == 2 else x
+    pre = F.conv2d(blurred, conv.weight * conv.weight_gain, stride=down, padding=0 if down == 2 else k // 2)
+    ref = bias_act(pre, conv.bias, "lrelu", 0.3) * gain  # bias_act is the unfused reference
+    y = conv(x, gain=gain)
+    assert torch.allclose(y, ref, atol=1e-6)
+    assert float(y.abs().max()) <= 0.3 * gain + 1e-6  # the clamp scales with the gain, as in StyleGAN2-ADA
+
+
+@pytest.mark.parametrize("demodulate, up", [(True, 1), (True, 2), (False, 1)])
+def test_modulated_conv_bias_and_gain(demodulate, up):
+    torch.manual_seed(0)
+    layer = ModulatedConv2d(4, 3, 3 if demodulate else 1, 8, demodulate=demodulate, up=up)
+    x, w, b = torch.randn(2, 4, 6, 6), torch.randn(2, 8), torch.randn(3)
+    y = layer(x, w, bias=b, gain=1.7)
+    ref = (layer(x, w) + b.view(1, -1, 1, 1)) * 1.7
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
+def test_style_conv_matches_unfused_formula():
+    layer = _style_layer(strength=0.7)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(2, 16)
+    pre = layer.conv(x, w) + layer.noise_const * layer.noise_strength
+    assert torch.allclose(layer(x, w, noise_mode="const"), bias_act(pre, layer.bias, "lrelu"), atol=1e-5)
+
+
+def test_scaled_act_is_bias_act_with_the_gain_folded_in():
+    x = torch.randn(3, 4, 5, 5) * 3
+    assert torch.allclose(scaled_act(x * LRELU_GAIN, "lrelu", 2.0), bias_act(x, None, "lrelu", 2.0), atol=1e-6)
+    with pytest.raises(ValueError, match="activation"):
+        scaled_act(x, "relu")
+
+
+@pytest.mark.parametrize("scale", [0.5, 10.0])  # inside the clamp (skipped) and far outside it (applied)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_clamp_act_values_and_gradients_equal_clamp(scale, channels_last):
+    torch.manual_seed(0)
+    base = torch.randn(2, 3, 5, 5) * scale
+    if channels_last:
+        base = base.contiguous(memory_format=torch.channels_last)
+    a, b = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    upstream = torch.randn(2, 3, 5, 5)
+    ya, yb = clamp_act(a, 2.0), b.clamp(-2.0, 2.0)
+    assert torch.equal(ya, yb)
+    (ya * upstream).sum().backward()
+    (yb * upstream).sum().backward()
+    assert torch.equal(a.grad, b.grad)  # bit-identical, skipped or not
+    if scale == 10.0:
+        assert float(a.grad.eq(0).float().mean()) > 0.5  # the clamp did cut the gradient where it acted
+    assert clamp_act(a, None) is a
+
+
+def test_clamp_act_propagates_nan():
+    x = torch.tensor([[1.0, float("nan")]], requires_grad=True)
+    assert torch.isnan(clamp_act(x, 5.0)).any()
+
+
+def test_discriminator_block_matches_unfused_formula():
+    from monai_hqanogan.networks.nets.stylegan2_discriminator import _DiscriminatorBlock
+
+    torch.manual_seed(0)
+    block = _DiscriminatorBlock(4, 6, "fir", conv_clamp=256.0)
+    with torch.no_grad():
+        block.conv0.bias.normal_()
+        block.conv1.bias.normal_()
+    x = torch.randn(2, 4, 8, 8)
+
+    def unfused(conv, h):
+        pre = F.conv2d(conv.blur(h), conv.weight * conv.weight_gain, stride=2) if conv.down == 2 else None
+        if pre is None:
+            pre = F.conv2d(h, conv.weight * conv.weight_gain, padding=conv.kernel_size // 2)
+        return bias_act(pre, conv.bias, conv.activation, conv.conv_clamp)
+
+    ref = (unfused(block.skip, x) + unfused(block.conv1, unfused(block.conv0, x))) * math.sqrt(0.5)
+    assert torch.allclose(block(x), ref, atol=1e-5)

@@ -15,7 +15,7 @@ from torch import nn
 
 from monai_hqanogan.networks.layers.resample import Blur2d
 
-__all__ = ["EqualizedLinear", "EqualizedConv2d", "bias_act", "LRELU_GAIN"]
+__all__ = ["EqualizedLinear", "EqualizedConv2d", "bias_act", "activation_gain", "scaled_act", "clamp_act", "LRELU_GAIN"]
 
 #: gain that keeps the signal magnitude through a leaky ReLU with slope 0.2 (StyleGAN's ``sqrt(2)``)
 LRELU_GAIN = math.sqrt(2.0)
@@ -39,6 +39,74 @@ def bias_act(x: torch.Tensor, bias: torch.Tensor | None, activation: str, clamp:
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+def activation_gain(activation: str) -> float:
+    """The gain that follows ``activation``: ``sqrt(2)`` for ``"lrelu"``, 1 for ``"linear"``."""
+    if activation == "lrelu":
+        return LRELU_GAIN
+    if activation != "linear":
+        raise ValueError(f"activation must be 'lrelu' or 'linear', got {activation!r}.")
+    return 1.0
+
+
+def scaled_act(x: torch.Tensor, activation: str, clamp: float | None = None) -> torch.Tensor:
+    """``activation`` without its gain, then :func:`clamp_act`: for pre-activations already multiplied by the gain.
+
+    A leaky ReLU is positively homogeneous, ``lrelu(g * z) == g * lrelu(z)`` for ``g > 0``, so the layers fold the
+    gain of :func:`bias_act` into their weights and biases (small tensors) instead of multiplying every activation
+    (and its gradient) by it. The result equals ``bias_act`` up to float rounding.
+    """
+    if activation == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    elif activation != "linear":
+        raise ValueError(f"activation must be 'lrelu' or 'linear', got {activation!r}.")
+    return clamp_act(x, clamp)
+
+
+def clamp_act(x: torch.Tensor, clamp: float | None) -> torch.Tensor:
+    """Clamp ``x`` to ``[-clamp, clamp]`` (``None``: return ``x``), skipping the clamp where it would change nothing.
+
+    The clamp guards reduced precision against overflow and is a no-op almost always; its backward pass (two
+    comparisons and a select over the whole tensor, and more under double back-propagation in R1 and path length)
+    is not. On the CPU, for a tensor that needs a gradient, one read of ``x`` (``aminmax``) decides whether any value
+    lies outside, and the clamp enters the graph only if one does: the values and gradients are bit-identical either
+    way. On other devices (the check would synchronise), without a gradient (the clamp is the cheaper pass), under
+    ``torch.jit.trace`` or ``torch.compile`` (no data-dependent branches) the clamp always runs.
+    """
+    if clamp is None:
+        return x
+    if (
+        x.requires_grad
+        and x.device.type == "cpu"
+        and x.numel() > 0
+        and not torch.jit.is_tracing()
+        and not _is_compiling()
+    ):
+        v = x.detach()
+        if v.ndim == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=torch.channels_last):
+            v = v.permute(0, 2, 3, 1)  # a contiguous view of the same memory: aminmax would copy the tensor first
+        lo, hi = torch.aminmax(v)
+        if bool(lo >= -clamp) and bool(hi <= clamp):
+            return x
+    return x.clamp(-clamp, clamp)
+
+
+def _cpu_reduced_precision(x: torch.Tensor) -> bool:
+    """Whether a convolution of ``x`` runs in 16-bit floats on the CPU (its dtype, or CPU autocast)."""
+    if x.device.type != "cpu":
+        return False
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return True
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(getattr(compiler, "is_compiling", lambda: False)())
 
 
 class EqualizedLinear(nn.Module):
@@ -72,11 +140,15 @@ class EqualizedLinear(nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight * self.weight_gain
-        bias = None if self.bias is None else self.bias * self.bias_gain
+        act_gain = activation_gain(self.activation)  # folded into the weight and bias: see scaled_act
+        weight = self.weight * (self.weight_gain * act_gain)
+        bias = None if self.bias is None else self.bias * (self.bias_gain * act_gain)
         if self.activation == "linear" and bias is not None:
             return torch.addmm(bias.unsqueeze(0), x, weight.t())
-        return bias_act(x.matmul(weight.t()), bias, self.activation)
+        # with the float32 bias added outside the matmul, autocast leaves the activations in float32 (the mapping
+        # network's w, D's epilogue)
+        x = x.matmul(weight.t())
+        return scaled_act(x if bias is None else x + bias, self.activation)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -125,13 +197,24 @@ class EqualizedConv2d(nn.Module):
         # the blur before a strided convolution: pad so that output = input / 2 after the stride
         self.blur = Blur2d(mode=resample_filter, kernel_size=kernel_size) if down == 2 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight * self.weight_gain
-        if self.blur is not None:
-            x = F.conv2d(self.blur(x), weight, stride=2)
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        """Convolution, bias, activation with its gain times ``gain`` (> 0), clamp at ``conv_clamp * gain``.
+
+        Both gains are folded into the weight and the bias (see :func:`scaled_act`), and the bias is added by the
+        convolution, so the only passes over the activations are the convolution, the leaky ReLU and the clamp.
+        """
+        act_gain = activation_gain(self.activation) * gain
+        weight = self.weight * (self.weight_gain * act_gain)
+        bias = None if self.bias is None else self.bias * act_gain
+        if self.blur is not None and self.kernel_size == 1 and not _cpu_reduced_precision(x):
+            # a 1x1 kernel looks at one sample: decimate in the blur and skip the 3/4 of it a stride-2 conv drops
+            # (not in bfloat16 on the CPU, where oneDNN's strided depthwise convolution is ten times slower)
+            x = F.conv2d(self.blur(x, stride=2), weight, bias)
+        elif self.blur is not None:
+            x = F.conv2d(self.blur(x), weight, bias, stride=2)
         else:
-            x = F.conv2d(x, weight, padding=self.kernel_size // 2)
-        return bias_act(x, self.bias, self.activation, self.conv_clamp)
+            x = F.conv2d(x, weight, bias, padding=self.kernel_size // 2)
+        return scaled_act(x, self.activation, None if self.conv_clamp is None else self.conv_clamp * gain)
 
     def extra_repr(self) -> str:
         return (

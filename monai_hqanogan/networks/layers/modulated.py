@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_hqanogan.networks.layers.equalized import EqualizedLinear, bias_act
+from monai_hqanogan.networks.layers.equalized import LRELU_GAIN, EqualizedLinear, clamp_act, scaled_act
 from monai_hqanogan.networks.layers.resample import Upsample2x, fir_taps, separable_filter
 
 __all__ = ["ModulatedConv2d", "StyleConvLayer", "ToImageLayer", "NOISE_MODES", "check_deterministic_noise_mode"]
@@ -80,9 +80,22 @@ class ModulatedConv2d(nn.Module):
         elif up == 2 and resample_mode != "bilinear":
             raise ValueError(f"resample_mode must be 'fir' or 'bilinear', got {resample_mode!r}.")
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, gain: float = 1.0
+    ) -> torch.Tensor:
+        """``gain * (modulated convolution (demodulated) + bias)``.
+
+        Args:
+            x: input feature maps ``[B, in, H, W]``.
+            w: latents ``[B, w_dim]``.
+            bias: per-output-channel bias ``[out]`` added after the demodulation, or None.
+            gain: factor on the result, applied to the demodulation coefficients and the bias (small tensors)
+                rather than to the output (see :func:`~monai_hqanogan.networks.layers.scaled_act`).
+        """
         styles = self.affine(w)  # [B, in]
         weight = self.weight * self.weight_gain
+        if bias is not None:
+            bias = (bias * gain).to(x.dtype)
         x = x * styles.to(x.dtype)[:, :, None, None]
         if self.up == 2 and self.upsample is None:
             x = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
@@ -90,12 +103,18 @@ class ModulatedConv2d(nn.Module):
         else:
             if self.upsample is not None:
                 x = self.upsample(x)
+            if not self.demodulate:
+                # the gain and the bias go into the convolution itself
+                return F.conv2d(x, (weight * gain).to(x.dtype), bias, padding=self.kernel_size // 2)
             x = F.conv2d(x, weight.to(x.dtype), padding=self.kernel_size // 2)
         if self.demodulate:
             # sum_{i,k} (W[o,i,k] s_i)^2 == sum_i s_i^2 * sum_k W[o,i,k]^2: no per-sample weight tensor needed
-            dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()  # [B, out]
-            x = x * dcoefs.to(x.dtype)[:, :, None, None]
-        return x
+            dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8).rsqrt() * gain  # [B, out]
+            dcoefs = dcoefs.to(x.dtype)[:, :, None, None]
+            # one pass for x * d + b (addcmul) instead of two
+            return x * dcoefs if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), x, dcoefs)
+        x = x * gain if gain != 1.0 else x
+        return x if bias is None else x + bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return (
@@ -140,15 +159,20 @@ class StyleConvLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
-        x = self.conv(x, w)
-        if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
-            x = x + noise * self.noise_strength.to(x.dtype)
-        elif noise_mode == "const":
-            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
-        elif noise_mode != "none":
+        if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}.")
-        return bias_act(x, self.bias.to(x.dtype), "lrelu", self.conv_clamp)
+        # lrelu(conv + noise + bias) * sqrt(2), with the gain folded into the conv's demodulation, the bias and the
+        # noise strength (see scaled_act); the noise goes in place into the fresh output of the convolution, which
+        # no backward pass needs
+        x = self.conv(x, w, bias=self.bias, gain=LRELU_GAIN)
+        strength = (self.noise_strength * LRELU_GAIN).to(x.dtype)
+        if noise_mode == "random":
+            x = x.addcmul_(
+                torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype), strength
+            )
+        elif noise_mode == "const":
+            x = x.add_(self.noise_const.to(x.dtype) * strength)
+        return scaled_act(x, "lrelu", self.conv_clamp)
 
 
 class ToImageLayer(nn.Module):
@@ -168,4 +192,4 @@ class ToImageLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return bias_act(self.conv(x, w), self.bias.to(x.dtype), "linear", self.conv_clamp)
+        return clamp_act(self.conv(x, w, bias=self.bias), self.conv_clamp)

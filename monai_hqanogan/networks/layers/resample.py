@@ -35,13 +35,26 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def separable_filter(x: torch.Tensor, taps: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-    """Filter both spatial axes of ``x`` [B, C, H, W] with 1-D ``taps``, padding ``pad`` (before, after) with zeros."""
+def separable_filter(x: torch.Tensor, taps: torch.Tensor, pad: tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """Filter both spatial axes of ``x`` [B, C, H, W] with 1-D ``taps``, padding ``pad`` (before, after) with zeros,
+    keeping every ``stride``-th output sample (filter and decimation in one pass: the others are never computed).
+
+    Runs as one depthwise convolution with the 2-D kernel ``taps x taps`` and the convolution's own zero padding:
+    on the CPU that is about twice as fast as two 1-D passes, and it writes no padded copy of ``x`` (nor, in the
+    backward pass, a cropped copy of the gradient). Uneven padding becomes even padding with zero taps added on
+    the short side, which gives the same sums.
+    """
     c = x.shape[1]
-    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    k = taps.flip(0).to(dtype=x.dtype, device=x.device)
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    k = taps.flip(0)
+    if min(pad) < 0:  # cropping: pad (crop) explicitly, then filter without padding
+        x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+        p = 0
+    else:
+        p = max(pad)
+        if pad[0] != pad[1]:
+            k = F.pad(k, (p - pad[0], p - pad[1]))
+    k2d = torch.outer(k, k).to(dtype=x.dtype, device=x.device)
+    return F.conv2d(x, k2d.expand(c, 1, *k2d.shape), stride=stride, padding=p, groups=c)
 
 
 class Upsample2x(nn.Module):
@@ -97,8 +110,9 @@ class Blur2d(nn.Module):
         total = (t.numel() - 2) + (kernel_size - 1)
         self.pad = ((total + 1) // 2, total // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return separable_filter(x, self.taps, self.pad)
+    def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Blur ``x``; ``stride=2`` keeps every other sample, for a 1x1 convolution that then runs with stride 1."""
+        return separable_filter(x, self.taps, self.pad, stride)
 
     def extra_repr(self) -> str:
         return f"taps={self.taps.numel()}, pad={self.pad}"

@@ -63,7 +63,10 @@ class _DiscriminatorBlock(nn.Module):
         self.skip = EqualizedConv2d(in_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.skip(x) + self.conv1(self.conv0(x))) * math.sqrt(0.5)
+        # (skip + residual) * sqrt(1/2), with the factor folded into both convolutions (conv1's clamp scales with
+        # it); the skip's output is a fresh tensor that no backward pass needs, so the sum can go into it in place
+        y = self.skip(x, gain=math.sqrt(0.5))
+        return y.add_(self.conv1(self.conv0(x), gain=math.sqrt(0.5)))
 
 
 class StyleGAN2Discriminator(nn.Module):
