@@ -10,6 +10,7 @@ every step, and with path length at every step; the amortised cost of one iterat
     python benchmarks/train_throughput.py --demo --compare-layouts  # the bundle's demo networks at 32 px: float32
                                                                     # and bfloat16, contiguous and channels-last
     python benchmarks/train_throughput.py --markdown benchmarks/results/<date>-<machine>.md
+    python benchmarks/train_throughput.py --demo --iterations 11 --median    # on a shared, noisy machine
 
 Prints a Markdown table (images/s and kimg/h per resolution) and optionally appends it to a file with the machine
 description.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -35,7 +37,8 @@ from monai_hqanogan.workflows import load_settings
 def time_iterations(
     resolution: int, batch: int, iterations: int, device: str, args: argparse.Namespace, **trainer_kwargs
 ) -> float:
-    """Seconds per iteration, after one warm-up iteration."""
+    """Seconds per iteration after one warm-up iteration: the mean, or with ``--median`` the median (robust to a
+    shared machine slowing down for part of a run)."""
     torch.manual_seed(0)
     g = StyleGAN2Generator(
         resolution=resolution, z_dim=args.w_dim, w_dim=args.w_dim, mapping_layers=args.mapping_layers,
@@ -70,6 +73,8 @@ def time_iterations(
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
     trainer.run()
+    if args.median:
+        return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
@@ -96,6 +101,7 @@ def main() -> None:
     parser.add_argument("--mapping-layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--markdown", default=None, help="append the table to this Markdown file")
+    parser.add_argument("--median", action="store_true", help="median seconds per iteration instead of the mean")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bfloat16 autocast (default: on for CUDA, off on the CPU)")  # fmt: skip
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
