@@ -30,19 +30,18 @@ def bias_act(x: torch.Tensor, bias: torch.Tensor | None, activation: str, clamp:
         activation: ``"lrelu"`` or ``"linear"``.
         clamp: if given, clamp the output to ``[-clamp, clamp]`` (guards reduced-precision overflow).
     """
+    gain = activation_gain(activation)
     if bias is not None:
         x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
     if activation == "lrelu":
-        x = F.leaky_relu(x, 0.2) * LRELU_GAIN
-    elif activation != "linear":
-        raise ValueError(f"activation must be 'lrelu' or 'linear', got {activation!r}.")
+        x = F.leaky_relu(x, 0.2) * gain
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x
 
 
 def activation_gain(activation: str) -> float:
-    """The gain that follows ``activation``: ``sqrt(2)`` for ``"lrelu"``, 1 for ``"linear"``."""
+    """The gain that follows ``activation``: ``sqrt(2)`` for ``"lrelu"``, 1 for ``"linear"``; any other name raises."""
     if activation == "lrelu":
         return LRELU_GAIN
     if activation != "linear":
@@ -57,10 +56,9 @@ def scaled_act(x: torch.Tensor, activation: str, clamp: float | None = None) -> 
     gain of :func:`bias_act` into their weights and biases (small tensors) instead of multiplying every activation
     (and its gradient) by it. The result equals ``bias_act`` up to float rounding.
     """
+    activation_gain(activation)  # rejects unknown names
     if activation == "lrelu":
         x = F.leaky_relu(x, 0.2)
-    elif activation != "linear":
-        raise ValueError(f"activation must be 'lrelu' or 'linear', got {activation!r}.")
     return clamp_act(x, clamp)
 
 
