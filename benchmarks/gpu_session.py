@@ -68,7 +68,7 @@ def throughput(out: Path, setting: dict[str, Any], resolutions: list[int], batch
     tp = _load("train_throughput")
     args = argparse.Namespace(
         w_dim=setting["w_dim"], mapping_layers=setting["mapping_layers"], channel_base=setting["channel_base"],
-        channel_max=setting["channel_max"], amp=device.startswith("cuda"), channels_last=True,
+        channel_max=setting["channel_max"], amp=device.startswith("cuda"), channels_last=True, median=False,
     )  # fmt: skip
     rows = []
     for res in resolutions:
