@@ -44,9 +44,9 @@ from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
 from monai_hqanogan.engines import EncoderTrainer, StyleGAN2Trainer, stylegan2_adam
 from monai_hqanogan.evaluation import (
     FAMILY_FOREGROUND,
-    FAMILY_SMOOTHING,
     evaluate_detection,
     family_scores,
+    family_smoothing,
     markdown_table,
     method_components,
     select_method_scores,
@@ -210,7 +210,7 @@ def load_hqanogan(path: Path, budget: Budget, device: str, train_s: float) -> di
         resolution=s["resolution"], w_dim=s["w_dim"], num_ws=g.num_ws, base_channels=s["encoder_base_channels"],
         max_channels=s["encoder_max_channels"],
     )  # fmt: skip
-    det = HQAnoGANDetector(e, g, d, smoothing_sigma=max(1.0, s["resolution"] / 64), foreground_threshold=-0.9)
+    det = HQAnoGANDetector(e, g, d, smoothing_sigma=family_smoothing(s["resolution"]), foreground_threshold=-0.9)
     det.load_state_dict(load_checkpoint(path))
     return {"detector": det.to(device), "train_s": train_s}
 
@@ -251,7 +251,7 @@ def train_hqanogan(
     t0 = time.perf_counter()
     enc.run()
     e_kimg, e_s = enc.kimg, time.perf_counter() - t0
-    det = HQAnoGANDetector(e, gan.generator_ema, d, smoothing_sigma=max(1.0, res / 64), foreground_threshold=-0.9)
+    det = HQAnoGANDetector(e, gan.generator_ema, d, smoothing_sigma=family_smoothing(res), foreground_threshold=-0.9)
     det = det.to(device)  # its calibration buffers too
     calibrate_normal_only(det, data)
     training = {
@@ -670,7 +670,8 @@ def write_report(out_dir: Path, mode: str, runs: list[dict[str, Any]], args: arg
         "",
         "Score family, the same for every reconstruction method (HQ-AnoGAN, f-AnoGAN, AnoGAN, autoencoder, PCA): "
         f"`residual` (mean |x - x'| over the foreground: pixels above {FAMILY_FOREGROUND} in [-1, 1], dilated 2 px), "
-        f"`map_max` (maximum of that map smoothed with a Gaussian of sigma {FAMILY_SMOOTHING} px) and `feature` (the "
+        "`map_max` (maximum of that map smoothed with a Gaussian of sigma resolution / 32 px: 1 px at 32 px, the same "
+        "fraction of the image at every size) and `feature` (the "
         "distance of the method's own discriminator or critic features, where it has one; AnoGAN uses HQ-AnoGAN's D). "
         "HQ-AnoGAN may also weight its latent scores ("
         + ", ".join(f"`{n}`" for n in SCORE_NAMES if n not in FAMILY_NAMES)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .protocol import (
     FAMILY_FOREGROUND,
-    FAMILY_SMOOTHING,
     family_scores,
+    family_smoothing,
     method_components,
     select_method_scores,
     selection_summary,

@@ -14,34 +14,59 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from monai.networks.layers import GaussianFilter
 from torch import nn
 
 from monai_hqanogan.scoring.selection import FAMILY_NAMES, ScoreSelection, check_protocol, reconstruction_scores
 
 __all__ = [
-    "FAMILY_SMOOTHING",
     "FAMILY_FOREGROUND",
+    "family_smoothing",
     "family_scores",
     "method_components",
     "select_method_scores",
     "selection_summary",
 ]
 
-#: the smoothing (Gaussian sigma in pixels) and foreground rule (pixels above this value in [-1, 1]) of the score
-#: family: the bundle's detector's at 32-64 px, the same for every method
-FAMILY_SMOOTHING, FAMILY_FOREGROUND = 1.0, -0.9
+#: the foreground rule of the score family (pixels above this value in [-1, 1]), the same for every method
+FAMILY_FOREGROUND = -0.9
+
+
+def family_smoothing(resolution: int) -> float:
+    """The Gaussian sigma, in pixels, of the score family's map smoothing at ``resolution``: ``resolution / 32``.
+
+    The width is a fixed fraction of the image (1 px at 32 px, 2 px at 64, 4 px at 128), so ``map_max`` takes its
+    maximum over a map of the same relative smoothness at every size; a fixed 1 px would leave a 64 or 128 px map
+    four or sixteen times as many, noisier pixels to peak on. The bundle's detector (``common.json``) and every
+    reference method use it.
+    """
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}.")
+    return resolution / 32
 
 
 def family_scores(
     images: torch.Tensor,
     reconstructions: torch.Tensor,
     feature: torch.Tensor | None = None,
-    smoothing: float = FAMILY_SMOOTHING,
+    smoothing: GaussianFilter | float | None = None,
     foreground_threshold: float | None = FAMILY_FOREGROUND,
     chunk: int = 256,
 ) -> dict[str, torch.Tensor]:
     """The score family of many images and their reconstructions, in chunks, on the CPU: ``residual``,
-    ``map_max`` (and ``feature`` when given) [N] and ``anomaly_map`` [N, 1, H, W]."""
+    ``map_max`` (and ``feature`` when given) [N] and ``anomaly_map`` [N, 1, H, W].
+
+    Args:
+        images: [N, C, H, W] in [-1, 1].
+        reconstructions: the same shape.
+        feature: the method's feature distance per image, if it has a critic.
+        smoothing: a 2D ``GaussianFilter`` or its sigma in pixels (0: none); None: :func:`family_smoothing` of the
+            image width.
+        foreground_threshold: the foreground rule (None: the whole image).
+        chunk: images per pass.
+    """
+    if smoothing is None:
+        smoothing = family_smoothing(int(images.shape[-1]))
     parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(images), chunk):
         f = None if feature is None else feature[i : i + chunk]
@@ -57,12 +82,17 @@ def family_scores(
 
 
 def method_components(
-    method: nn.Module, images: torch.Tensor, own_score: bool = False
+    method: nn.Module,
+    images: torch.Tensor,
+    own_score: bool = False,
+    smoothing: GaussianFilter | float | None = None,
+    foreground_threshold: float | None = FAMILY_FOREGROUND,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None, list[str]]:
     """Score ``images`` with a fitted reference method the way the protocol needs.
 
-    A method that reconstructs (``reconstruct``) gets the score family; its ``feature`` member comes from its
-    ``score_components(images)["feature"]`` where it has one (f-AnoGAN's critic). A method that does not
+    A method that reconstructs (``reconstruct``) gets the score family (:func:`family_scores` with ``smoothing``
+    and ``foreground_threshold``; pass the detector's to give both the same rule); its ``feature`` member comes
+    from its ``score_components(images)["feature"]`` where it has one (f-AnoGAN's critic). A method that does not
     reconstruct, or with ``own_score`` (e.g. GANomaly as anomalib gives it), keeps its own ``score`` as the only
     candidate.
 
@@ -72,7 +102,7 @@ def method_components(
     if hasattr(method, "reconstruct") and not own_score:
         rec = method.reconstruct(images)
         feature = method.score_components(images)["feature"] if hasattr(method, "score_components") else None
-        comps = family_scores(images, rec, feature)
+        comps = family_scores(images, rec, feature, smoothing, foreground_threshold)
         maps = comps.pop("anomaly_map")
         return comps, maps, rec, [n for n in FAMILY_NAMES if n in comps]
     rec = method.reconstruct(images) if hasattr(method, "reconstruct") else None

@@ -98,8 +98,9 @@ def evaluate_detector(
 
     Every baseline is fitted on the same normal training images the GAN saw (``fit_key``) and scored on the same
     images as the detector, so the report compares like with like: a baseline that reconstructs gets the detector's
-    score family (mean foreground residual, maximum of the smoothed foreground map, critic features where it has a
-    critic; :func:`~monai_hqanogan.evaluation.method_components`), and the member or weighted sum is chosen by the
+    score family with the detector's own smoothing and foreground rule (mean foreground residual, maximum of the
+    smoothed foreground map, critic features where it has a critic; :func:`~monai_hqanogan.evaluation.
+    method_components`), and the member or weighted sum is chosen by the
     same rule as the detector's calibration under ``protocol`` (:func:`~monai_hqanogan.evaluation.
     select_method_scores`): on the synthetic lesions of ``selection_key`` under ``normal-only``, on the labelled
     ``val_key`` list under ``labelled-validation``. The detector is scored with its calibrated score and map;
@@ -189,6 +190,9 @@ def evaluate_detector(
         synthetic = None
         if normal_only:
             synthetic = load_split(datalist, selection_key, resolution, require_labels=True, **loading)
+    # the baselines' maps get the detector's own smoothing and foreground rule: one score family for every method
+    smoothing = detector.smoothing if detector.smoothing is not None else 0  # 0: the detector does not smooth
+    family_rule = {"smoothing": smoothing, "foreground_threshold": detector.foreground_threshold}
     bar = progress_bar((baselines or {}).items(), progress=progress, desc="baselines", unit="method")
     for bname, baseline in bar:  # the bar closes itself at the end, or when an error leaves the loop
         bar.set_postfix_str(bname)
@@ -197,8 +201,8 @@ def evaluate_detector(
         if "progress" in inspect.signature(baseline.fit).parameters:
             fit_kwargs.setdefault("progress", progress_shown(progress))
         baseline.fit(fit["images"], **fit_kwargs)
-        val_comps, _, _, candidates = method_components(baseline, val["images"])
-        syn_comps = None if synthetic is None else method_components(baseline, synthetic["images"])[0]
+        val_comps, _, _, candidates = method_components(baseline, val["images"], **family_rule)
+        syn_comps = None if synthetic is None else method_components(baseline, synthetic["images"], **family_rule)[0]
         selection = select_method_scores(
             candidates,
             val_comps,
@@ -209,7 +213,7 @@ def evaluate_detector(
         )
         selections[bname] = selection_summary(selection)
         for name, split in sets.items():
-            comps, maps, _, _ = method_components(baseline, split["images"])
+            comps, maps, _, _ = method_components(baseline, split["images"], **family_rule)
             results[name][bname] = {
                 "scores": selection.combine(comps),
                 "labels": split["labels"],

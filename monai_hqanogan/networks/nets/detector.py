@@ -47,7 +47,8 @@ class HQAnoGANDetector(nn.Module):
         calibration: a fitted :class:`AnomalyCalibration` (None: an empty one; call :meth:`calibrate`).
         refine_steps: Adam steps in W+ starting from E(x) to sharpen the reconstruction (0: none, the fast path).
         refine_lr: learning rate of those steps.
-        smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (0: none).
+        smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (0: none); the bundle and the benchmarks use
+            :func:`~monai_hqanogan.evaluation.family_smoothing` (``resolution / 32``).
         foreground_threshold: pixels are foreground where the (dilated) input exceeds this value in the [-1, 1]
             range; the map is zeroed and the residual score averaged over the foreground (None: no masking).
         feature_layers: discriminator feature indices for the ``feature`` score (None: all).

@@ -1,0 +1,104 @@
+"""The score family's smoothing is a fraction of the image, and every method in an evaluation gets the detector's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.layers import GaussianFilter
+from torch import nn
+
+from monai_hqanogan.baselines import MeanIntensityBaseline
+from monai_hqanogan.evaluation import FAMILY_FOREGROUND, family_scores, family_smoothing, method_components
+from monai_hqanogan.workflows import evaluate as evaluate_module
+from monai_hqanogan.workflows import evaluate_detector
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset, tiny_detector
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def spike_pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bright square image and its reconstruction with one wrong pixel in the middle."""
+    image = torch.full((1, 1, size, size), -1.0)
+    image[..., size // 4 : -size // 4, size // 4 : -size // 4] = 0.5
+    rec = image.clone()
+    rec[..., size // 2, size // 2] = -0.5
+    return image, rec
+
+
+@pytest.mark.parametrize("resolution,sigma", [(16, 0.5), (32, 1.0), (64, 2.0), (128, 4.0)])
+def test_the_smoothing_is_one_32nd_of_the_image(resolution, sigma):
+    assert family_smoothing(resolution) == sigma
+
+
+@pytest.mark.parametrize("bad", [0, -32, 32.0, True, "64"])
+def test_a_bad_resolution_is_refused(bad):
+    with pytest.raises(ValueError, match="resolution must be a positive int"):
+        family_smoothing(bad)
+
+
+def test_family_scores_smooth_by_the_image_width_unless_told():
+    image, rec = spike_pair(64)
+    default = family_scores(image, rec)
+    assert torch.equal(default["map_max"], family_scores(image, rec, smoothing=2.0)["map_max"])
+    one_px = family_scores(image, rec, smoothing=1.0)["map_max"]
+    raw = family_scores(image, rec, smoothing=0)["map_max"]
+    # a single wrong pixel: the wider the Gaussian, the lower its peak; with no smoothing the peak is the error
+    assert default["map_max"] < one_px < raw
+    assert raw.item() == pytest.approx(1.0)
+
+
+class SpikeReconstructor(nn.Module):
+    """A reference method that reconstructs every image with one wrong pixel in the middle."""
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        rec = images.clone()
+        rec[..., images.shape[-2] // 2, images.shape[-1] // 2] -= 1.0
+        return rec
+
+
+def test_method_components_uses_the_rule_it_is_given():
+    image, _ = spike_pair(32)
+    method = SpikeReconstructor()
+    comps, maps, _, names = method_components(method, image)
+    assert names == ["residual", "map_max"]
+    wide, wide_maps, _, _ = method_components(method, image, smoothing=GaussianFilter(2, sigma=3.0))
+    assert wide["map_max"] < comps["map_max"]
+    assert not torch.equal(wide_maps, maps)
+    whole, *_ = method_components(method, image, foreground_threshold=None)  # the background counts too
+    assert whole["residual"] < comps["residual"]  # one wrong pixel over more pixels
+
+
+def test_the_bundle_detector_smooths_by_the_family_rule():
+    for resolution in (16, 64):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / "common.json")])
+        parser.update({"bundle_root": str(BUNDLE), "settings": {**TINY_SETTINGS, "resolution": resolution}})
+        det = parser.get_parsed_content("detector_def")
+        assert float(det.smoothing.sigma[0]) == family_smoothing(resolution)
+        assert det.foreground_threshold == FAMILY_FOREGROUND
+
+
+def test_evaluation_gives_the_baselines_the_detectors_rule(tmp_path, monkeypatch):
+    datalist = make_tiny_dataset(tmp_path / "data")
+    detector = tiny_detector()
+    detector.smoothing = GaussianFilter(2, sigma=1.7)  # not the family default of 16 px: it must be passed on
+    detector.foreground_threshold = -0.8
+    seen = []
+
+    def recording(method, images, own_score=False, **rule):
+        seen.append(rule)
+        return method_components(method, images, own_score, **rule)
+
+    monkeypatch.setattr(evaluate_module, "method_components", recording)
+    paths = evaluate_detector(
+        detector, datalist, TINY_SETTINGS["resolution"], tmp_path / "eval",
+        baselines={"mean": MeanIntensityBaseline()}, panel_rows=1, progress=False,
+    )  # fmt: skip
+    assert len(seen) == 4  # validation, synthetic selection, test, localisation test
+    for rule in seen:
+        assert rule["smoothing"] is detector.smoothing and rule["foreground_threshold"] == -0.8
+    assert "mean" in json.loads(Path(paths["json"]).read_text())["metrics"]["test"]
