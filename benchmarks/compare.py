@@ -670,8 +670,8 @@ def write_report(out_dir: Path, mode: str, runs: list[dict[str, Any]], args: arg
         "",
         "Score family, the same for every reconstruction method (HQ-AnoGAN, f-AnoGAN, AnoGAN, autoencoder, PCA): "
         f"`residual` (mean |x - x'| over the foreground: pixels above {FAMILY_FOREGROUND} in [-1, 1], dilated 2 px), "
-        "`map_max` (maximum of that map smoothed with a Gaussian of sigma resolution / 32 px: 1 px at 32 px, the same "
-        "fraction of the image at every size) and `feature` (the "
+        "`map_max` (maximum of that map smoothed with a Gaussian of sigma resolution / 32 px, at least 1 px: the same "
+        "fraction of the image at every size from 32 px up) and `feature` (the "
         "distance of the method's own discriminator or critic features, where it has one; AnoGAN uses HQ-AnoGAN's D). "
         "HQ-AnoGAN may also weight its latent scores ("
         + ", ".join(f"`{n}`" for n in SCORE_NAMES if n not in FAMILY_NAMES)

@@ -29,8 +29,8 @@ def spike_pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return image, rec
 
 
-@pytest.mark.parametrize("resolution,sigma", [(16, 0.5), (32, 1.0), (64, 2.0), (128, 4.0)])
-def test_the_smoothing_is_one_32nd_of_the_image(resolution, sigma):
+@pytest.mark.parametrize("resolution,sigma", [(8, 1.0), (16, 1.0), (32, 1.0), (48, 1.5), (64, 2.0), (128, 4.0)])
+def test_the_smoothing_is_one_32nd_of_the_image_and_at_least_a_pixel(resolution, sigma):
     assert family_smoothing(resolution) == sigma
 
 
@@ -73,7 +73,7 @@ def test_method_components_uses_the_rule_it_is_given():
 
 
 def test_the_bundle_detector_smooths_by_the_family_rule():
-    for resolution in (16, 64):
+    for resolution in (16, 64, 128):
         parser = ConfigParser()
         parser.read_config([str(BUNDLE / "configs" / "common.json")])
         parser.update({"bundle_root": str(BUNDLE), "settings": {**TINY_SETTINGS, "resolution": resolution}})

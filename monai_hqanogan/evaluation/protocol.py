@@ -33,16 +33,18 @@ FAMILY_FOREGROUND = -0.9
 
 
 def family_smoothing(resolution: int) -> float:
-    """The Gaussian sigma, in pixels, of the score family's map smoothing at ``resolution``: ``resolution / 32``.
+    """The Gaussian sigma, in pixels, of the score family's map smoothing at ``resolution``: ``resolution / 32``, at
+    least 1 px.
 
-    The width is a fixed fraction of the image (1 px at 32 px, 2 px at 64, 4 px at 128), so ``map_max`` takes its
-    maximum over a map of the same relative smoothness at every size; a fixed 1 px would leave a 64 or 128 px map
-    four or sixteen times as many, noisier pixels to peak on. The bundle's detector (``common.json``) and every
+    From 32 px up the width is a fixed fraction of the image (1 px at 32 px, 2 px at 64, 4 px at 128), so ``map_max``
+    takes its maximum over a map of the same relative smoothness at every size; a fixed 1 px would leave a 64 or
+    128 px map four or sixteen times as many, noisier pixels to peak on. Below 32 px (tests, toys) it stays at 1 px:
+    a narrower Gaussian sampled on the pixel grid hardly smooths. The bundle's detector (``common.json``) and every
     reference method use it.
     """
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
         raise ValueError(f"resolution must be a positive int, got {resolution!r}.")
-    return resolution / 32
+    return max(1.0, resolution / 32)
 
 
 def family_scores(

@@ -48,7 +48,7 @@ class HQAnoGANDetector(nn.Module):
         refine_steps: Adam steps in W+ starting from E(x) to sharpen the reconstruction (0: none, the fast path).
         refine_lr: learning rate of those steps.
         smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (0: none); the bundle and the benchmarks use
-            :func:`~monai_hqanogan.evaluation.family_smoothing` (``resolution / 32``).
+            :func:`~monai_hqanogan.evaluation.family_smoothing` (``resolution / 32``, at least 1 px).
         foreground_threshold: pixels are foreground where the (dilated) input exceeds this value in the [-1, 1]
             range; the map is zeroed and the residual score averaged over the foreground (None: no masking).
         feature_layers: discriminator feature indices for the ``feature`` score (None: all).
