@@ -190,3 +190,16 @@ def record_main_job_steps(monkeypatch) -> dict[str, list[str]]:
 
     monkeypatch.setattr(subprocess, "run", record)
     return commands
+
+
+def load_benchmark(name: str, suffix: str = "benchmark"):
+    """``benchmarks/<name>.py`` imported as the module ``<name>_<suffix>`` (registered in ``sys.modules``, where
+    dataclasses look their module up)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{name}_{suffix}", BUNDLE.parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

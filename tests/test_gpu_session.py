@@ -4,20 +4,16 @@ spent (throughput, the model file, the comparison, the session record)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from tests.bundle_utils import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name, "under_test")
 
 
 def test_tiny_gpu_session_writes_every_result(tmp_path, single_thread):

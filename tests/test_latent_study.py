@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from monai_hqanogan.workflows.main_job import run_main_job
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, load_benchmark, make_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def study_module():
-    spec = importlib.util.spec_from_file_location("latent_study_benchmark", ROOT / "benchmarks" / "latent_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latent_study")
 
 
 def test_peak_places_tell_the_border_the_skull_rim_and_the_inside_apart(study_module):

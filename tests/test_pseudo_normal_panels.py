@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,20 +11,12 @@ import torch
 from PIL import Image
 
 from monai_hqanogan.workflows.main_job import run_main_job
-from tests.bundle_utils import BUNDLE, TINY_SETTINGS, make_tiny_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bundle_utils import BUNDLE, TINY_SETTINGS, load_benchmark, make_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def panels_module():
-    spec = importlib.util.spec_from_file_location(
-        "pseudo_normal_panels", ROOT / "benchmarks" / "pseudo_normal_panels.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pseudo_normal_panels")
 
 
 def test_slices_are_spread_evenly_through_each_class_not_chosen_by_score(panels_module):

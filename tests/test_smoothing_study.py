@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +12,12 @@ from monai_hqanogan.baselines import PCABaseline
 from monai_hqanogan.evaluation import family_scores
 from monai_hqanogan.metrics import compute_image_auroc
 from monai_hqanogan.workflows import load_split
-from tests.bundle_utils import TINY_SETTINGS, make_tiny_dataset, tiny_model_runs
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bundle_utils import TINY_SETTINGS, load_benchmark, make_tiny_dataset, tiny_model_runs
 
 
 @pytest.fixture(scope="module")
 def study_module():
-    spec = importlib.util.spec_from_file_location("smoothing_study", ROOT / "benchmarks" / "smoothing_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("smoothing_study")
 
 
 def test_model_arguments(study_module):
