@@ -261,12 +261,20 @@ def train_hqanogan(
     return {"detector": det, "train_s": time.perf_counter() - start, "training": training}
 
 
+#: the map widths the calibration chooses among, as multiples of ``family_smoothing``: those of the bundle's
+#: ``calibrate.json`` (None there: the family width alone)
+SMOOTHING_FACTORS = json.loads((ROOT / "bundles/brain_mri_anomaly_hqanogan/configs/calibrate.json").read_text())[
+    "smoothing_factors"
+]
+
+
 def calibrate_normal_only(det: HQAnoGANDetector, data: dict) -> dict[str, Any]:
-    """The bundle's default calibration: normal validation images, synthetic lesions choose, no real abnormal image."""
+    """The bundle's default calibration: normal validation images, synthetic lesions choose the weights and the map's
+    width (:data:`SMOOTHING_FACTORS`), no real abnormal image."""
     val, loc = data["validation"], data["localisation_validation"]
     return det.calibrate(
         data["training"]["images"][:2000], val["images"][val["labels"] == 0], selection_images=loc["images"],
-        selection_labels=loc["labels"], selection_masks=loc["masks"],
+        selection_labels=loc["labels"], selection_masks=loc["masks"], smoothing_factors=SMOOTHING_FACTORS,
     )  # fmt: skip
 
 
@@ -324,6 +332,8 @@ def compare(
     results: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
 
+    widths: list[float] | None = None
+
     def attempt(name: str, fn: Callable[[], dict[str, Any]]) -> None:
         if name in skip:
             notes[name] = "skipped (--skip)"
@@ -331,6 +341,8 @@ def compare(
         log(f"[compare] {name} ...")
         try:
             r = results[name] = fn()
+            if name != "HQ-AnoGAN" and widths and "map_max" in r["candidates"]:  # the widths HQ-AnoGAN chose among
+                r["width"] = choose_width(r, data, widths)
             r["selections"] = {protocol: select_scores(r, data, protocol) for protocol in PROTOCOLS}
             index = r.get("subset", {}).get("test")
             labels = data["test"]["labels"] if index is None else data["test"]["labels"][index]
@@ -360,11 +372,16 @@ def compare(
                 "seconds": time.perf_counter() - t0, "components": {k: rec[k] for k in SCORE_NAMES},
             }  # fmt: skip
         out["pixel_threshold"] = float(det.calibration.pixel_threshold)
+        calibration = det.calibration.info or {}
+        if "smoothing_sigma" in calibration:
+            out["width"] = {k: calibration[k] for k in ("smoothing_sigma", "smoothing_aurocs")}
         if "training" in hq:
             out["training"] = hq["training"]
         return out
 
     attempt("HQ-AnoGAN", run_hq)
+    if "detector" in hq:  # every method with a map chooses its width among the same candidates, when HQ-AnoGAN did
+        widths = (hq["detector"].calibration.info or {}).get("smoothing_candidates")
 
     def run_fanogan() -> dict[str, Any]:
         from monai_hqanogan.baselines.fanogan import FAnoGANBaseline
@@ -433,6 +450,37 @@ def compare(
 
     rows = hq_ablations(hq, data, budget, device, results.get("HQ-AnoGAN"), ablate_ada, log) if ablations else []
     return {"results": results, "notes": notes, "ablations": rows, "hq_detector": hq.get("detector")}
+
+
+def choose_width(result: dict[str, Any], data: dict, widths: list[float]) -> dict[str, Any]:
+    """Let a reference method choose its map's smoothing width among ``widths`` (px) as the bundle's evaluation does:
+    the width whose normal-only selection (z-scores on the normal validation images, weights by AUROC on the
+    synthetic lesions) reaches the best AUROC, the first of equal ones. Only ``map_max`` and the maps depend on the
+    width, so they are recomputed from the stored reconstructions of every set; returns the choice for the report."""
+
+    def images(key: str) -> torch.Tensor:
+        index = result.get("subset", {}).get(key)
+        return data[key]["images"] if index is None else data[key]["images"][index]
+
+    def rescored(key: str, width: float) -> dict[str, torch.Tensor]:
+        return family_scores(images(key), result["sets"][key]["reconstructions"], smoothing=width)
+
+    aurocs: dict[str, float] = {}
+    best, best_auroc = None, None
+    for width in widths:
+        trial = {}
+        for key in ("validation", "localisation_validation"):
+            trial[key] = {**result["sets"][key]["components"], "map_max": rescored(key, width)["map_max"]}
+        view = {**result, "sets": {k: {**result["sets"][k], "components": v} for k, v in trial.items()}}
+        auroc = select_scores(view, data, "normal-only").report.get("selection_auroc")
+        aurocs[f"{width:g}"] = auroc
+        if best is None or (auroc is not None and (best_auroc is None or auroc > best_auroc)):
+            best, best_auroc = width, auroc
+    for key, entry in result["sets"].items():
+        family = rescored(key, best)
+        entry["components"] = {**entry["components"], "map_max": family["map_max"]}
+        entry["maps"] = family["anomaly_map"]
+    return {"smoothing_sigma": best, "smoothing_aurocs": aurocs}
 
 
 def select_scores(result: dict[str, Any], data: dict, protocol: str) -> ScoreSelection:
@@ -510,7 +558,8 @@ def metrics_table(data: dict, out: dict) -> dict[str, dict[str, dict[str, dict[s
                                        pixel_threshold=threshold)  # fmt: skip
                 flagged = scores >= sel.report["image_threshold"]
                 m.update({
-                    "score": sel.describe(), "FPR at threshold": float(flagged[labels == 0].float().mean()),
+                    "score": sel.describe(), "map width px": r.get("width", {}).get("smoothing_sigma"),
+                    "FPR at threshold": float(flagged[labels == 0].float().mean()),
                     "TPR at threshold": float(flagged[labels == 1].float().mean()) if bool((labels == 1).any())
                     else None, "train s": r["train_s"], "images/s": len(labels) / max(s["seconds"], 1e-9),
                     "parameters": r["params"], "images": len(labels),
@@ -670,8 +719,9 @@ def write_report(out_dir: Path, mode: str, runs: list[dict[str, Any]], args: arg
         "",
         "Score family, the same for every reconstruction method (HQ-AnoGAN, f-AnoGAN, AnoGAN, autoencoder, PCA): "
         f"`residual` (mean |x - x'| over the foreground: pixels above {FAMILY_FOREGROUND} in [-1, 1], dilated 2 px), "
-        "`map_max` (maximum of that map smoothed with a Gaussian of sigma resolution / 32 px, at least 1 px: the same "
-        "fraction of the image at every size from 32 px up) and `feature` (the "
+        "`map_max` (maximum of that map smoothed with a Gaussian of sigma resolution / 32 px, at least 1 px, times a "
+        f"factor among {SMOOTHING_FACTORS} that each method chooses with its weights on the synthetic lesions, as the "
+        "bundle's calibration does) and `feature` (the "
         "distance of the method's own discriminator or critic features, where it has one; AnoGAN uses HQ-AnoGAN's D). "
         "HQ-AnoGAN may also weight its latent scores ("
         + ", ".join(f"`{n}`" for n in SCORE_NAMES if n not in FAMILY_NAMES)

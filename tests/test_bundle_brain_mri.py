@@ -203,6 +203,31 @@ def test_evaluate_writes_the_report_with_baselines(trained):
         assert (out / figure).stat().st_size > 1000, figure
 
 
+def test_calibration_can_choose_the_map_width_and_the_baselines_choose_among_the_same(trained, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for stage in ("generator.pt", "encoder.pt"):  # the trained networks, in a run folder of this test's own
+        (runs / stage).write_bytes((trained["runs"] / stage).read_bytes())
+    overrides = tiny_overrides(trained["data"], runs)
+    workflow("calibrate.json", "infer", **overrides, smoothing_factors=[1, 2, 3]).run()
+    report = json.loads((runs / "calibration" / "calibration.json").read_text())
+    assert report["smoothing_candidates"] == [1.0, 2.0, 3.0]  # multiples of the 16 px family width, 1 px
+    aurocs = report["smoothing_aurocs"]
+    assert set(aurocs) == {"1", "2", "3"}
+    assert report["smoothing_sigma"] == float(max(aurocs, key=aurocs.get))
+    state = load_checkpoint(runs / "models" / "model.pt")
+    assert float(state["smoothing.kernel_sigma_0"]) == report["smoothing_sigma"]  # the file keeps the width
+    w = workflow("evaluate.json", "infer", **overrides)
+    w.run()
+    scores = json.loads((runs / "evaluation" / "report.json").read_text())["info"]["baseline_scores"]
+    for name in ("PCA", "autoencoder"):
+        chosen = scores[name]
+        assert set(chosen["smoothing_aurocs"]) == {"1", "2", "3"}, name
+        best = max(chosen["smoothing_aurocs"].values())
+        assert chosen["smoothing_aurocs"][f"{chosen['smoothing_sigma']:g}"] == best == chosen["selection_auroc"]
+    assert "smoothing_sigma" not in scores["mean intensity"]  # it has no map to smooth
+
+
 def test_monai_bundle_tools_accept_the_bundle(trained, tmp_path):
     tiny = json.dumps(TINY_SETTINGS)
     bundle_cli(

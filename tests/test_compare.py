@@ -60,6 +60,18 @@ def test_quick_comparison_writes_both_protocols_for_every_row(compare_module, tm
             used = table["test"][name]["score"]
             assert used and all(part.split()[-1] in ("residual", "map_max", "feature") for part in used.split(" + "))
         assert table["test"]["autoencoder"]["score"].count("feature") == 0  # no critic, no feature member
+        # every method with a map chose its width among the widths HQ-AnoGAN's calibration chose among (16 px: 1 px
+        # times the bundle's factors); the mean-intensity shortcut has no map
+        widths = [float(f) for f in cmp.SMOOTHING_FACTORS]
+        for name in ("HQ-AnoGAN", "f-AnoGAN", "AnoGAN", "autoencoder", "PCA"):
+            assert table["test"][name]["map width px"] in widths, name
+        assert table["test"]["mean intensity"]["map width px"] is None
+    for name in ("f-AnoGAN", "AnoGAN", "autoencoder", "PCA"):  # the chosen width is the best on synthetic lesions
+        width = out["results"][name]["width"]
+        aurocs = width["smoothing_aurocs"]
+        assert list(aurocs) == [f"{w:g}" for w in widths], name
+        assert aurocs[f"{width['smoothing_sigma']:g}"] == max(aurocs.values()), name
+        assert out["results"][name]["selections"]["normal-only"].report["selection_auroc"] == max(aurocs.values())
         assert table["test"]["mean intensity"]["score"] == "score"
     variants = [row["variant"] for row in runs_json[0]["ablations"]]
     assert any(v.startswith("selected under normal-only") for v in variants)

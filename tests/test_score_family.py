@@ -102,3 +102,46 @@ def test_evaluation_gives_the_baselines_the_detectors_rule(tmp_path, monkeypatch
     for rule in seen:
         assert rule["smoothing"] is detector.smoothing and rule["foreground_threshold"] == -0.8
     assert "mean" in json.loads(Path(paths["json"]).read_text())["metrics"]["test"]
+
+
+def test_the_calibration_chooses_the_width_with_the_best_selection_auroc(tmp_path):
+    from monai_hqanogan.data import make_toy_lesion_set
+
+    detector = tiny_detector()
+    images, labels, _ = make_toy_lesion_set(12, 16, seed=3)  # 12 normal, then 12 with a lesion
+    fit, val = images[:6], images[6:12]
+    sel, labels = images[6:18], labels[6:18]
+    report = detector.calibrate(fit, val, selection_images=sel, selection_labels=labels, smoothing_factors=[1, 2, 3])
+    aurocs = report["smoothing_aurocs"]
+    assert report["smoothing_candidates"] == [1.0, 2.0, 3.0] and set(aurocs) == {"1", "2", "3"}
+    assert report["smoothing_sigma"] == float(max(aurocs, key=aurocs.get))
+    assert float(detector.smoothing.sigma[0]) == float(detector.smoothing.sigma[1]) == report["smoothing_sigma"]
+    # each width's AUROC is what a calibration at that fixed width reaches on the same images
+    for width, auroc in aurocs.items():
+        fixed = tiny_detector()
+        fixed.smoothing = GaussianFilter(2, sigma=float(width))
+        assert fixed.calibrate(fit, val, selection_images=sel, selection_labels=labels)["selection_auroc"] == (
+            pytest.approx(auroc, abs=1e-6)
+        )
+
+
+@pytest.mark.parametrize(
+    "factors,detector_sigma,selection,match",
+    [
+        ([], 1.0, True, "non-empty list of numbers > 0"),
+        ([1, 0], 1.0, True, "non-empty list of numbers > 0"),
+        ([1, float("nan")], 1.0, True, "non-empty list of numbers > 0"),
+        ([1, 2], 0.0, True, "a detector that smooths its map"),
+        ([1, 2], 1.0, False, "give selection_images"),
+    ],
+)
+def test_bad_width_choices_are_refused_before_any_scoring(factors, detector_sigma, selection, match):
+    detector = tiny_detector()
+    detector.smoothing = GaussianFilter(2, sigma=detector_sigma) if detector_sigma else None
+    before = {k: v.clone() for k, v in detector.calibration.state_dict().items() if torch.is_tensor(v)}
+    images = torch.zeros(4, 1, 16, 16)
+    sel = {"selection_images": images, "selection_labels": torch.tensor([0, 1, 0, 1])} if selection else {}
+    with pytest.raises(ValueError, match=match):
+        detector.calibrate(images, images, smoothing_factors=factors, **sel)
+    after = detector.calibration.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # the earlier calibration is untouched

@@ -105,6 +105,9 @@ def evaluate_detector(
     select_method_scores`): on the synthetic lesions of ``selection_key`` under ``normal-only``, on the labelled
     ``val_key`` list under ``labelled-validation``. The detector is scored with its calibrated score and map;
     pixel metrics use its calibrated pixel threshold for the Dice, baselines their Dice-max.
+    When the detector's calibration chose its map's smoothing width among candidates (``calibrate.json``'s
+    ``smoothing_factors``; the report's ``smoothing_candidates``), every baseline that reconstructs chooses among the
+    same widths by the same AUROC on the same images, and the report names each one's width.
 
     Labels: every item of the lists the metrics and the baselines' choices are computed from (``test_key``,
     ``localisation_key``, ``selection_key`` under ``normal-only``, ``val_key`` under ``labelled-validation``) needs
@@ -193,6 +196,7 @@ def evaluate_detector(
     # the baselines' maps get the detector's own smoothing and foreground rule: one score family for every method
     smoothing = detector.smoothing if detector.smoothing is not None else 0  # 0: the detector does not smooth
     family_rule = {"smoothing": smoothing, "foreground_threshold": detector.foreground_threshold}
+    widths = (getattr(detector.calibration, "info", None) or {}).get("smoothing_candidates")
     bar = progress_bar((baselines or {}).items(), progress=progress, desc="baselines", unit="method")
     for bname, baseline in bar:  # the bar closes itself at the end, or when an error leaves the loop
         bar.set_postfix_str(bname)
@@ -201,19 +205,31 @@ def evaluate_detector(
         if "progress" in inspect.signature(baseline.fit).parameters:
             fit_kwargs.setdefault("progress", progress_shown(progress))
         baseline.fit(fit["images"], **fit_kwargs)
-        val_comps, _, _, candidates = method_components(baseline, val["images"], **family_rule)
-        syn_comps = None if synthetic is None else method_components(baseline, synthetic["images"], **family_rule)[0]
-        selection = select_method_scores(
-            candidates,
-            val_comps,
-            val["labels"],
-            protocol,
-            syn_comps,
-            None if synthetic is None else synthetic["labels"],
-        )
+        # the widths the detector's calibration chose among, if it chose: each baseline chooses among the same ones,
+        # on the same images, by the same AUROC (the first of equal ones); otherwise the detector's own width
+        tried = widths if widths and hasattr(baseline, "reconstruct") else [None]
+        best, best_auroc, rule, aurocs = None, None, family_rule, {}
+        for width in tried:
+            trial_rule = family_rule if width is None else {**family_rule, "smoothing": float(width)}
+            val_comps, _, _, candidates = method_components(baseline, val["images"], **trial_rule)
+            syn_comps = None
+            if synthetic is not None:
+                syn_comps = method_components(baseline, synthetic["images"], **trial_rule)[0]
+            trial = select_method_scores(
+                candidates, val_comps, val["labels"], protocol, syn_comps,
+                None if synthetic is None else synthetic["labels"],
+            )  # fmt: skip
+            auroc = trial.report.get("selection_auroc")
+            if width is not None:
+                aurocs[f"{float(width):g}"] = auroc
+            if best is None or (auroc is not None and (best_auroc is None or auroc > best_auroc)):
+                best, best_auroc, rule = trial, auroc, trial_rule
+        selection = best
         selections[bname] = selection_summary(selection)
+        if aurocs:
+            selections[bname].update(smoothing_sigma=float(rule["smoothing"]), smoothing_aurocs=aurocs)
         for name, split in sets.items():
-            comps, maps, _, _ = method_components(baseline, split["images"], **family_rule)
+            comps, maps, _, _ = method_components(baseline, split["images"], **rule)
             results[name][bname] = {
                 "scores": selection.combine(comps),
                 "labels": split["labels"],

@@ -358,6 +358,7 @@ def calibrate_detector(
     protocol: str = "normal-only",
     storage_dtype: str | None = None,
     progress: bool | str = True,
+    smoothing_factors: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Calibrate an :class:`HQAnoGANDetector` on a datalist and save it as the bundle's ``model.pt``.
 
@@ -383,6 +384,10 @@ def calibrate_detector(
     and scored, on stderr and only when it is a terminal (:func:`~monai_hqanogan.utils.progress_bar`); the report
     and the model file are the same either way.
 
+    ``smoothing_factors`` (e.g. ``[1, 1.5, 2, 3]``) let the calibration choose the anomaly map's smoothing width too,
+    as multiples of the detector's own, on the same images the weights are chosen on
+    (:meth:`HQAnoGANDetector.calibrate`); the evaluation then lets every baseline choose among the same widths.
+
     Returns:
         the calibration report (also written to ``report_file`` as JSON, and kept in the detector's calibration);
         its ``protocol`` entry names the protocol and ``weights_from`` / ``threshold_from`` what each choice was made
@@ -392,6 +397,7 @@ def calibrate_detector(
 
     check_protocol(protocol)
     progress = as_bool(progress, "progress")
+    detector._smoothing_candidates(smoothing_factors, protocol, pixel_key)  # a bad list fails before any reading
     start = time.perf_counter()
     if storage_dtype is not None:
         round_networks_to_half(detector)
@@ -420,7 +426,7 @@ def calibrate_detector(
         fit["images"], val["images"], None if normal_only else val["labels"], fpr=fpr, pixel_fpr=pixel_fpr,
         batch_size=batch_size, protocol=protocol, selection_images=None if loc is None else loc["images"],
         selection_labels=None if loc is None else loc["labels"], selection_masks=None if loc is None else loc["masks"],
-        progress=progress,
+        progress=progress, smoothing_factors=smoothing_factors,
     )  # fmt: skip
     if normal_only:
         report["ignored_abnormal"] = len(val_items) - len(val["images"])

@@ -291,6 +291,7 @@ class HQAnoGANDetector(nn.Module):
         selection_labels: torch.Tensor | None = None,
         selection_masks: torch.Tensor | None = None,
         progress: bool = False,
+        smoothing_factors: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """Fit the scorer and thresholds under a named protocol; returns a report (also kept in
         ``calibration.info``).
@@ -326,10 +327,17 @@ class HQAnoGANDetector(nn.Module):
             selection_masks: the pasted lesions' masks [M, 1, H, W], for the pixel threshold.
             progress: show a bar over the images of each set scored on stderr when it is a terminal
                 (:func:`~monai_hqanogan.utils.progress_bar`).
+            smoothing_factors: let the calibration choose the anomaly map's smoothing too: the Gaussian's sigma is
+                tried at each of these multiples of the detector's own (e.g. ``(1, 1.5, 2, 3)``), each with its own
+                weight search on the same set the weights are chosen on (the synthetic lesions under
+                ``normal-only``, the labelled validation images under ``labelled-validation``), and the width with
+                the best AUROC is kept (the first of equal ones), in the detector's state and so in its model file.
+                The report lists every width's AUROC (``smoothing_aurocs``). None: keep the detector's width.
         """
         check_protocol(protocol)
         if selection_images is not None and selection_labels is None:
             raise ValueError("selection_images need selection_labels (1 where a synthetic lesion was pasted).")
+        sigmas = self._smoothing_candidates(smoothing_factors, protocol, selection_images)
         if protocol == "normal-only" and val_masks is not None:
             raise ValueError(
                 "val_masks are real lesion masks, which choose nothing under protocol 'normal-only': give synthetic "
@@ -351,16 +359,36 @@ class HQAnoGANDetector(nn.Module):
         selection = None
         if selection_images is not None:
             selection = self._batched(selection_images, batch_size, progress, "calibration: synthetic lesions")
-        report = fit_scores(
-            cal,
-            {k: comps[k] for k in SCORE_NAMES},
-            val_labels,
-            fpr=fpr,
-            weight_step=weight_step,
-            protocol=protocol,
-            selection=None if selection is None else {k: selection[k] for k in SCORE_NAMES},
-            selection_labels=selection_labels,
-        )
+
+        def fit(val: dict[str, torch.Tensor], sel: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+            return fit_scores(
+                cal,
+                {k: val[k] for k in SCORE_NAMES},
+                val_labels,
+                fpr=fpr,
+                weight_step=weight_step,
+                protocol=protocol,
+                selection=None if sel is None else {k: sel[k] for k in SCORE_NAMES},
+                selection_labels=selection_labels,
+            )
+
+        aurocs = None
+        if sigmas is not None:
+            aurocs = {}
+            for sigma in sigmas:  # only map_max depends on the width: re-smooth the residuals already computed
+                self._set_smoothing(sigma)
+                trial = fit(self._resmoothed(val_images, comps), self._resmoothed(selection_images, selection))
+                aurocs[sigma] = float(trial.get("selection_auroc", trial.get("auroc")))
+            self._set_smoothing(max(aurocs, key=aurocs.get))  # the first of equal ones
+            # score the chosen width with the full forward pass, as inference will
+            comps = self._batched(val_images, batch_size, progress, "calibration: validation (chosen width)")
+            if selection_images is not None:
+                selection = self._batched(selection_images, batch_size, progress, "calibration: synthetic (chosen)")
+        report = fit(comps, selection)
+        if aurocs is not None:
+            report["smoothing_candidates"] = list(aurocs)
+            report["smoothing_sigma"] = float(self.smoothing.sigma[0])
+            report["smoothing_aurocs"] = {f"{k:g}": v for k, v in aurocs.items()}
         if protocol == "normal-only":
             report["ignored_abnormal"] = ignored
         if selection is not None and selection_masks is not None:
@@ -372,6 +400,48 @@ class HQAnoGANDetector(nn.Module):
         cal.info = report
         cal.calibrated.fill_(True)
         return report
+
+    def _smoothing_candidates(
+        self, factors: Sequence[float] | None, protocol: str, selection_images: torch.Tensor | None
+    ) -> list[float] | None:
+        """The sigmas (px) ``calibrate(smoothing_factors=...)`` tries, checked before any image is scored."""
+        if factors is None:
+            return None
+        values = list(factors)
+        if not values or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 and f < float("inf") for f in values
+        ):
+            raise ValueError(f"smoothing_factors must be a non-empty list of numbers > 0, got {factors!r}.")
+        if self.smoothing is None:
+            raise ValueError("smoothing_factors need a detector that smooths its map (smoothing_sigma > 0).")
+        if protocol == "normal-only" and selection_images is None:
+            raise ValueError(
+                "smoothing_factors choose the width on the synthetic lesions under protocol 'normal-only': give "
+                "selection_images and selection_labels."
+            )
+        base = float(self.smoothing.sigma[0])
+        return list(dict.fromkeys(base * float(f) for f in values))  # each width once, in the given order
+
+    def _set_smoothing(self, sigma: float) -> None:
+        """Set the map's Gaussian width in place (its parameters are in the state dict, so the model file keeps it)."""
+        with torch.no_grad():
+            for parameter in self.smoothing.sigma:
+                parameter.fill_(sigma)
+
+    def _resmoothed(self, images: torch.Tensor | None, comps: dict[str, torch.Tensor] | None, chunk: int = 256):
+        """``comps`` with ``map_max`` recomputed from ``images`` and their stored reconstructions at the current
+        width (on the CPU, in float32); None for None."""
+        if comps is None or images is None:
+            return None
+        smoothing = GaussianFilter(2, sigma=float(self.smoothing.sigma[0]))
+        peaks = [
+            reconstruction_scores(
+                images[i : i + chunk].float().cpu(), comps["reconstruction"][i : i + chunk].float(), smoothing,
+                self.foreground_threshold,
+            )["map_max"]
+            for i in range(0, len(comps["reconstruction"]), chunk)
+        ]  # fmt: skip
+        return {**comps, "map_max": torch.cat(peaks)}
 
     def _fit_pixel_threshold(
         self,
