@@ -145,3 +145,21 @@ def test_bad_width_choices_are_refused_before_any_scoring(factors, detector_sigm
         detector.calibrate(images, images, smoothing_factors=factors, **sel)
     after = detector.calibration.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # the earlier calibration is untouched
+
+
+def test_calibrating_again_tries_the_same_widths_even_after_loading_a_chosen_one():
+    from monai_hqanogan.data import make_toy_lesion_set
+
+    images, labels, _ = make_toy_lesion_set(12, 16, seed=3)
+    args = (images[:6], images[6:12])
+    kwargs = {"selection_images": images[6:18], "selection_labels": labels[6:18], "smoothing_factors": [1, 3]}
+    detector = tiny_detector()
+    detector.smoothing.sigma[0].data.fill_(3.0)  # as if a file with a 3 px width had been loaded
+    detector.smoothing.sigma[1].data.fill_(3.0)
+    first = detector.calibrate(*args, **kwargs)
+    assert first["smoothing_candidates"] == [1.0, 3.0]  # multiples of the 1 px it was built with, not of 3 px
+    fresh = tiny_detector()
+    fresh.load_state_dict(detector.state_dict())
+    assert float(fresh.smoothing.sigma[0]) == first["smoothing_sigma"]  # the chosen width travels in the state
+    second = fresh.calibrate(*args, **kwargs)
+    assert second["smoothing_candidates"] == [1.0, 3.0] and second["smoothing_aurocs"] == first["smoothing_aurocs"]

@@ -86,6 +86,7 @@ class HQAnoGANDetector(nn.Module):
         self.resolution, self.img_channels = generator.resolution, generator.img_channels
         self.refine_steps, self.refine_lr = refine_steps, refine_lr
         self.smoothing = GaussianFilter(spatial_dims=2, sigma=smoothing_sigma) if smoothing_sigma > 0 else None
+        self.smoothing_sigma = float(smoothing_sigma)  # the width built with: calibrate's smoothing_factors scale it
         self.foreground_threshold = foreground_threshold
         self.noise_mode = check_deterministic_noise_mode(noise_mode)
 
@@ -328,7 +329,8 @@ class HQAnoGANDetector(nn.Module):
             progress: show a bar over the images of each set scored on stderr when it is a terminal
                 (:func:`~monai_hqanogan.utils.progress_bar`).
             smoothing_factors: let the calibration choose the anomaly map's smoothing too: the Gaussian's sigma is
-                tried at each of these multiples of the detector's own (e.g. ``(1, 1.5, 2, 3)``), each with its own
+                tried at each of these multiples of ``smoothing_sigma`` (the width the detector was built with, not
+                one a loaded model file holds; e.g. ``(1, 1.5, 2, 3)``), each with its own
                 weight search on the same set the weights are chosen on (the synthetic lesions under
                 ``normal-only``, the labelled validation images under ``labelled-validation``), and the width with
                 the best AUROC is kept (the first of equal ones), in the detector's state and so in its model file.
@@ -419,8 +421,9 @@ class HQAnoGANDetector(nn.Module):
                 "smoothing_factors choose the width on the synthetic lesions under protocol 'normal-only': give "
                 "selection_images and selection_labels."
             )
-        base = float(self.smoothing.sigma[0])
-        return list(dict.fromkeys(base * float(f) for f in values))  # each width once, in the given order
+        # multiples of the width the detector was built with, not of the one a loaded file or an earlier
+        # calibration set: calibrating again tries the same widths
+        return list(dict.fromkeys(self.smoothing_sigma * float(f) for f in values))  # each once, in the given order
 
     def _set_smoothing(self, sigma: float) -> None:
         """Set the map's Gaussian width in place (its parameters are in the state dict, so the model file keeps it)."""
