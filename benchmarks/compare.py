@@ -44,6 +44,7 @@ from monai_hqanogan.data import add_synthetic_lesions, make_ellipse_images
 from monai_hqanogan.engines import EncoderTrainer, StyleGAN2Trainer, stylegan2_adam
 from monai_hqanogan.evaluation import (
     FAMILY_FOREGROUND,
+    best_width,
     evaluate_detection,
     family_scores,
     family_smoothing,
@@ -456,7 +457,8 @@ def choose_width(result: dict[str, Any], data: dict, widths: list[float]) -> dic
     """Let a reference method choose its map's smoothing width among ``widths`` (px) as the bundle's evaluation does:
     the width whose normal-only selection (z-scores on the normal validation images, weights by AUROC on the
     synthetic lesions) reaches the best AUROC, the first of equal ones. Only ``map_max`` and the maps depend on the
-    width, so they are recomputed from the stored reconstructions of every set; returns the choice for the report."""
+    width, so they are recomputed from the stored reconstructions of every set; returns the choice for the report
+    (:func:`~monai_hqanogan.evaluation.best_width`, the rule the bundle's evaluation uses)."""
 
     def images(key: str) -> torch.Tensor:
         index = result.get("subset", {}).get(key)
@@ -465,17 +467,14 @@ def choose_width(result: dict[str, Any], data: dict, widths: list[float]) -> dic
     def rescored(key: str, width: float) -> dict[str, torch.Tensor]:
         return family_scores(images(key), result["sets"][key]["reconstructions"], smoothing=width)
 
-    aurocs: dict[str, float] = {}
-    best, best_auroc = None, None
-    for width in widths:
+    def selection_auroc(width: float) -> float | None:
         trial = {}
         for key in ("validation", "localisation_validation"):
             trial[key] = {**result["sets"][key]["components"], "map_max": rescored(key, width)["map_max"]}
         view = {**result, "sets": {k: {**result["sets"][k], "components": v} for k, v in trial.items()}}
-        auroc = select_scores(view, data, "normal-only").report.get("selection_auroc")
-        aurocs[f"{width:g}"] = auroc
-        if best is None or (auroc is not None and (best_auroc is None or auroc > best_auroc)):
-            best, best_auroc = width, auroc
+        return select_scores(view, data, "normal-only").report.get("selection_auroc")
+
+    best, aurocs = best_width(widths, selection_auroc)
     for key, entry in result["sets"].items():
         family = rescored(key, best)
         entry["components"] = {**entry["components"], "map_max": family["map_max"]}

@@ -163,3 +163,13 @@ def test_calibrating_again_tries_the_same_widths_even_after_loading_a_chosen_one
     assert float(fresh.smoothing.sigma[0]) == first["smoothing_sigma"]  # the chosen width travels in the state
     second = fresh.calibrate(*args, **kwargs)
     assert second["smoothing_candidates"] == [1.0, 3.0] and second["smoothing_aurocs"] == first["smoothing_aurocs"]
+
+
+def test_best_width_takes_the_highest_auroc_the_first_of_equal_ones_and_never_a_missing_one():
+    from monai_hqanogan.evaluation import best_width
+
+    aurocs = {1.0: 0.8, 2.0: 0.9, 3.0: 0.9, 4.0: None}
+    assert best_width([1, 2, 3, 4], aurocs.get) == (2.0, {"1": 0.8, "2": 0.9, "3": 0.9, "4": None})
+    assert best_width([4, 1], aurocs.get)[0] == 1.0  # a width without an AUROC does not beat one with
+    with pytest.raises(ValueError, match="no width"):
+        best_width([], aurocs.get)

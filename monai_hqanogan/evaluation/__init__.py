@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .protocol import (
     FAMILY_FOREGROUND,
+    best_width,
     family_scores,
     family_smoothing,
     method_components,

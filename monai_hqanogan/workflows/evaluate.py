@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from monai_hqanogan.evaluation import (
+    best_width,
+    family_scores,
     method_components,
     select_method_scores,
     selection_summary,
@@ -71,6 +73,14 @@ def _panel_figure(path: Path, split: Mapping[str, Any], record: Mapping[str, Any
         titles=[f"{split['names'][i]} ({'abnormal' if labels[i] else 'normal'})" for i in index.tolist()],
     )
     return save_figure(fig, path)
+
+
+def _map_max_at(
+    images: torch.Tensor, reconstructions: torch.Tensor, comps: Mapping[str, torch.Tensor], rule: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """``comps`` with ``map_max`` recomputed from the stored reconstructions under ``rule`` (smoothing, foreground):
+    the only member of the score family that depends on the map's width."""
+    return {**comps, "map_max": family_scores(images, reconstructions, **rule)["map_max"]}
 
 
 def evaluate_detector(
@@ -205,26 +215,27 @@ def evaluate_detector(
         if "progress" in inspect.signature(baseline.fit).parameters:
             fit_kwargs.setdefault("progress", progress_shown(progress))
         baseline.fit(fit["images"], **fit_kwargs)
-        # the widths the detector's calibration chose among, if it chose: each baseline chooses among the same ones,
-        # on the same images, by the same AUROC (the first of equal ones); otherwise the detector's own width
-        tried = widths if widths and hasattr(baseline, "reconstruct") else [None]
-        best, best_auroc, rule, aurocs = None, None, family_rule, {}
-        for width in tried:
-            trial_rule = family_rule if width is None else {**family_rule, "smoothing": float(width)}
-            val_comps, _, _, candidates = method_components(baseline, val["images"], **trial_rule)
-            syn_comps = None
-            if synthetic is not None:
-                syn_comps = method_components(baseline, synthetic["images"], **trial_rule)[0]
-            trial = select_method_scores(
-                candidates, val_comps, val["labels"], protocol, syn_comps,
-                None if synthetic is None else synthetic["labels"],
-            )  # fmt: skip
-            auroc = trial.report.get("selection_auroc")
-            if width is not None:
-                aurocs[f"{float(width):g}"] = auroc
-            if best is None or (auroc is not None and (best_auroc is None or auroc > best_auroc)):
-                best, best_auroc, rule = trial, auroc, trial_rule
-        selection = best
+        val_comps, _, val_rec, candidates = method_components(baseline, val["images"], **family_rule)
+        syn_comps, syn_rec = None, None
+        if synthetic is not None:
+            syn_comps, _, syn_rec, _ = method_components(baseline, synthetic["images"], **family_rule)
+        syn_labels = None if synthetic is None else synthetic["labels"]
+        # the widths the detector's calibration chose among, if it chose: each baseline with a map chooses among the
+        # same ones, on the same images, by the same AUROC (best_width), re-smoothing its reconstructions; otherwise
+        # the detector's own width
+        rule, aurocs = family_rule, None
+        if widths and val_rec is not None:
+            trials = {}
+            for w in map(float, widths):
+                r = {**family_rule, "smoothing": w}
+                v = _map_max_at(val["images"], val_rec, val_comps, r)
+                y = None if synthetic is None else _map_max_at(synthetic["images"], syn_rec, syn_comps, r)
+                trials[w] = select_method_scores(candidates, v, val["labels"], protocol, y, syn_labels)
+            reached = {w: t.report.get("selection_auroc") for w, t in trials.items()}
+            width, aurocs = best_width(list(trials), reached.get)
+            rule, selection = {**family_rule, "smoothing": width}, trials[width]
+        else:
+            selection = select_method_scores(candidates, val_comps, val["labels"], protocol, syn_comps, syn_labels)
         selections[bname] = selection_summary(selection)
         if aurocs:
             selections[bname].update(smoothing_sigma=float(rule["smoothing"]), smoothing_aurocs=aurocs)
