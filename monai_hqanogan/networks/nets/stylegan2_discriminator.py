@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from monai_hqanogan.networks.layers import EqualizedConv2d, EqualizedLinear
+from monai_hqanogan.networks.layers import EqualizedConv2d, EqualizedLinear, follow_channels_last
 from monai_hqanogan.networks.nets.stylegan2 import feature_channels
 from monai_hqanogan.utils.validation import check_image_batch, check_resolution
 
@@ -133,7 +133,7 @@ class StyleGAN2Discriminator(nn.Module):
         else is in the batch.
         """
         check_image_batch(x, self.img_channels, self.resolution, "StyleGAN2Discriminator")
-        feats = [self.from_image(x)]
+        feats = [self.from_image(follow_channels_last(x, self))]
         for block in self.blocks:
             feats.append(block(feats[-1]))
         return feats
