@@ -34,11 +34,11 @@ from monai_hqanogan.transforms import AdaptiveAugmentPipe
 from monai_hqanogan.workflows import load_settings
 
 
-def time_iterations(
+def build_trainer(
     resolution: int, batch: int, iterations: int, device: str, args: argparse.Namespace, **trainer_kwargs
-) -> float:
-    """Seconds per iteration after one warm-up iteration: the mean, or with ``--median`` the median (robust to a
-    shared machine slowing down for part of a run)."""
+) -> StyleGAN2Trainer:
+    """The timed trainer, not yet run: G and D from ``args`` (seed 0), ``iterations`` batches of ellipse images, ADA
+    at a fixed p = 0.2, ``args.amp`` and ``args.channels_last``; ``trainer_kwargs`` go to the trainer."""
     torch.manual_seed(0)
     g = StyleGAN2Generator(
         resolution=resolution, z_dim=args.w_dim, w_dim=args.w_dim, mapping_layers=args.mapping_layers,
@@ -46,9 +46,9 @@ def time_iterations(
     ).to(device)  # fmt: skip
     d = StyleGAN2Discriminator(resolution=resolution, channel_base=args.channel_base, channel_max=args.channel_max)
     d.to(device)
-    data = make_ellipse_images(batch * (iterations + 1), resolution)
+    data = make_ellipse_images(batch * iterations, resolution)
     loader = DataLoader(TensorDataset(data), batch_size=batch, drop_last=True)
-    trainer = StyleGAN2Trainer(
+    return StyleGAN2Trainer(
         device=device,
         max_epochs=1,
         train_data_loader=loader,
@@ -62,6 +62,14 @@ def time_iterations(
         channels_last=args.channels_last,
         **trainer_kwargs,
     )
+
+
+def time_iterations(
+    resolution: int, batch: int, iterations: int, device: str, args: argparse.Namespace, **trainer_kwargs
+) -> float:
+    """Seconds per iteration after one warm-up iteration: the mean, or with ``--median`` the median (robust to a
+    shared machine slowing down for part of a run)."""
+    trainer = build_trainer(resolution, batch, iterations + 1, device, args, **trainer_kwargs)
     stamps: list[float] = []
 
     def stamp(_engine: StyleGAN2Trainer) -> None:
