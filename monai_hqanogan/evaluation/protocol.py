@@ -10,14 +10,20 @@ among them on the same images: synthetic lesions under ``normal-only``, the labe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
-from monai_hqanogan.scoring.selection import FAMILY_NAMES, ScoreSelection, check_protocol, reconstruction_scores
+from monai_hqanogan.scoring.selection import (
+    FAMILY_NAMES,
+    ScoreSelection,
+    best_width,
+    check_protocol,
+    reconstruction_scores,
+)
 
 __all__ = [
     "FAMILY_FOREGROUND",
@@ -46,28 +52,6 @@ def family_smoothing(resolution: int) -> float:
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
         raise ValueError(f"resolution must be a positive int, got {resolution!r}.")
     return max(1.0, resolution / 32)
-
-
-def best_width(widths: Sequence[float], auroc_of: Callable[[float], float | None]) -> tuple[float, dict[str, Any]]:
-    """The map smoothing width (px) whose selection reaches the highest AUROC, the first of equal ones (a width
-    without an AUROC never beats one with), and every width's AUROC keyed ``f"{width:g}"``: the one rule by which the
-    evaluation and ``benchmarks/compare.py`` let a reference method choose among the widths the detector's
-    calibration chose among.
-
-    Args:
-        widths: the candidate sigmas in pixels, in order of preference on ties.
-        auroc_of: width -> the selection AUROC of the method's scores at that width (None: none).
-    """
-    aurocs: dict[str, Any] = {}
-    best, best_auroc = None, None
-    for width in widths:
-        auroc = auroc_of(float(width))
-        aurocs[f"{float(width):g}"] = auroc
-        if best is None or (auroc is not None and (best_auroc is None or auroc > best_auroc)):
-            best, best_auroc = float(width), auroc
-    if best is None:
-        raise ValueError("no width was given.")
-    return best, aurocs
 
 
 def family_scores(

@@ -13,6 +13,7 @@ from .selection import (
     FAMILY_NAMES,
     PROTOCOLS,
     ScoreSelection,
+    best_width,
     check_protocol,
     combine_with,
     fit_image_threshold,

@@ -23,7 +23,7 @@ The protocol (DESIGN.md section 4a) says what that set is and how the image thre
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from monai_hqanogan.metrics import compute_f1_max_threshold, compute_image_auroc
 
 __all__ = [
     "PROTOCOLS",
+    "best_width",
     "FAMILY_NAMES",
     "check_protocol",
     "foreground_mask",
@@ -295,3 +296,25 @@ class ScoreSelection:
         if len(w) == 1:
             return next(iter(w))
         return " + ".join(f"{v:.2f} {k}" for k, v in w.items())
+
+
+def best_width(widths: Sequence[float], auroc_of: Callable[[float], float | None]) -> tuple[float, dict[str, Any]]:
+    """The map smoothing width (px) whose selection reaches the highest AUROC, the first of equal ones (a width
+    without an AUROC never beats one with), and every width's AUROC keyed ``f"{width:g}"``: the one rule by which the
+    detector's calibration chooses its width, and by which the evaluation and ``benchmarks/compare.py`` let a
+    reference method choose among the same widths.
+
+    Args:
+        widths: the candidate sigmas in pixels, in order of preference on ties.
+        auroc_of: width -> the selection AUROC of the method's scores at that width (None: none).
+    """
+    aurocs: dict[str, Any] = {}
+    best, best_auroc = None, None
+    for width in widths:
+        auroc = auroc_of(float(width))
+        aurocs[f"{float(width):g}"] = auroc
+        if best is None or (auroc is not None and (best_auroc is None or auroc > best_auroc)):
+            best, best_auroc = float(width), auroc
+    if best is None:
+        raise ValueError("no width was given.")
+    return best, aurocs

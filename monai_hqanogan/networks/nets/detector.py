@@ -22,7 +22,7 @@ from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
 from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator
 from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
 from monai_hqanogan.scoring.calibration import SCORE_NAMES, AnomalyCalibration, fit_scores
-from monai_hqanogan.scoring.selection import check_protocol, foreground_mask, reconstruction_scores
+from monai_hqanogan.scoring.selection import best_width, check_protocol, foreground_mask, reconstruction_scores
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import model_fingerprint
 from monai_hqanogan.utils.progress import progress_bar
@@ -376,21 +376,23 @@ class HQAnoGANDetector(nn.Module):
 
         aurocs = None
         if sigmas is not None:
-            aurocs = {}
-            for sigma in sigmas:  # only map_max depends on the width: re-smooth the residuals already computed
+
+            def auroc_of(sigma: float) -> float:  # only map_max depends on the width: re-smooth the residuals
                 self._set_smoothing(sigma)
                 trial = fit(self._resmoothed(val_images, comps), self._resmoothed(selection_images, selection))
-                aurocs[sigma] = float(trial.get("selection_auroc", trial.get("auroc")))
-            self._set_smoothing(max(aurocs, key=aurocs.get))  # the first of equal ones
+                return float(trial.get("selection_auroc", trial.get("auroc")))
+
+            chosen, aurocs = best_width(sigmas, auroc_of)
+            self._set_smoothing(chosen)
             # score the chosen width with the full forward pass, as inference will
             comps = self._batched(val_images, batch_size, progress, "calibration: validation (chosen width)")
             if selection_images is not None:
                 selection = self._batched(selection_images, batch_size, progress, "calibration: synthetic (chosen)")
         report = fit(comps, selection)
         if aurocs is not None:
-            report["smoothing_candidates"] = list(aurocs)
+            report["smoothing_candidates"] = list(sigmas)
             report["smoothing_sigma"] = float(self.smoothing.sigma[0])
-            report["smoothing_aurocs"] = {f"{k:g}": v for k, v in aurocs.items()}
+            report["smoothing_aurocs"] = aurocs
         if protocol == "normal-only":
             report["ignored_abnormal"] = ignored
         if selection is not None and selection_masks is not None:
