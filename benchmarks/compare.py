@@ -548,13 +548,14 @@ def metrics_table(data: dict, out: dict) -> dict[str, dict[str, dict[str, dict[s
                 s, sel = r["sets"][key], r["selections"][protocol]
                 index = r.get("subset", {}).get(key)
                 labels = data[key]["labels"] if index is None else data[key]["labels"][index]
-                masks = data[key].get("masks")
-                if masks is not None and index is not None:
-                    masks = masks[index]
+                masks, groups = data[key].get("masks"), data[key].get("groups")  # groups: None in toy data
+                if index is not None:
+                    masks = None if masks is None else masks[index]
+                    groups = None if groups is None else [groups[int(i)] for i in index]
                 scores = sel.combine(s["components"])
                 threshold = r.get("pixel_threshold") if name == "HQ-AnoGAN" else None
                 m = evaluate_detection(scores, labels, s["maps"], masks if s["maps"] is not None else None,
-                                       pixel_threshold=threshold)  # fmt: skip
+                                       pixel_threshold=threshold, groups=groups)  # fmt: skip
                 flagged = scores >= sel.report["image_threshold"]
                 m.update({
                     "score": sel.describe(), "map width px": r.get("width", {}).get("smoothing_sigma"),

@@ -194,6 +194,9 @@ def test_evaluate_writes_the_report_with_baselines(trained):
     assert set(report["metrics"]["test"]) == methods
     test = report["metrics"]["test"]["HQ-AnoGAN"]
     assert test["num_images"] == 8 and test["num_abnormal"] == 4 and 0 <= test["image_auroc"] <= 1
+    # the interval resamples the datalist's groups (one per slice here), and HQ-AnoGAN is compared with each method
+    assert test["image_auroc_ci"]["num_groups"] == {"normal": 4, "abnormal": 4}
+    assert set(report["comparisons"]["test"]) == methods - {"HQ-AnoGAN"}
     loc = report["metrics"]["localisation_test"]["HQ-AnoGAN"]
     assert loc["pixel_auroc"] is not None and loc["aupro"] is not None
     markdown = (out / "report.md").read_text()

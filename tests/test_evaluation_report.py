@@ -166,7 +166,7 @@ def test_report_files_and_numbers(results, tmp_path):
     assert paths["json"] == out / "report.json" and paths["markdown"] == out / "report.md"
     expected_figures = {"roc_test", "hist_test_hq-anogan", "hist_test_mean-intensity", "hist_test_pca"}
     expected_figures.add("hist_test_autoencoder")  # no ROC for the set with one class
-    assert set(paths) == expected_figures | {"json", "markdown"}
+    assert set(paths) == expected_figures | {"json", "markdown", "scores_test", "scores_localisation-test"}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     for name in expected_figures:
         with Image.open(paths[name]) as img:
@@ -193,7 +193,11 @@ def test_report_files_and_numbers(results, tmp_path):
     )
     assert test_metrics["mean intensity"]["pixel_auroc"] is None
     assert report["figures"]["test"]["roc"] == "roc_test.png"
-    assert report["figures"]["localisation_test"] == {"roc": None, "histograms": {}}
+    assert report["figures"]["localisation_test"] == {
+        "roc": None,
+        "histograms": {},
+        "scores": "scores_localisation-test.csv",
+    }
     # the set with lesioned images only: no image metrics, with the reason, but pixel metrics
     loc = report["metrics"]["localisation_test"]["PCA"]
     assert loc["image_auroc"] is None and "abnormal" in loc["image_note"] and loc["pixel_auroc"] is not None
@@ -208,9 +212,16 @@ def test_report_markdown(results, tmp_path):
     for set_name in results:
         rows = _table(markdown, set_name)
         header, body = rows[0], rows[1:]
-        assert header[:3] == ["method", "image AUROC", "F1-max"]
-        assert header[3:] == ["pixel AUROC", "AUPRO", "Dice"]
+        with_interval = set_name == "test"  # the other set holds one class: no AUROC, no interval
+        assert header[:2] == ["method", "image AUROC"]
+        assert header[2:] == ["95% interval"] * with_interval + ["F1-max", "pixel AUROC", "AUPRO", "Dice"]
         assert [r[0] for r in body] == list(results[set_name])  # one row per method, in order
+        if with_interval:
+            for row in body:
+                ci = report["metrics"][set_name][row[0]]["image_auroc_ci"]
+                assert row[2] == f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+                assert ci["low"] <= report["metrics"][set_name][row[0]]["image_auroc"] <= ci["high"]
+            body = [r[:2] + r[3:] for r in rows[1:]]
         keys = ["image_auroc", "f1_max", "pixel_auroc", "aupro", "dice"]
         for col, key in enumerate(keys, start=1):
             values = {m: report["metrics"][set_name][m][key] for m in results[set_name]}

@@ -11,4 +11,12 @@ from .protocol import (
     select_method_scores,
     selection_summary,
 )
-from .report import DEFAULT_MAX_PIXELS, evaluate_detection, format_value, markdown_table, write_evaluation_report
+from .report import (
+    DEFAULT_BOOTSTRAP_SAMPLES,
+    DEFAULT_MAX_PIXELS,
+    evaluate_detection,
+    format_value,
+    markdown_table,
+    paired_comparisons,
+    write_evaluation_report,
+)

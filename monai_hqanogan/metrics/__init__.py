@@ -14,4 +14,5 @@ from .anomaly import (
     compute_pixel_auroc,
     compute_pro_curve,
 )
+from .bootstrap import bootstrap_auroc_difference, bootstrap_image_auroc, weighted_image_aurocs
 from .handlers import AUPRO, DiceAtThreshold, F1Max, ImageAUROC, PixelAUROC

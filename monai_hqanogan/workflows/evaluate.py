@@ -191,6 +191,8 @@ def evaluate_detector(
             "maps": records[name]["anomaly_map"],
             "masks": split.get("masks"),
             "pixel_threshold": float(detector.calibration.pixel_threshold),
+            "groups": split["groups"],
+            "names": split["paths"],
         }
     timings[f"{method_name} scoring s"] = round(time.perf_counter() - t0, 1)
     selections: dict[str, Any] = {}
@@ -246,6 +248,8 @@ def evaluate_detector(
                 "labels": split["labels"],
                 "maps": maps,
                 "masks": split.get("masks") if maps is not None else None,
+                "groups": split["groups"],
+                "names": split["paths"],
             }
         timings[f"{bname} fit + scoring s"] = round(time.perf_counter() - t0, 1)
     figures = {}

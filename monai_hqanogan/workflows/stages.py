@@ -270,6 +270,14 @@ def is_normal_item(item: Mapping[str, Any]) -> bool:
         ) from None
 
 
+def _relative_to(image: Any, base: str | os.PathLike) -> str:
+    """``image`` relative to ``base`` (as a datalist names it), or as it is where it cannot be (another drive)."""
+    try:
+        return Path(os.path.relpath(Path(image).expanduser().absolute(), Path(base).expanduser().absolute())).as_posix()
+    except ValueError:
+        return str(image)
+
+
 def load_split(
     datalist: str | os.PathLike,
     key: str,
@@ -293,8 +301,12 @@ def load_split(
     (:func:`~monai_hqanogan.utils.progress_bar`).
 
     Returns:
-        ``{"images": [N, 1, R, R], "labels": [N] long (0 where an item has no label), "names": [N] str}`` plus
-        ``"masks": [N, 1, R, R]`` with ``with_masks`` (items without a mask get an empty one).
+        ``{"images": [N, 1, R, R], "labels": [N] long (0 where an item has no label), "names": [N] str (file names),
+        "paths": [N] str (the images relative to the datalist's base folder, as the datalist names them), "groups":
+        [N]}`` plus ``"masks": [N, 1, R, R]`` with ``with_masks`` (items without a mask get an empty one).
+        ``groups`` holds each item's ``group`` (its near-duplicate group, as ``prepare`` writes it; the bootstrap
+        intervals of the evaluation resample whole groups), and a group of its own (``"item <i>"``) for an item
+        without one.
     """
     labelled = [key] if require_labels else []
     items = check_datalist(
@@ -333,6 +345,8 @@ def load_split(
         "images": torch.cat(parts["images"]),
         "labels": torch.cat(parts["labels"]),
         "names": [Path(item["image"]).name for item in items],
+        "paths": [_relative_to(item["image"], base_dir if base_dir is not None else path.parent) for item in items],
+        "groups": [item["group"] if item.get("group") is not None else f"item {i}" for i, item in enumerate(items)],
     }
     if with_masks:
         out["masks"] = torch.cat(parts["masks"])
