@@ -21,6 +21,7 @@ from monai_hqanogan.metrics import (
     weighted_image_aurocs,
 )
 from monai_hqanogan.metrics.bootstrap import _group_weights
+from monai_hqanogan.scoring import choice_uncertainty
 from monai_hqanogan.workflows import load_split
 from tests.bundle_utils import load_benchmark, make_tiny_dataset
 
@@ -291,3 +292,18 @@ def test_paired_compare_script(tmp_path, capsys):
         with pytest.raises(SystemExit):
             script.main(bad)
     assert "no method 'PCA'" in capsys.readouterr().err
+
+
+def test_choice_uncertainty_reports_the_interval_and_the_runner_up():
+    scores, labels = _data(19, decimals=None)
+    groups = [i % 20 for i in range(labels.size)]  # groups holding both classes, as slices and their lesioned copies
+    noise = np.random.default_rng(20).normal(size=labels.size)
+    widths = {1.0: torch.as_tensor(noise), 2.0: torch.as_tensor(scores), 3.0: torch.as_tensor(scores + 0.5 * noise)}
+    out = choice_uncertainty(widths[2.0], labels, groups, widths, 2.0, num_samples=300)
+    ci = bootstrap_image_auroc(scores, labels, groups, num_samples=300)
+    assert out["selection_auroc_ci"] == {k: ci[k] for k in ("low", "high", "num_groups")}
+    expected = bootstrap_auroc_difference(scores, scores + 0.5 * noise, labels, groups, num_samples=300)
+    assert out["smoothing_runner_up"] == {"sigma": 3.0, **{k: expected[k] for k in ("difference", "low", "high")}}
+    assert set(choice_uncertainty(scores, labels, num_samples=300)) == {"selection_auroc_ci"}  # no width chosen
+    with pytest.raises(ValueError, match="chosen_width 5.0"):
+        choice_uncertainty(scores, labels, groups, widths, 5.0)

@@ -218,6 +218,15 @@ def test_calibration_can_choose_the_map_width_and_the_baselines_choose_among_the
     aurocs = report["smoothing_aurocs"]
     assert set(aurocs) == {"1", "2", "3"}
     assert report["smoothing_sigma"] == float(max(aurocs, key=aurocs.get))
+    # how firm the choice is, reported next to it: the selection AUROC's interval over the selection set's groups
+    # (each normal slice and its lesioned copy in one), and the lead over the best other width
+    ci = report["selection_auroc_ci"]
+    assert ci["low"] <= report["selection_auroc"] <= ci["high"] and ci["num_groups"] == {"normal": 4, "abnormal": 4}
+    runner_up = report["smoothing_runner_up"]
+    assert runner_up["sigma"] != report["smoothing_sigma"] and runner_up["low"] <= runner_up["difference"]
+    assert runner_up["difference"] == pytest.approx(
+        aurocs[f"{report['smoothing_sigma']:g}"] - aurocs[f"{runner_up['sigma']:g}"], abs=1e-6
+    )
     state = load_checkpoint(runs / "models" / "model.pt")
     assert float(state["smoothing.kernel_sigma_0"]) == report["smoothing_sigma"]  # the file keeps the width
     w = workflow("evaluate.json", "infer", **overrides)
@@ -228,6 +237,8 @@ def test_calibration_can_choose_the_map_width_and_the_baselines_choose_among_the
         assert set(chosen["smoothing_aurocs"]) == {"1", "2", "3"}, name
         best = max(chosen["smoothing_aurocs"].values())
         assert chosen["smoothing_aurocs"][f"{chosen['smoothing_sigma']:g}"] == best == chosen["selection_auroc"]
+        assert chosen["selection_auroc_ci"]["low"] <= best <= chosen["selection_auroc_ci"]["high"], name
+        assert chosen["smoothing_runner_up"]["sigma"] != chosen["smoothing_sigma"], name
     assert "smoothing_sigma" not in scores["mean intensity"]  # it has no map to smooth
 
 

@@ -15,6 +15,7 @@ from .selection import (
     ScoreSelection,
     best_width,
     check_protocol,
+    choice_uncertainty,
     combine_with,
     fit_image_threshold,
     foreground_mask,

@@ -25,7 +25,7 @@ from monai_hqanogan.evaluation import (
     selection_summary,
     write_evaluation_report,
 )
-from monai_hqanogan.scoring import check_protocol
+from monai_hqanogan.scoring import check_protocol, choice_uncertainty
 from monai_hqanogan.utils.checkpoint import write_text_atomic
 from monai_hqanogan.utils.progress import progress_bar, progress_shown
 from monai_hqanogan.workflows.checks import as_bool
@@ -225,7 +225,8 @@ def evaluate_detector(
         # the widths the detector's calibration chose among, if it chose: each baseline with a map chooses among the
         # same ones, on the same images, by the same AUROC (best_width), re-smoothing its reconstructions; otherwise
         # the detector's own width
-        rule, aurocs = family_rule, None
+        rule, aurocs, width = family_rule, None, None
+        width_scores = {}  # the selection's combined synthetic-lesion score at each width, for the report
         if widths and val_rec is not None:
             trials = {}
             for w in map(float, widths):
@@ -233,6 +234,8 @@ def evaluate_detector(
                 v = _map_max_at(val["images"], val_rec, val_comps, r)
                 y = None if synthetic is None else _map_max_at(synthetic["images"], syn_rec, syn_comps, r)
                 trials[w] = select_method_scores(candidates, v, val["labels"], protocol, y, syn_labels)
+                if y is not None:
+                    width_scores[w] = trials[w].combine(y)
             reached = {w: t.report.get("selection_auroc") for w, t in trials.items()}
             width, aurocs = best_width(list(trials), reached.get)
             rule, selection = {**family_rule, "smoothing": width}, trials[width]
@@ -241,6 +244,11 @@ def evaluate_detector(
         selections[bname] = selection_summary(selection)
         if aurocs:
             selections[bname].update(smoothing_sigma=float(rule["smoothing"]), smoothing_aurocs=aurocs)
+        if synthetic is not None:  # how firm the choice is, as the detector's calibration reports it
+            chosen = width_scores[width] if width_scores else selection.combine(syn_comps)
+            selections[bname].update(
+                choice_uncertainty(chosen, syn_labels, synthetic["groups"], width_scores or None, width)
+            )
         for name, split in sets.items():
             comps, maps, _, _ = method_components(baseline, split["images"], **rule)
             results[name][bname] = {

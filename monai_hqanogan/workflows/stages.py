@@ -441,6 +441,7 @@ def calibrate_detector(
         batch_size=batch_size, protocol=protocol, selection_images=None if loc is None else loc["images"],
         selection_labels=None if loc is None else loc["labels"], selection_masks=None if loc is None else loc["masks"],
         progress=progress, smoothing_factors=smoothing_factors,
+        selection_groups=None if loc is None else loc["groups"],
     )  # fmt: skip
     if normal_only:
         report["ignored_abnormal"] = len(val_items) - len(val["images"])

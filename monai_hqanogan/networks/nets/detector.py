@@ -22,7 +22,13 @@ from monai_hqanogan.networks.nets.psp_encoder import PSPEncoder
 from monai_hqanogan.networks.nets.stylegan2 import StyleGAN2Generator
 from monai_hqanogan.networks.nets.stylegan2_discriminator import StyleGAN2Discriminator
 from monai_hqanogan.scoring.calibration import SCORE_NAMES, AnomalyCalibration, fit_scores
-from monai_hqanogan.scoring.selection import best_width, check_protocol, foreground_mask, reconstruction_scores
+from monai_hqanogan.scoring.selection import (
+    best_width,
+    check_protocol,
+    choice_uncertainty,
+    foreground_mask,
+    reconstruction_scores,
+)
 from monai_hqanogan.transforms.array import ensure_finite
 from monai_hqanogan.utils.checkpoint import model_fingerprint
 from monai_hqanogan.utils.progress import progress_bar
@@ -293,6 +299,7 @@ class HQAnoGANDetector(nn.Module):
         selection_masks: torch.Tensor | None = None,
         progress: bool = False,
         smoothing_factors: Sequence[float] | None = None,
+        selection_groups: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
         """Fit the scorer and thresholds under a named protocol; returns a report (also kept in
         ``calibration.info``).
@@ -335,10 +342,18 @@ class HQAnoGANDetector(nn.Module):
                 ``normal-only``, the labelled validation images under ``labelled-validation``), and the width with
                 the best AUROC is kept (the first of equal ones), in the detector's state and so in its model file.
                 The report lists every width's AUROC (``smoothing_aurocs``). None: keep the detector's width.
+            selection_groups: the near-duplicate groups of the selection images (a slice and its lesioned copy share
+                one), for the report's bootstrap interval of the selection AUROC (``selection_auroc_ci``) and the
+                chosen width's lead over the runner-up (``smoothing_runner_up``,
+                :func:`~monai_hqanogan.scoring.choice_uncertainty`); they choose nothing. None: one group per image.
         """
         check_protocol(protocol)
         if selection_images is not None and selection_labels is None:
             raise ValueError("selection_images need selection_labels (1 where a synthetic lesion was pasted).")
+        if selection_groups is not None and (
+            selection_images is None or len(selection_groups) != len(selection_images)
+        ):
+            raise ValueError("selection_groups need selection_images, and one group per selection image.")
         sigmas = self._smoothing_candidates(smoothing_factors, protocol, selection_images)
         if protocol == "normal-only" and val_masks is not None:
             raise ValueError(
@@ -374,16 +389,20 @@ class HQAnoGANDetector(nn.Module):
                 selection_labels=selection_labels,
             )
 
-        aurocs = None
+        aurocs, chosen_sigma = None, None
+        width_scores: dict[float, torch.Tensor] = {}  # the selection's combined score at each width tried
         if sigmas is not None:
 
             def auroc_of(sigma: float) -> float:  # only map_max depends on the width: re-smooth the residuals
                 self._set_smoothing(sigma)
-                trial = fit(self._resmoothed(val_images, comps), self._resmoothed(selection_images, selection))
+                sel = self._resmoothed(selection_images, selection)
+                trial = fit(self._resmoothed(val_images, comps), sel)
+                if sel is not None:
+                    width_scores[sigma] = cal.combine({k: sel[k] for k in SCORE_NAMES}).cpu()
                 return float(trial.get("selection_auroc", trial.get("auroc")))
 
-            chosen, aurocs = best_width(sigmas, auroc_of)
-            self._set_smoothing(chosen)
+            chosen_sigma, aurocs = best_width(sigmas, auroc_of)
+            self._set_smoothing(chosen_sigma)
             # score the chosen width with the full forward pass, as inference will
             comps = self._batched(val_images, batch_size, progress, "calibration: validation (chosen width)")
             if selection_images is not None:
@@ -395,6 +414,12 @@ class HQAnoGANDetector(nn.Module):
             report["smoothing_aurocs"] = aurocs
         if protocol == "normal-only":
             report["ignored_abnormal"] = ignored
+            if selection is not None:  # how firm the choice is: reported, never used
+                chosen_scores = cal.combine({k: selection[k] for k in SCORE_NAMES}).cpu()
+                uncertainty = choice_uncertainty(
+                    chosen_scores, selection_labels, selection_groups, width_scores or None, chosen_sigma
+                )
+                report.update(uncertainty)
         if selection is not None and selection_masks is not None:
             report.update(self._fit_pixel_threshold(selection, selection_labels, selection_masks, pixel_fpr))
             report["pixel_threshold_from"] += " (synthetic lesions)"
