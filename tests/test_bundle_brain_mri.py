@@ -197,6 +197,12 @@ def test_evaluate_writes_the_report_with_baselines(trained):
     # the interval resamples the datalist's groups (one per slice here), and HQ-AnoGAN is compared with each method
     assert test["image_auroc_ci"]["num_groups"] == {"normal": 4, "abnormal": 4}
     assert set(report["comparisons"]["test"]) == methods - {"HQ-AnoGAN"}
+    # each method's own threshold, as calibrated, applied to the test set
+    assert test["image_threshold"] == report["info"]["calibration"]["image_threshold"]
+    assert 0 <= test["fpr_at_threshold"] <= 1 and 0 <= test["tpr_at_threshold"] <= 1
+    for name in methods - {"HQ-AnoGAN"}:
+        threshold = report["metrics"]["test"][name]["image_threshold"]
+        assert threshold == report["info"]["baseline_scores"][name]["image_threshold"], name
     loc = report["metrics"]["localisation_test"]["HQ-AnoGAN"]
     assert loc["pixel_auroc"] is not None and loc["aupro"] is not None
     markdown = (out / "report.md").read_text()

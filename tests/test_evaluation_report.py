@@ -273,3 +273,32 @@ def test_report_info_must_be_json(results, tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         write_evaluation_report(tmp_path, results, info={"path": tmp_path})
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_rates_at_the_methods_own_threshold(toy, tmp_path):
+    labels, masks = toy
+    m = _method(labels, masks, 0.8, 21)
+    threshold = float(m["scores"][labels == 0].quantile(0.9))  # about 10 % of the normal images flagged
+    out = evaluate_detection(m["scores"], labels, image_threshold=threshold)
+    flagged = m["scores"] >= threshold
+    assert out["image_threshold"] == threshold
+    assert out["fpr_at_threshold"] == float(flagged[labels == 0].double().mean())
+    assert out["tpr_at_threshold"] == float(flagged[labels == 1].double().mean())
+    assert 0 < out["fpr_at_threshold"] < out["tpr_at_threshold"]
+    normals = evaluate_detection(m["scores"][labels == 0], labels[labels == 0], image_threshold=threshold)
+    assert normals["tpr_at_threshold"] is None and normals["fpr_at_threshold"] == out["fpr_at_threshold"]
+    plain = evaluate_detection(m["scores"], labels)
+    assert plain["image_threshold"] is plain["fpr_at_threshold"] is plain["tpr_at_threshold"] is None
+    with pytest.raises(ValueError, match="image_threshold must be a finite number"):
+        evaluate_detection(m["scores"], labels, image_threshold=float("nan"))
+    # in the report: two columns, shown only when a method has a threshold, never bolded (a lower FPR is better)
+    low = {**m, "image_threshold": float(m["scores"].max()) + 1}  # flags nothing: FPR 0, TPR 0
+    paths = write_evaluation_report(tmp_path, {"test": {"a": {**m, "image_threshold": threshold}, "b": low}})
+    rows = _table(paths["markdown"].read_text(), "test")
+    header = rows[0]
+    assert header[-5:-3] == ["FPR at threshold", "TPR at threshold"]
+    fpr_col = header.index("FPR at threshold")
+    assert [r[fpr_col] for r in rows[1:]] == [f"{out['fpr_at_threshold']:.3f}", "0.000"]
+    assert not any(r[fpr_col].startswith("**") or r[fpr_col + 1].startswith("**") for r in rows[1:])
+    paths = write_evaluation_report(tmp_path / "none", {"test": {"a": m}})
+    assert "FPR at threshold" not in _table(paths["markdown"].read_text(), "test")[0]

@@ -49,13 +49,15 @@ DEFAULT_MAX_PIXELS = 2_000_000
 #: bootstrap resamples of the image AUROC intervals (see monai_hqanogan.metrics.bootstrap_image_auroc)
 DEFAULT_BOOTSTRAP_SAMPLES = 2000
 
-_RESULT_KEYS = ("scores", "labels", "maps", "masks", "pixel_threshold", "groups", "names")
+_RESULT_KEYS = ("scores", "labels", "maps", "masks", "pixel_threshold", "groups", "names", "image_threshold")
 
 #: (key, column header, metric kind) of the Markdown tables, in order
 _COLUMNS = (
     ("image_auroc", "image AUROC", "image"),
     ("image_auroc_ci_text", "95% interval", "image"),
     ("f1_max", "F1-max", "image"),
+    ("fpr_at_threshold", "FPR at threshold", "threshold"),
+    ("tpr_at_threshold", "TPR at threshold", "threshold"),
     ("pixel_auroc", "pixel AUROC", "pixel"),
     ("aupro", "AUPRO", "pixel"),
     ("dice", "Dice", "pixel"),
@@ -127,6 +129,25 @@ def _image_metrics(
         out["image_auroc_ci"] = {k: ci[k] for k in ("low", "high", "sd", "confidence", "num_samples", "num_groups")}
     f1, threshold = compute_f1_max_threshold(scores, labels)
     out["f1_max"], out["f1_max_threshold"] = f1, _finite_or_none(threshold)
+    return out
+
+
+def _threshold_metrics(scores: Any, labels: Any, image_threshold: float | None) -> dict[str, Any]:
+    """The share of normal (FPR) and of abnormal (TPR) images whose score is at or above the method's own image
+    threshold (``score >= threshold`` flags an image, as the detector's ``pred_label``); None where a class is absent
+    or no threshold is given."""
+    out: dict[str, Any] = {"image_threshold": None, "fpr_at_threshold": None, "tpr_at_threshold": None}
+    if image_threshold is None:
+        return out
+    if not math.isfinite(image_threshold):
+        raise ValueError(f"image_threshold must be a finite number, got {image_threshold!r}.")
+    s, y = _flat_numpy(scores, "scores").astype(np.float64), _flat_numpy(labels, "labels")
+    flagged = s >= image_threshold
+    out["image_threshold"] = float(image_threshold)
+    if np.any(y == 0):
+        out["fpr_at_threshold"] = float(flagged[y == 0].mean())
+    if np.any(y == 1):
+        out["tpr_at_threshold"] = float(flagged[y == 1].mean())
     return out
 
 
@@ -279,6 +300,7 @@ def evaluate_detection(
     seed: int = 0,
     groups: Sequence[Any] | None = None,
     bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
+    image_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Image-level detection and, with maps and masks, pixel-level localisation metrics of one method on one set.
 
@@ -314,12 +336,16 @@ def evaluate_detection(
         groups: [N] group ids of the images (numbers or strings), resampled whole by the bootstrap; None: each image is
             its own group.
         bootstrap_samples: resamples of the AUROC interval (0: no interval; otherwise at least 100).
+        image_threshold: the method's own image threshold (e.g. the detector's calibrated one, set on normal
+            validation images): ``fpr_at_threshold`` and ``tpr_at_threshold`` say what it does on this set, where
+            F1-max only says what the best threshold in hindsight would do.
 
     Returns:
         a dict of plain Python values: ``num_images``, ``num_normal``, ``num_abnormal``, ``image_auroc``,
         ``image_auroc_ci`` (None, or ``low``, ``high``, ``sd``, ``confidence``, ``num_samples``, ``num_groups``),
-        ``f1_max``, ``f1_max_threshold``, ``image_note``, ``pixel_auroc``, ``aupro``, ``aupro_fpr_limit``, ``dice``,
-        ``dice_threshold``, ``dice_kind`` (``"max"`` or ``"at_threshold"``), ``num_pixels``,
+        ``f1_max``, ``f1_max_threshold``, ``image_threshold``, ``fpr_at_threshold``, ``tpr_at_threshold``,
+        ``image_note``, ``pixel_auroc``, ``aupro``, ``aupro_fpr_limit``, ``dice``, ``dice_threshold``, ``dice_kind``
+        (``"max"`` or ``"at_threshold"``), ``num_pixels``,
         ``num_anomalous_pixels``, ``pixel_note`` and ``pixel_subsampling`` (None or a dict with a ``note``).
 
     Raises:
@@ -341,6 +367,7 @@ def evaluate_detection(
     if groups is not None and _length(groups, "groups") != n:
         raise ValueError(f"groups must have one entry per image ({n}), got {_length(groups, 'groups')}.")
     result = _image_metrics(scores, labels, groups, bootstrap_samples)
+    result.update(_threshold_metrics(scores, labels, image_threshold))
     result.update(_pixel_metrics(maps, masks, n, max_fpr_pro, pixel_threshold, max_pixels, seed))
     return result
 
@@ -425,6 +452,7 @@ def markdown_table(
     digits: Mapping[str, int] | None = None,
     text_columns: Collection[str] = (),
     bold_best: bool = False,
+    plain_columns: Collection[str] = (),
 ) -> list[str]:
     """The lines of a Markdown table: one row per entry of ``rows`` (its name in the first column, headed ``label``),
     one column per ``(key, header)`` of ``columns``; a key a row lacks shows as ``n/a``.
@@ -436,13 +464,14 @@ def markdown_table(
         digits: decimals of a column's floats (default 3).
         text_columns: keys of left-aligned (text) columns; the others are right-aligned numbers.
         bold_best: with more than one row, bold each numeric column's highest value, compared as shown.
+        plain_columns: numeric columns that ``bold_best`` leaves alone (where higher is not better).
     """
     digits = dict(digits or {})
     best: dict[str, float] = {}
     if bold_best and len(rows) > 1:
         for key, _ in columns:
             shown = [round(r[key], digits.get(key, 3)) for r in rows.values() if isinstance(r.get(key), (int, float))]
-            if shown and key not in text_columns:
+            if shown and key not in text_columns and key not in plain_columns:
                 best[key] = max(shown)
     lines = [
         f"| {label} | " + " | ".join(header for _, header in columns) + " |",
@@ -462,12 +491,14 @@ def markdown_table(
 
 def _markdown_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One row per method; the best (highest) value of each column in bold, compared at the 3 shown decimals."""
-    show_pixel = any(m.get("pixel_auroc") is not None for m in metrics.values())
+    shown = {
+        "image": True,
+        "pixel": any(m.get("pixel_auroc") is not None for m in metrics.values()),
+        "threshold": any(m.get("image_threshold") is not None for m in metrics.values()),
+    }
     show_ci = any(m.get("image_auroc_ci") for m in metrics.values())
     columns = [
-        (key, header)
-        for key, header, kind in _COLUMNS
-        if (kind == "image" or show_pixel) and (key != "image_auroc_ci_text" or show_ci)
+        (key, header) for key, header, kind in _COLUMNS if shown[kind] and (key != "image_auroc_ci_text" or show_ci)
     ]
     rows = {
         name: {**m, "image_auroc_ci_text": _interval_text(m["image_auroc_ci"]["low"], m["image_auroc_ci"]["high"])}
@@ -475,7 +506,13 @@ def _markdown_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
         else m
         for name, m in metrics.items()
     }
-    return markdown_table(rows, columns, text_columns={"image_auroc_ci_text"}, bold_best=True)
+    return markdown_table(
+        rows,
+        columns,
+        text_columns={"image_auroc_ci_text"},
+        bold_best=True,
+        plain_columns={"fpr_at_threshold", "tpr_at_threshold"},
+    )
 
 
 def _comparison_lines(set_name: str, comparisons: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -541,9 +578,10 @@ def write_evaluation_report(
     Args:
         output_dir: created if missing.
         results: ``{set_name: {method_name: {"scores": [N], "labels": [N], "maps": [N, 1, R, R] | None,
-            "masks": [N, 1, R, R] | None, "pixel_threshold": float | None, "groups": [N] | None}}}``; ``maps``,
-            ``masks``, ``pixel_threshold``, ``groups`` (the images' near-duplicate groups) and ``names`` (their paths,
-            for the scores file) are optional (see :func:`evaluate_detection`). Methods keep their order as rows; the
+            "masks": [N, 1, R, R] | None, "pixel_threshold": float | None, "groups": [N] | None, "names": [N] | None,
+            "image_threshold": float | None}}}``; all but ``scores`` and ``labels`` are optional: ``groups`` are the
+            images' near-duplicate groups, ``names`` their paths (for the scores file), ``image_threshold`` the
+            method's own image threshold (see :func:`evaluate_detection`). Methods keep their order as rows; the
             first is the reference of the paired differences.
         title: the report's heading.
         info: JSON-serialisable facts copied verbatim into ``report.json`` and listed in ``report.md`` (machine,
@@ -593,6 +631,7 @@ def write_evaluation_report(
                 max_pixels=max_pixels,
                 groups=entry.get("groups"),
                 bootstrap_samples=bootstrap_samples,
+                image_threshold=entry.get("image_threshold"),
             )
         comparisons[set_name] = paired_comparisons(methods, bootstrap_samples)
         reference = next(iter(methods.values()))
@@ -636,9 +675,12 @@ def _markdown(report: Mapping[str, Any], max_fpr_pro: float) -> str:
     if report["info"]:
         lines += _info_lines(report["info"]) + [""]
     lines += [
-        "Higher is better in every column; the best value of each column is in **bold** (3 decimals). Image AUROC "
-        f"and F1-max rate the image scores; pixel AUROC, AUPRO (up to a false-positive rate of {max_fpr_pro:g}) and "
-        "Dice rate the anomaly maps against the ground-truth masks over all pixels of the set. n/a: not available "
+        "Higher is better in every column but the two at the threshold; the best value of each such column is in "
+        "**bold** (3 decimals). Image AUROC and F1-max rate the image scores (F1-max at the best threshold in "
+        "hindsight); FPR and TPR at threshold are the shares of normal and of abnormal images that the method's own "
+        "image threshold (set without these images) flags; pixel AUROC, AUPRO (up to a false-positive rate of "
+        f"{max_fpr_pro:g}) and Dice rate the anomaly maps against the ground-truth masks over all pixels of the set. "
+        "n/a: not available "
         "(see the notes)." + (_INTERVAL_NOTE if any_interval else ""),
         "",
     ]

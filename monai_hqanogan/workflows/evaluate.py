@@ -191,6 +191,7 @@ def evaluate_detector(
             "maps": records[name]["anomaly_map"],
             "masks": split.get("masks"),
             "pixel_threshold": float(detector.calibration.pixel_threshold),
+            "image_threshold": float(detector.calibration.image_threshold),
             "groups": split["groups"],
             "names": split["paths"],
         }
@@ -253,6 +254,7 @@ def evaluate_detector(
             comps, maps, _, _ = method_components(baseline, split["images"], **rule)
             results[name][bname] = {
                 "scores": selection.combine(comps),
+                "image_threshold": selection.report.get("image_threshold"),
                 "labels": split["labels"],
                 "maps": maps,
                 "masks": split.get("masks") if maps is not None else None,
