@@ -499,6 +499,30 @@ def test_image_folder_with_a_volume_pngs_and_masks(user_folders, tmp_path):
     assert datalist["localisation_test"] and datalist["localisation_validation"]
 
 
+def test_image_folder_builds_one_loader_per_kind_of_file(user_folders, tmp_path, monkeypatch):
+    """A MONAI LoadImage instantiates every reader (each one logs a warning where pydicom is installed without
+    nvImageCodec): a folder of many files must not build one per file."""
+    import monai.transforms
+
+    import monai_hqanogan.data.image_folder as image_folder
+
+    built = []
+    real = monai.transforms.LoadImage
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("reader"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monai.transforms, "LoadImage", counting)
+    image_folder._loader.cache_clear()
+    try:
+        read(prepare_image_folder(tmp_path / "n", user_folders["normal"], user_folders["abnormal"], **FAST))
+    finally:
+        image_folder._loader.cache_clear()  # no counting loader left for later tests
+    assert len(built) == 2  # PNG files and one NIfTI volume, 11 files in all, each read more than once
+    assert "NibabelReader" in built
+
+
 def test_image_folder_normal_only(user_folders, tmp_path):
     datalist = read(prepare_image_folder(tmp_path / "n", user_folders["normal"], **FAST))
     assert all(i["label"] == 0 for k in KEYS[:3] for i in datalist[k])

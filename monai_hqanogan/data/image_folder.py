@@ -9,6 +9,7 @@ stored as 8-bit grey PNGs (3D volumes as slices) and handed to the shared writer
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -163,6 +164,18 @@ def _check_header(file: ImageFile, options: dict[str, Any], what: str = "image")
         raise _UnusableFile(str(e)) from e
 
 
+@functools.cache
+def _loader(kind: str) -> Any:
+    """MONAI's ``LoadImage`` for one kind of file (``"image"``, ``"nifti"``, ``"dicom"``), built once per process: a
+    ``LoadImage`` instantiates every reader MONAI has, and where pydicom is installed without nvImageCodec (any
+    CPU machine) each one logs a warning, once per file when a loader was built per file."""
+    from monai.data import PILReader
+    from monai.transforms import LoadImage
+
+    reader: Any = {"image": PILReader(converter=shown_colours), "nifti": "NibabelReader", "dicom": "PydicomReader"}
+    return LoadImage(image_only=True, ensure_channel_first=True, reader=reader[kind])
+
+
 def _read(file: ImageFile) -> np.ndarray:
     """The file as a float32 array of spatial dims (one grey channel), through MONAI's ``LoadImage``; NaN and inf
     become the minimum of the finite values (with a warning). Channels become one grey channel by
@@ -171,13 +184,8 @@ def _read(file: ImageFile) -> np.ndarray:
     CMYK and 1-bit PNG/JPEG images are read as the colours they show, not as palette indices or ink
     (:func:`~monai_hqanogan.transforms.shown_colours`, the loader's rule too). Unusable files raise OSError,
     RuntimeError (MONAI's readers) or ``_UnusableFile``."""
-    from monai.data import PILReader
-    from monai.transforms import LoadImage
-
-    reader: Any = {"image": PILReader(converter=shown_colours), "nifti": "NibabelReader", "dicom": "PydicomReader"}
     try:
-        loader = LoadImage(image_only=True, ensure_channel_first=True, reader=reader[file.kind])
-        array = np.asarray(loader(str(file.path)))
+        array = np.asarray(_loader(file.kind)(str(file.path)))
     except (EOFError, zlib.error) as e:  # a truncated or corrupt .nii.gz: gzip raises these, not OSError
         raise _UnusableFile(f"truncated or corrupt file ({type(e).__name__}: {e})") from e
     array = ToSingleChannel()(array.astype(np.float32))[0]
