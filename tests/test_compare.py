@@ -50,6 +50,10 @@ def test_quick_comparison_writes_both_protocols_for_every_row(compare_module, tm
         assert f"**{name}**" in text and why in text
     runs_json = json.loads(path.with_suffix(".json").read_text())
     assert [r["seed"] for r in runs_json] == [0, 1]
+    # each run's table gives the image AUROC's bootstrap interval (toy data: one group per image)
+    ci = runs_json[0]["table"]["normal-only"]["test"]["PCA"]["image_auroc_ci"]
+    assert ci["low"] <= runs_json[0]["table"]["normal-only"]["test"]["PCA"]["image_auroc"] <= ci["high"]
+    assert "95% interval (groups)" in text and f"[{ci['low']:.3f}, {ci['high']:.3f}]" in text
     for protocol in ("normal-only", "labelled-validation"):
         table = runs_json[0]["table"][protocol]
         assert 0 <= table["test"]["PCA"]["image_auroc"] <= 1
