@@ -48,6 +48,7 @@ from monai_hqanogan.evaluation import (
     evaluate_detection,
     family_scores,
     family_smoothing,
+    format_interval,
     markdown_table,
     method_components,
     select_method_scores,
@@ -610,7 +611,7 @@ def run_table(table: dict[str, Any], protocol: str, key: str) -> list[str]:
     for row in rows.values():
         ci = row.get("image_auroc_ci")
         if ci:
-            row["interval"] = f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+            row["interval"] = format_interval(ci["low"], ci["high"])
     return markdown_table(rows, RUN_COLUMNS, digits={"train s": 1, "images/s": 1}, text_columns={"score", "interval"})
 
 

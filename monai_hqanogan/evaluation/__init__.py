@@ -15,6 +15,7 @@ from .report import (
     DEFAULT_BOOTSTRAP_SAMPLES,
     DEFAULT_MAX_PIXELS,
     evaluate_detection,
+    format_interval,
     format_value,
     markdown_table,
     paired_comparisons,

@@ -39,6 +39,7 @@ __all__ = [
     "paired_comparisons",
     "markdown_table",
     "format_value",
+    "format_interval",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_BOOTSTRAP_SAMPLES",
 ]
@@ -95,8 +96,9 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _interval_text(low: float, high: float) -> str:
-    return f"[{low:.3f}, {high:.3f}]"
+def format_interval(low: float, high: float, digits: int = 3) -> str:
+    """A table cell for an interval: ``"[low, high]"`` with ``digits`` decimals."""
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _image_metrics(
@@ -501,7 +503,7 @@ def _markdown_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
         (key, header) for key, header, kind in _COLUMNS if shown[kind] and (key != "image_auroc_ci_text" or show_ci)
     ]
     rows = {
-        name: {**m, "image_auroc_ci_text": _interval_text(m["image_auroc_ci"]["low"], m["image_auroc_ci"]["high"])}
+        name: {**m, "image_auroc_ci_text": format_interval(m["image_auroc_ci"]["low"], m["image_auroc_ci"]["high"])}
         if m.get("image_auroc_ci")
         else m
         for name, m in metrics.items()
@@ -524,7 +526,7 @@ def _comparison_lines(set_name: str, comparisons: Mapping[str, Mapping[str, Any]
     rows = {
         f"{c['reference']} - {name}": {
             "difference": c["difference"],
-            "interval": _interval_text(c["low"], c["high"]),
+            "interval": format_interval(c["low"], c["high"]),
             "share_not_above": c["share_not_above"],
         }
         for name, c in comparisons.items()

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .anomaly import _scores_and_labels
+from .anomaly import _scores_and_labels, compute_image_auroc
 
 __all__ = ["bootstrap_image_auroc", "bootstrap_auroc_difference", "weighted_image_aurocs"]
 
@@ -105,9 +105,11 @@ def _check_args(num_samples: int, confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+def _summary(values: np.ndarray, confidence: float, counts: dict[str, int]) -> dict[str, Any]:
+    """The percentile interval of the resampled ``values``, their spread, and how they were made."""
     low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low), float(high)
+    return {"low": float(low), "high": float(high), "sd": float(values.std(ddof=1)), "confidence": confidence,
+            "num_samples": int(values.size), "num_groups": counts}  # fmt: skip
 
 
 def bootstrap_image_auroc(
@@ -140,11 +142,8 @@ def bootstrap_image_auroc(
     _check_args(num_samples, confidence)
     s, y = _scores_and_labels(scores, labels, "a bootstrap AUROC interval")
     weights, counts = _group_weights(y, groups, int(num_samples), np.random.default_rng(seed))
-    point = float(weighted_image_aurocs(s, y, np.ones((1, s.size)))[0])
     values = weighted_image_aurocs(s, y, weights)
-    low, high = _interval(values, confidence)
-    return {"auroc": point, "low": low, "high": high, "sd": float(values.std(ddof=1)), "confidence": confidence,
-            "num_samples": int(num_samples), "num_groups": counts}  # fmt: skip
+    return {"auroc": compute_image_auroc(s, y), **_summary(values, confidence, counts)}
 
 
 def bootstrap_auroc_difference(
@@ -182,10 +181,6 @@ def bootstrap_auroc_difference(
     a, y = _scores_and_labels(scores_a, labels, "a bootstrap AUROC difference")
     b, _ = _scores_and_labels(scores_b, labels, "a bootstrap AUROC difference")
     weights, counts = _group_weights(y, groups, int(num_samples), np.random.default_rng(seed))
-    ones = np.ones((1, y.size))
-    point = float(weighted_image_aurocs(a, y, ones)[0] - weighted_image_aurocs(b, y, ones)[0])
     values = weighted_image_aurocs(a, y, weights) - weighted_image_aurocs(b, y, weights)
-    low, high = _interval(values, confidence)
-    return {"difference": point, "low": low, "high": high, "sd": float(values.std(ddof=1)),
-            "share_not_above": float(np.mean(values <= 0)), "confidence": confidence,
-            "num_samples": int(num_samples), "num_groups": counts}  # fmt: skip
+    return {"difference": compute_image_auroc(a, y) - compute_image_auroc(b, y), **_summary(values, confidence, counts),
+            "share_not_above": float(np.mean(values <= 0))}  # fmt: skip
