@@ -307,3 +307,32 @@ def test_choice_uncertainty_reports_the_interval_and_the_runner_up():
     assert set(choice_uncertainty(scores, labels, num_samples=300)) == {"selection_auroc_ci"}  # no width chosen
     with pytest.raises(ValueError, match="chosen_width 5.0"):
         choice_uncertainty(scores, labels, groups, widths, 5.0)
+
+
+def test_framed_images_script(tmp_path, capsys):
+    """The frame check flags white-ringed images only, and removing them changes the AUROC as it must."""
+    from PIL import Image
+
+    script = load_benchmark("framed_images")
+    names, labels, scores = [], [0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.9, 0.5, 0.6, 3.0]
+    (tmp_path / "images").mkdir()
+    for i in range(len(labels)):
+        img = np.full((24, 20), 40, np.uint8)
+        if i == 5:  # the top-scoring abnormal image sits in a white frame
+            img[:3], img[-3:], img[:, :3], img[:, -3:] = 255, 255, 255, 255
+        if i == 4:  # a bright blob inside the head is not a frame
+            img[8:16, 6:14] = 255
+        names.append(f"images/{i}.png")
+        Image.fromarray(img).save(tmp_path / names[-1])
+    entry = {"scores": scores, "labels": labels, "names": names}
+    csv_file = write_scores_csv(tmp_path / "scores_test.csv", {"m": entry})
+    out = script.framed_report(csv_file, tmp_path)
+    assert out["framed"] == {"normal": 0, "abnormal": 1} and out["images"] == {"normal": 3, "abnormal": 3}
+    m = out["methods"]["m"]
+    assert m["auroc"] == pytest.approx(compute_image_auroc(np.array(scores), np.array(labels)))
+    assert m["auroc_without_framed"] == pytest.approx(compute_image_auroc(np.array(scores[:5]), np.array(labels[:5])))
+    assert m["framed_abnormal_rank"] == 1.0  # above every normal image
+    assert script.main([str(csv_file), "--dataset_dir", str(tmp_path)]) == 0
+    assert "1 of 3 abnormal" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "missing.csv"), "--dataset_dir", str(tmp_path)])
